@@ -1,0 +1,6 @@
+"""Fixtures shared by every test module: each family lives in tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.lab",  # the live lab: one per test session
+    "tests.fixtures.app",  # app, client, runner, databases, Redis, named users
+]
