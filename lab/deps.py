@@ -1,0 +1,49 @@
+"""`ferry-lab install-deps`: the Debian packages the lab and the project need."""
+import os
+import subprocess
+import sys
+
+from .common import CLEAN_ENV, run
+
+# The lab's own packages (see LAB.md) ...
+LAB_PACKAGES = ["qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
+                "libvirt-dev", "pkg-config", "openssh-server", "openssh-client",
+                "busybox-static", "cpio", "kmod", "gcc", "libc6-dev", "python3-dev",
+                "iproute2", "e2fsprogs", "iptables", "socat", "iputils-ping"]
+# ... and what the app, its tests and the demo need on a fresh Debian 12.
+PROJECT_PACKAGES = ["chromium", "fonts-dejavu-core", "python3-venv", "redis-server",
+                    "postgresql", "postgresql-contrib", "redis-tools"]
+
+
+def missing(packages):
+    """The packages dpkg does not report as installed (dpkg-query is fast, apt is not)."""
+    proc = run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *packages],
+               check=False)
+    installed = {line.split()[0] for line in proc.stdout.splitlines()
+                 if len(line.split()) > 1 and line.split()[1].startswith("ii")}
+    return [p for p in packages if p not in installed]
+
+
+def install(packages):
+    """apt-get install what is missing of `packages` (apt-get update first)."""
+    todo = missing(packages)
+    if not todo:
+        return []
+    if os.geteuid() != 0:
+        sys.exit(f"ferry-lab: missing packages {' '.join(todo)}; run as root to install them")
+    print(f"ferry-lab: installing {' '.join(todo)}", file=sys.stderr)
+    env = dict(CLEAN_ENV, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=sys.stderr)
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *todo],
+                   check=True, env=env, stdout=sys.stderr)
+    return todo
+
+
+def install_deps():
+    """Everything for `make test` and `make demo`."""
+    return install(LAB_PACKAGES + PROJECT_PACKAGES)
+
+
+def ensure_lab_deps():
+    """Only what the lab itself needs (called by `up`)."""
+    return install(LAB_PACKAGES)
