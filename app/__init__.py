@@ -1,0 +1,55 @@
+"""Ferry: move virtual servers between compute resources. The Flask application factory."""
+import os
+
+from flask import Flask, render_template
+
+from app import config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MIGRATIONS = os.path.join(HERE, "db_migrations")
+
+
+def create_app(test_config=None):
+    """Build the app: config, extensions, blueprints, CLI commands."""
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        instance_path=((test_config or {}).get("INSTANCE_PATH")
+                       or os.environ.get("FERRY_INSTANCE_PATH") or os.path.join(ROOT, "instance")),
+        template_folder=os.path.join(ROOT, "templates"),
+        static_folder=os.path.join(ROOT, "static"),
+    )
+    os.makedirs(app.instance_path, exist_ok=True)
+    config.load(app, test_config)
+
+    from app.extensions import csrf, db, login_manager, migrate
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+
+    from app import auth, cli, dashboard, jobs, resources, servers
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(dashboard.bp)
+    app.register_blueprint(resources.bp)
+    app.register_blueprint(servers.bp)
+    app.register_blueprint(jobs.bp)
+    cli.register(app)
+
+    from app import templating
+    templating.register(app)
+
+    @app.errorhandler(403)
+    def forbidden(error):
+        """A person without the role sees why, not a blank page."""
+        return render_template("errors/403.html"), 403
+
+    return app
+
+
+def upgrade_database(app):
+    """Bring the schema to the newest revision (run at start by the worker and the entrypoint)."""
+    from flask_migrate import upgrade
+    with app.app_context():
+        upgrade(directory=MIGRATIONS)

@@ -1,0 +1,2 @@
+"""Signing in and out, roles, API tokens, and the guard in front of every view."""
+from app.auth.views import bp, require_role  # noqa: F401

@@ -1,0 +1,94 @@
+"""Settings: defaults in code, site values in instance/config.py, FERRY_* overrides.
+
+A bad value stops the app at start with a message naming the variable, so a
+typo in a deployment never turns into a surprise at 3 a.m.
+"""
+import os
+
+from app.errors import ConfigError
+
+DEFAULTS = {
+    "SECRET_KEY": "dev-only-change-me",
+    "SQLALCHEMY_DATABASE_URI": None,  # None: SQLite file in the instance folder
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "SYNC_INTERVAL": 300,  # seconds between scheduled inventory syncs; 0 turns it off
+    "SSH_TIMEOUT": 10,  # seconds to connect to a compute resource
+    "COMMAND_TIMEOUT": 60,  # seconds for one inventory command on a node
+    "JOB_TIMEOUT": 600,  # RQ job timeout for ordinary jobs (migrations set their own)
+    "BACKUP_DIR": "/var/lib/ferry/backups",  # default temporary backup directory on nodes
+    "QUEUE": "ferry",
+    "LIBVIRT_TRANSPORT": "libssh2",  # libssh2 or libssh: both verify the pinned key
+}
+
+
+def _to_int(name, raw):
+    """Parse a non-negative integer or raise a ConfigError naming the variable."""
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+def _to_url(schemes):
+    """Build a parser that accepts only URLs with one of the given schemes."""
+    def parse(name, raw):
+        scheme = raw.split("://", 1)[0] if "://" in raw else ""
+        if not any(scheme == s or scheme.startswith(s + "+") for s in schemes):
+            raise ConfigError(f"{name}={raw!r} must be a URL starting with one of: "
+                              + ", ".join(s + "://" for s in schemes))
+        return raw
+    return parse
+
+
+def _to_str(name, raw):
+    """Accept any non-empty string."""
+    if not raw.strip():
+        raise ConfigError(f"{name} is set but empty")
+    return raw
+
+
+def _to_choice(*choices):
+    """Build a parser that accepts only one of `choices`."""
+    def parse(name, raw):
+        if raw not in choices:
+            raise ConfigError(f"{name}={raw!r} must be one of: {', '.join(choices)}")
+        return raw
+    return parse
+
+
+# FERRY_<NAME> environment variable -> (config key, parser)
+ENVIRONMENT = {
+    "FERRY_SECRET_KEY": ("SECRET_KEY", _to_str),
+    "FERRY_DATABASE_URL": ("SQLALCHEMY_DATABASE_URI", _to_url(["sqlite", "postgresql"])),
+    "FERRY_REDIS_URL": ("REDIS_URL", _to_url(["redis", "rediss", "unix"])),
+    "FERRY_SYNC_INTERVAL": ("SYNC_INTERVAL", _to_int),
+    "FERRY_SSH_TIMEOUT": ("SSH_TIMEOUT", _to_int),
+    "FERRY_COMMAND_TIMEOUT": ("COMMAND_TIMEOUT", _to_int),
+    "FERRY_JOB_TIMEOUT": ("JOB_TIMEOUT", _to_int),
+    "FERRY_BACKUP_DIR": ("BACKUP_DIR", _to_str),
+    "FERRY_LIBVIRT_TRANSPORT": ("LIBVIRT_TRANSPORT", _to_choice("libssh2", "libssh")),
+}
+
+
+def load(app, test_config=None, environ=None):
+    """Fill app.config from defaults, instance/config.py, the environment, then test_config."""
+    environ = os.environ if environ is None else environ
+    app.config.from_mapping(DEFAULTS)
+    if test_config is None:
+        app.config.from_pyfile("config.py", silent=True)
+        for variable, (key, parse) in ENVIRONMENT.items():
+            if variable in environ:
+                app.config[key] = parse(variable, environ[variable])
+    else:
+        app.config.from_mapping(test_config)
+    if not app.config["SQLALCHEMY_DATABASE_URI"]:
+        path = os.path.join(app.instance_path, "ferry.sqlite")
+        app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + path
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    # htmx sends the token in a header; a long-lived dashboard tab must not expire it.
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
+    # The auth guard checks CSRF itself, after it knows whether an API token signed the request.
+    app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)

@@ -1,0 +1,217 @@
+"""libvirt over SSH with the pinned host key, and small typed wrappers over its quirks.
+
+The connection uses libvirt's own SSH transport (libssh2 or libssh) with a
+known_hosts file written from the pinned key and strict verification, so a
+node with another key is refused here exactly as it is by Fabric.
+"""
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlencode
+
+import libvirt
+
+from app import status
+from app.errors import FerryError
+from app.infra.ssh import HostKeyMismatch
+
+STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: status.SERVER_UNKNOWN,
+    libvirt.VIR_DOMAIN_RUNNING: status.SERVER_RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: status.SERVER_RUNNING,  # running, waiting on I/O
+    libvirt.VIR_DOMAIN_PAUSED: status.SERVER_PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: status.SERVER_RUNNING,  # still running while it shuts down
+    libvirt.VIR_DOMAIN_SHUTOFF: status.SERVER_STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: status.SERVER_CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: status.SERVER_SUSPENDED,
+}
+
+
+class LibvirtError(FerryError):
+    """libvirt refused or failed; the message is libvirt's, with the node named."""
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """One disk of a domain."""
+
+    target: str
+    path: str
+    format: str
+    storage_type: str
+    virtual_size: int
+    allocation: int
+
+
+@dataclass(frozen=True)
+class GuestInfo:
+    """What the inventory needs to know about a domain."""
+
+    uuid: str
+    name: str
+    state: str
+    vcpus: int
+    memory_mib: int
+    snapshot_count: int
+    persistent: bool
+    disks: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """A storage pool and its room."""
+
+    name: str
+    type: str
+    path: str | None
+    capacity_bytes: int
+    free_bytes: int
+
+
+def _version(number):
+    """libvirt's packed version (major*1e6 + minor*1e3 + micro) as text.
+
+    >>> _version(9000000), _version(7002000)
+    ('9.0.0', '7.2.0')
+    """
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+def storage_type(disk_type, fmt):
+    """Ferry's storage type for a libvirt disk type and image format.
+
+    >>> storage_type("file", "qcow2"), storage_type("block", "raw")
+    ('file-qcow2', 'lvm')
+    """
+    if disk_type == "block":
+        return status.STORAGE_LVM  # thin or thick is told apart by lvs, not by libvirt
+    return status.STORAGE_FILE_QCOW2 if fmt == status.FORMAT_QCOW2 else status.STORAGE_FILE_RAW
+
+
+def write_known_hosts(endpoint, directory):
+    """Write a known_hosts file holding only the pinned key; returns its path."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in ".-_" else "_" for c in f"{endpoint.host}_{endpoint.port}")
+    path = os.path.join(directory, f"{safe}.known_hosts")
+    with open(path, "w") as fh:
+        fh.write(f"{endpoint.known_hosts_name} {endpoint.host_key}\n")
+    return path
+
+
+def uri(endpoint, known_hosts, transport="libssh2"):
+    """The qemu+libssh2:// (or qemu+libssh://) URI with key file and strict host key checking."""
+    query = urlencode({"keyfile": endpoint.key_path, "known_hosts": known_hosts,
+                       "known_hosts_verify": "normal", "sshauth": "privkey"})
+    return (f"qemu+{transport}://{quote(endpoint.user)}@{endpoint.host}:{endpoint.port}"
+            f"/system?{query}")
+
+
+def _refuse_prompts(credentials, user_data):
+    """Answer no to any interactive question (such as "accept this unknown host key?")."""
+    return -1
+
+
+def open_host(endpoint, known_hosts_dir, transport="libssh2"):
+    """Open libvirt on the node with the pinned host key; returns a Host (close it, or use `with`)."""
+    if not endpoint.host_key:
+        raise LibvirtError(f"no host key is pinned for {endpoint.host}")
+    target = uri(endpoint, write_known_hosts(endpoint, known_hosts_dir), transport)
+    try:
+        conn = libvirt.openAuth(target, [[libvirt.VIR_CRED_ECHOPROMPT], _refuse_prompts, None], 0)
+    except libvirt.libvirtError as exc:
+        message = str(exc)
+        lowered = message.lower()
+        if "host key" in lowered and ("mismatch" in lowered or "changed" in lowered
+                                      or "verification" in lowered or "unknown" in lowered
+                                      or "not match" in lowered):
+            raise HostKeyMismatch(f"libvirt refused {endpoint.host}:{endpoint.port}: {message}") from exc
+        raise LibvirtError(f"libvirt on {endpoint.host}:{endpoint.port}: {message}") from exc
+    return Host(conn, endpoint.host)
+
+
+class Host:
+    """A libvirt connection to one compute node, with the few calls Ferry needs."""
+
+    def __init__(self, conn, name):
+        self.conn = conn
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Close the connection, ignoring a node that already went away."""
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    def cpu(self):
+        """CPU facts from libvirt's capabilities: arch, vendor, model, features, the <cpu> XML."""
+        caps = ET.fromstring(self.conn.getCapabilities())
+        cpu = caps.find("host/cpu")
+        if cpu is None:
+            return {"arch": None, "vendor": None, "model": None, "features": [], "host_cpu_xml": ""}
+        return {
+            "arch": cpu.findtext("arch"),
+            "vendor": cpu.findtext("vendor"),
+            "model": cpu.findtext("model"),
+            "features": [f.get("name") for f in cpu.findall("feature")],
+            "host_cpu_xml": ET.tostring(cpu, encoding="unicode").strip(),
+        }
+
+    def versions(self):
+        """libvirt and QEMU versions as "9.0.0" strings."""
+        return {"libvirt_version": _version(self.conn.getLibVersion()),
+                "qemu_version": _version(self.conn.getVersion())}
+
+    def memory(self):
+        """Total and free host memory in MiB."""
+        return {"total_mib": int(self.conn.getInfo()[1]),
+                "free_mib": int(self.conn.getFreeMemory() // (1024 * 1024))}
+
+    def storage_pools(self):
+        """Every storage pool with type, path and free space (inactive pools show zero room)."""
+        pools = []
+        for pool in self.conn.listAllStoragePools():
+            xml = ET.fromstring(pool.XMLDesc())
+            _, capacity, _, available = pool.info()
+            pools.append(PoolInfo(pool.name(), xml.get("type"), xml.findtext("target/path"),
+                                  int(capacity), int(available)))
+        return sorted(pools, key=lambda p: p.name)
+
+    def guests(self):
+        """Every domain, running or defined, as GuestInfo."""
+        return [self._guest(dom) for dom in self.conn.listAllDomains()]
+
+    def _guest(self, dom):
+        """GuestInfo of one domain."""
+        state, max_mem_kib, _, vcpus, _ = dom.info()
+        xml = ET.fromstring(dom.XMLDesc(0))
+        return GuestInfo(
+            uuid=dom.UUIDString(), name=dom.name(), state=STATES.get(state, status.SERVER_UNKNOWN),
+            vcpus=int(vcpus), memory_mib=int(max_mem_kib // 1024),
+            snapshot_count=dom.snapshotNum(0), persistent=bool(dom.isPersistent()),
+            disks=[self._disk(dom, d) for d in xml.findall("devices/disk[@device='disk']")])
+
+    def _disk(self, dom, element):
+        """DiskInfo from a <disk> element, sizes from libvirt (works for stopped domains too)."""
+        source = element.find("source")
+        path = ""
+        if source is not None:
+            path = source.get("file") or source.get("dev") or source.get("name") or ""
+        fmt = element.find("driver").get("type") if element.find("driver") is not None else "raw"
+        target = element.find("target").get("dev")
+        capacity = allocation = 0
+        try:
+            capacity, allocation, _ = dom.blockInfo(target)
+        except libvirt.libvirtError:
+            try:
+                _, capacity, allocation = self.conn.storageVolLookupByPath(path).info()
+            except libvirt.libvirtError:
+                pass  # a disk whose file is gone: still listed, with unknown size
+        return DiskInfo(target, path, fmt, storage_type(element.get("type"), fmt),
+                        int(capacity), int(allocation))

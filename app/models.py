@@ -1,0 +1,330 @@
+"""Ferry's domain: compute resources, servers and their disks, migrations, jobs, people.
+
+The database is the truth; Redis only carries job ids.
+"""
+import hashlib
+import secrets
+from datetime import datetime, timezone
+
+from flask_login import UserMixin
+from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from app import status
+from app.extensions import db
+
+
+def utcnow():
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(db.TypeDecorator):
+    """A timestamp stored naive in UTC and read back timezone-aware on every backend."""
+
+    impl = db.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        """Store UTC without tzinfo: SQLite keeps none and PostgreSQL would convert."""
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        """Give back an aware UTC datetime."""
+        return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+resource_ip_blocks = db.Table(
+    "compute_resource_ip_block",
+    db.Column("compute_resource_id", ForeignKey("compute_resource.id", ondelete="CASCADE"),
+              primary_key=True),
+    db.Column("ip_block_id", ForeignKey("ip_block.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class ComputeResource(db.Model):
+    """A hypervisor host Ferry reaches over SSH and libvirt."""
+
+    __tablename__ = "compute_resource"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(default=22)
+    user: Mapped[str] = mapped_column(String(100), default="root")
+    key_path: Mapped[str] = mapped_column(String(1024))
+    host_key: Mapped[str | None] = mapped_column(Text)  # pinned, "type base64"
+    host_key_fingerprint: Mapped[str | None] = mapped_column(String(100))  # SHA256:...
+    status: Mapped[str] = mapped_column(String(20), default=status.RESOURCE_ACTIVE)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    facts: Mapped[dict] = mapped_column(JSON, default=dict)
+    storage_tags: Mapped[list] = mapped_column(JSON, default=list)
+    backup_dir: Mapped[str] = mapped_column(String(1024), default="/var/lib/ferry/backups")
+    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    servers: Mapped[list["Server"]] = relationship(back_populates="compute_resource",
+                                                   order_by="Server.name")
+    ip_blocks: Mapped[list["IpBlock"]] = relationship(secondary=resource_ip_blocks,
+                                                      back_populates="compute_resources",
+                                                      order_by="IpBlock.name")
+
+    @property
+    def memory(self):
+        """Memory facts, or an empty dict before the first sync."""
+        return (self.facts or {}).get("memory") or {}
+
+    @property
+    def memory_used_percent(self):
+        """How full the host's memory is, 0-100, or None when unknown."""
+        total, free = self.memory.get("total_mib"), self.memory.get("free_mib")
+        if not total or free is None:
+            return None
+        return round(100 * (total - free) / total)
+
+    def __repr__(self):
+        return f"<ComputeResource {self.name} {self.user}@{self.host}:{self.port}>"
+
+
+class IpBlock(db.Model):
+    """A range of addresses that servers take their IPs from; assigned to compute resources."""
+
+    __tablename__ = "ip_block"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    cidr: Mapped[str] = mapped_column(String(64))
+    gateway: Mapped[str | None] = mapped_column(String(64))
+
+    compute_resources: Mapped[list[ComputeResource]] = relationship(
+        secondary=resource_ip_blocks, back_populates="ip_blocks", order_by="ComputeResource.name")
+    addresses: Mapped[list["IpAddress"]] = relationship(back_populates="block",
+                                                        cascade="all, delete-orphan")
+
+
+class IpAddress(db.Model):
+    """One address of an IP block, allocated to a server or free."""
+
+    __tablename__ = "ip_address"
+    __table_args__ = (UniqueConstraint("block_id", "address"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    block_id: Mapped[int] = mapped_column(ForeignKey("ip_block.id", ondelete="CASCADE"))
+    address: Mapped[str] = mapped_column(String(64))
+    server_id: Mapped[int | None] = mapped_column(ForeignKey("server.id", ondelete="SET NULL"))
+
+    block: Mapped[IpBlock] = relationship(back_populates="addresses")
+    server: Mapped["Server | None"] = relationship(back_populates="ip_addresses")
+
+
+class Server(db.Model):
+    """A virtual server: one libvirt domain, known by its UUID."""
+
+    __tablename__ = "server"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    compute_resource_id: Mapped[int | None] = mapped_column(
+        ForeignKey("compute_resource.id", ondelete="SET NULL"))
+    state: Mapped[str] = mapped_column(String(20), default=status.SERVER_UNKNOWN)
+    vcpus: Mapped[int] = mapped_column(default=0)
+    memory_mib: Mapped[int] = mapped_column(default=0)
+    snapshot_count: Mapped[int] = mapped_column(default=0)
+    persistent: Mapped[bool] = mapped_column(default=True)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    compute_resource: Mapped[ComputeResource | None] = relationship(back_populates="servers")
+    disks: Mapped[list["Disk"]] = relationship(back_populates="server", order_by="Disk.target",
+                                               cascade="all, delete-orphan")
+    ip_addresses: Mapped[list[IpAddress]] = relationship(back_populates="server")
+    backups: Mapped[list["Backup"]] = relationship(back_populates="server",
+                                                   cascade="all, delete-orphan")
+
+    @property
+    def disk_size(self):
+        """Total virtual size of the server's disks, in bytes."""
+        return sum(d.virtual_size or 0 for d in self.disks)
+
+
+class Disk(db.Model):
+    """A disk of a server as libvirt and qemu-img see it."""
+
+    __tablename__ = "disk"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("server.id", ondelete="CASCADE"))
+    target: Mapped[str] = mapped_column(String(32))  # vda
+    path: Mapped[str] = mapped_column(String(1024))
+    format: Mapped[str] = mapped_column(String(20))  # raw, qcow2
+    storage_type: Mapped[str] = mapped_column(String(20))  # file-raw, file-qcow2, lvm, thinlvm
+    virtual_size: Mapped[int] = mapped_column(db.BigInteger, default=0)
+    allocation: Mapped[int] = mapped_column(db.BigInteger, default=0)
+    storage_tag: Mapped[str | None] = mapped_column(String(100))
+
+    server: Mapped[Server] = relationship(back_populates="disks")
+
+
+class Backup(db.Model):
+    """A backup of a server; its kind and source storage type decide where it restores."""
+
+    __tablename__ = "backup"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("server.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))  # full, incremental
+    storage_type: Mapped[str] = mapped_column(String(20))
+    size: Mapped[int] = mapped_column(db.BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    server: Mapped[Server] = relationship(back_populates="backups")
+
+
+class User(UserMixin, db.Model):
+    """A person who signs in; the role decides what they may change."""
+
+    __tablename__ = "user"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(20), default=status.ROLE_VIEWER)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def set_password(self, password):
+        """Store a salted hash of `password`."""
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password):
+        """Tell whether `password` is this user's."""
+        return check_password_hash(self.password_hash, password)
+
+    def has_role(self, role):
+        """Roles are ordered: admin can do what an operator can, who can do what a viewer can."""
+        return status.ROLES.index(self.role) >= status.ROLES.index(role)
+
+
+class ApiToken(db.Model):
+    """A token for scripts; only its SHA-256 is stored, the prefix identifies it in lists."""
+
+    __tablename__ = "api_token"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()
+
+    @staticmethod
+    def hash(token):
+        """The stored form of a token."""
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name):
+        """Create a token for `user`; returns (row, plaintext) and the plaintext is never stored."""
+        plaintext = "fry_" + secrets.token_urlsafe(32)
+        row = cls(user=user, name=name, token_hash=cls.hash(plaintext), prefix=plaintext[:10])
+        return row, plaintext
+
+
+class AuditEntry(db.Model):
+    """One change someone made, for the record."""
+
+    __tablename__ = "audit_entry"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+    action: Mapped[str] = mapped_column(String(100))
+    target: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+    user: Mapped[User | None] = relationship()
+
+
+class Job(db.Model):
+    """A background job; this row is the truth, RQ only carries its id."""
+
+    __tablename__ = "job"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))  # the entry point in worker.jobs
+    args: Mapped[dict] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default=status.JOB_PENDING, index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+    rq_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    log: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[dict | None] = mapped_column(JSON)
+
+    @property
+    def done(self):
+        """True once the job can no longer change."""
+        return self.status in status.JOB_DONE
+
+
+class MigrationGroup(db.Model):
+    """Servers started together; their tasks run one by one."""
+
+    __tablename__ = "migration_group"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(20), default=status.MIGRATION_PENDING, index=True)
+    # mode live/offline, preserve_ip, convert_to, allow_postcopy, destination
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    created_by: Mapped[User | None] = relationship()
+    tasks: Mapped[list["MigrationTask"]] = relationship(back_populates="group",
+                                                        order_by="MigrationTask.id",
+                                                        cascade="all, delete-orphan")
+
+
+class MigrationTask(db.Model):
+    """Moving one server from one compute resource to another."""
+
+    __tablename__ = "migration_task"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("migration_group.id", ondelete="CASCADE"))
+    server_id: Mapped[int | None] = mapped_column(ForeignKey("server.id", ondelete="SET NULL"))
+    source_id: Mapped[int | None] = mapped_column(
+        ForeignKey("compute_resource.id", ondelete="SET NULL"))
+    destination_id: Mapped[int | None] = mapped_column(
+        ForeignKey("compute_resource.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(20), default=status.MIGRATION_PENDING, index=True)
+    preflight: Mapped[dict | None] = mapped_column(JSON)
+    progress: Mapped[dict | None] = mapped_column(JSON)
+    eta: Mapped[dict | None] = mapped_column(JSON)
+    result: Mapped[dict | None] = mapped_column(JSON)  # downtime_ms, total_ms, bytes
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    group: Mapped[MigrationGroup] = relationship(back_populates="tasks")
+    server: Mapped[Server | None] = relationship()
+    source: Mapped[ComputeResource | None] = relationship(foreign_keys=[source_id])
+    destination: Mapped[ComputeResource | None] = relationship(foreign_keys=[destination_id])
+    events: Mapped[list["TaskEvent"]] = relationship(back_populates="task",
+                                                     order_by="TaskEvent.id",
+                                                     cascade="all, delete-orphan")
+
+
+class TaskEvent(db.Model):
+    """One line of a migration task's timeline."""
+
+    __tablename__ = "task_event"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("migration_task.id", ondelete="CASCADE"),
+                                         index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(50))
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict | None] = mapped_column(JSON)
+
+    task: Mapped[MigrationTask] = relationship(back_populates="events")

@@ -1,0 +1,2 @@
+"""Compute resources: add, detail, test connection, sync, maintenance."""
+from app.resources.views import bp  # noqa: F401

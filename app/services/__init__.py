@@ -1,0 +1,1 @@
+"""Domain services: what routes, jobs and the CLI call. They never render anything."""

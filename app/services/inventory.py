@@ -1,0 +1,105 @@
+"""Inventory sync: a compute resource's facts and servers, read from the node and recorded.
+
+Idempotent: running it twice changes nothing the second time. A server that
+is no longer on its node is marked missing (never deleted: its history
+matters); a node that cannot be reached becomes unreachable with the reason.
+"""
+import logging
+
+from app import status
+from app.errors import FerryError
+from app.extensions import db
+from app.infra import ssh
+from app.infra.commands import node
+from app.models import ComputeResource, Disk, Server, utcnow
+from app.services import jobs, resources
+
+log = logging.getLogger("ferry.inventory")
+
+
+def gather_facts(resource, conn, host):
+    """The facts dict stored on the resource (shape documented in the README and used by preflight)."""
+    def out(argv):
+        return ssh.run(conn, argv).stdout
+
+    cpu = host.cpu()
+    cpu["cpuinfo"] = node.parse_cpuinfo(out(node.CPUINFO))
+    nbd = ssh.run(conn, node.NBD_LOADED).ok or ssh.run(conn, node.NBD_AVAILABLE).ok
+    return {
+        "cpu": cpu,
+        "os": node.parse_os_release(out(node.OS_RELEASE)),
+        "kernel": out(node.KERNEL).strip(),
+        **host.versions(),
+        "nested_virtualization": node.parse_nested(out(node.NESTED)),
+        "memory": host.memory(),
+        "storage_pools": [p.__dict__ for p in host.storage_pools()],
+        "nbd_module": nbd,
+        "backup_dir": {"path": resource.backup_dir,
+                       "free_bytes": node.parse_df(out(node.free_space(resource.backup_dir)))},
+        "gathered_at": utcnow().isoformat(),
+    }
+
+
+def record_guests(resource, guests, now=None):
+    """Upsert the servers seen on `resource`; mark the ones it no longer has missing."""
+    now = now or utcnow()
+    seen = set()
+    for guest in guests:
+        seen.add(guest.uuid)
+        server = db.session.scalar(db.select(Server).filter_by(uuid=guest.uuid))
+        if server is None:
+            server = Server(uuid=guest.uuid)
+            db.session.add(server)
+        server.name, server.compute_resource = guest.name, resource
+        server.state, server.vcpus, server.memory_mib = guest.state, guest.vcpus, guest.memory_mib
+        server.snapshot_count, server.persistent = guest.snapshot_count, guest.persistent
+        server.last_seen_at = now
+        by_target = {d.target: d for d in server.disks}
+        for info in guest.disks:
+            disk = by_target.pop(info.target, None) or Disk(target=info.target)
+            if disk not in server.disks:
+                server.disks.append(disk)
+            disk.path, disk.format, disk.storage_type = info.path, info.format, info.storage_type
+            disk.virtual_size, disk.allocation = info.virtual_size, info.allocation
+        for gone in by_target.values():
+            server.disks.remove(gone)
+    missing = 0
+    for server in db.session.scalars(db.select(Server).filter_by(compute_resource=resource)):
+        if server.uuid not in seen and server.state != status.SERVER_MISSING:
+            server.state = status.SERVER_MISSING
+            missing += 1
+    return {"servers": len(seen), "missing": missing}
+
+
+def sync(resource_id):
+    """Read facts and servers of one compute resource and record them; raise if it is unreachable."""
+    resource = resources.get(resource_id)
+    try:
+        with resources.open_ssh(resource) as conn, resources.open_libvirt(resource) as host:
+            facts = gather_facts(resource, conn, host)
+            guests = host.guests()
+    except FerryError as exc:
+        resources.mark_unreachable(resource, str(exc))
+        db.session.commit()
+        raise FerryError(f"{resource.name} is unreachable: {exc}") from exc
+    resource.facts = facts
+    resources.mark_reachable(resource)
+    summary = record_guests(resource, guests)
+    resource.last_synced_at = utcnow()
+    db.session.commit()
+    log.info("synced %s: %d servers, %d newly missing", resource.name,
+             summary["servers"], summary["missing"])
+    return summary
+
+
+def enqueue_sync(resource, by=None):
+    """Queue a sync job for one resource (audited: a sync changes the inventory)."""
+    from app.services import audit
+    audit.record("resource.sync", f"compute_resource:{resource.name}", user=by)
+    return jobs.enqueue("sync_resource", {"resource_id": resource.id}, user=by)
+
+
+def enqueue_sync_all(by=None):
+    """Queue one sync job per compute resource."""
+    ids = db.session.scalars(db.select(ComputeResource).order_by(ComputeResource.name)).all()
+    return [enqueue_sync(r, by) for r in ids]

@@ -1,0 +1,61 @@
+"""Every status value Ferry stores, in one place."""
+
+# Compute resources
+RESOURCE_ACTIVE = "active"
+RESOURCE_MAINTENANCE = "maintenance"
+RESOURCE_UNREACHABLE = "unreachable"
+RESOURCE_STATUSES = (RESOURCE_ACTIVE, RESOURCE_MAINTENANCE, RESOURCE_UNREACHABLE)
+
+# Servers (libvirt domain states, plus what Ferry knows beyond libvirt)
+SERVER_RUNNING = "running"
+SERVER_STOPPED = "stopped"
+SERVER_PAUSED = "paused"
+SERVER_CRASHED = "crashed"
+SERVER_SUSPENDED = "suspended"
+SERVER_MISSING = "missing"  # was in the inventory, not found at the last sync
+SERVER_MIGRATING = "migrating"
+SERVER_UNKNOWN = "unknown"
+SERVER_STATES = (
+    SERVER_RUNNING, SERVER_STOPPED, SERVER_PAUSED, SERVER_CRASHED,
+    SERVER_SUSPENDED, SERVER_MISSING, SERVER_MIGRATING, SERVER_UNKNOWN,
+)
+
+# Disks
+FORMAT_RAW = "raw"
+FORMAT_QCOW2 = "qcow2"
+STORAGE_FILE_RAW = "file-raw"
+STORAGE_FILE_QCOW2 = "file-qcow2"
+STORAGE_LVM = "lvm"
+STORAGE_THINLVM = "thinlvm"
+STORAGE_TYPES = (STORAGE_FILE_RAW, STORAGE_FILE_QCOW2, STORAGE_LVM, STORAGE_THINLVM)
+
+# Backups
+BACKUP_FULL = "full"
+BACKUP_INCREMENTAL = "incremental"
+
+# Jobs (NetBox's vocabulary: failed = a known failure, errored = a bug or surprise)
+JOB_PENDING = "pending"
+JOB_RUNNING = "running"
+JOB_FINISHED = "finished"
+JOB_FAILED = "failed"
+JOB_ERRORED = "errored"
+JOB_DONE = (JOB_FINISHED, JOB_FAILED, JOB_ERRORED)
+
+# Migration groups and tasks
+MIGRATION_PENDING = "pending"
+MIGRATION_PREFLIGHT = "preflight"
+MIGRATION_RUNNING = "running"
+MIGRATION_FINISHED = "finished"
+MIGRATION_FAILED = "failed"
+MIGRATION_CANCELLED = "cancelled"
+MIGRATION_DONE = (MIGRATION_FINISHED, MIGRATION_FAILED, MIGRATION_CANCELLED)
+MIGRATION_ACTIVE = (MIGRATION_PENDING, MIGRATION_PREFLIGHT, MIGRATION_RUNNING)
+
+MODE_LIVE = "live"
+MODE_OFFLINE = "offline"
+
+# Users
+ROLE_VIEWER = "viewer"
+ROLE_OPERATOR = "operator"
+ROLE_ADMIN = "admin"
+ROLES = (ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN)  # each includes the ones before it

@@ -1,0 +1,1 @@
+"""Ferry's RQ worker: the job entry points (worker.jobs) and the worker process (python -m worker)."""

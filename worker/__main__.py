@@ -1,0 +1,33 @@
+"""`python -m worker`: upgrade the schema, then run an RQ worker (JSON serializer) and the sync schedule."""
+import argparse
+import logging
+
+from rq.serializers import JSONSerializer
+
+from app import upgrade_database
+from app.services.jobs import QUEUE_DEFAULT, QUEUE_MIGRATIONS, redis_connection
+from worker import schedule
+from worker.runtime import FerryWorker, get_app
+
+
+def main(argv=None):
+    """Parse the options and work until stopped."""
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--queue", action="append", dest="queues",
+                        help=f"queue to serve (repeatable; default {QUEUE_DEFAULT} and {QUEUE_MIGRATIONS})")
+    parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    parser.add_argument("--no-schedule", action="store_true", help="do not run the periodic sync")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    app = get_app()
+    upgrade_database(app)
+    if app.config["SYNC_INTERVAL"] and not args.no_schedule and not args.burst:
+        schedule.start(app)
+    worker = FerryWorker(args.queues or [QUEUE_DEFAULT, QUEUE_MIGRATIONS],
+                         connection=redis_connection(app), serializer=JSONSerializer)
+    worker.work(burst=args.burst, logging_level="INFO")
+
+
+if __name__ == "__main__":
+    main()

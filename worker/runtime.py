@@ -1,0 +1,32 @@
+"""The one Flask app of a worker process, created once and inherited by every forked job."""
+from rq import Worker
+
+from app.extensions import db
+
+_app = None
+
+
+def get_app():
+    """The worker's app, created on first use from the environment's configuration."""
+    global _app
+    if _app is None:
+        from app import create_app
+        _app = create_app()
+    return _app
+
+
+def set_app(app):
+    """Use `app` for jobs run in this process (the worker entry point and the tests do this)."""
+    global _app
+    _app = app
+
+
+class FerryWorker(Worker):
+    """An RQ worker whose forked work horse never reuses the parent's database connections."""
+
+    def main_work_horse(self, job, queue):
+        """In the child, drop the inherited pool without closing the parent's sockets."""
+        with get_app().app_context():
+            for engine in db.engines.values():
+                engine.dispose(close=False)
+        super().main_work_horse(job, queue)
