@@ -1,0 +1,303 @@
+"""How long a migration will take, with a band, and whether it converges.
+
+The model is the pre-copy model of REFERENCE.md (Liu et al., HPDC 2011;
+Akoush et al., MASCOTS 2010): disks first (non-shared storage), then memory
+passes. With memory V, bandwidth R, dirty rate D and lambda = D / R, pass i
+sends V * lambda**i; QEMU stops the guest once what is left fits in the
+allowed downtime (V_threshold = R * downtime). Everything here is pure: the
+callers measure (throughput probe, libvirt dirty-rate calculation, jobStats)
+and pass plain numbers in.
+
+Units: bytes, bytes per second, seconds; downtime in milliseconds as libvirt
+uses it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:  # only for annotations: ladder imports this module
+    from app.services.ladder import JobStats
+
+GIB = 1024 ** 3
+MIB = 1024 ** 2
+
+DEFAULT_DOWNTIME_MS = 300
+DEFAULT_MAX_PASSES = 30
+# Setup (Prepare on the destination, connection, device state) and resume on
+# the destination: the lab measured 3.3 s for 256 MiB + ~0.6 GiB of data at
+# ~5 Gbit/s, about 1 s more than the bytes alone explain.
+DEFAULT_SETUP_S = 1.0
+DEFAULT_RESUME_MS = 50.0
+# Pre-start inputs are single samples: the probe is a few seconds of zeros
+# and the dirty rate a one-second sample, so the band is wide on purpose.
+THROUGHPUT_ERROR = 0.25
+DIRTY_RATE_ERROR = 0.5
+# Live: the band comes from the spread of recent samples, but never narrower.
+MIN_LIVE_SPREAD = 0.10
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A time estimate with its band; `seconds` is still to go from the sample."""
+
+    seconds: float
+    low: float
+    high: float
+    expected_downtime_ms: float
+    converges: bool
+    passes: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Whether pre-copy converges at the current settings, and why not."""
+
+    converges: bool
+    ratio: float  # lambda = dirty rate / bandwidth
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Passes:
+    seconds: float  # memory part only
+    downtime_ms: float
+    passes: int
+    converges: bool
+
+
+def dirty_ratio(dirty_rate_bps: float, bandwidth_bps: float) -> float:
+    """Return lambda = dirty rate / bandwidth (inf when nothing moves).
+
+    >>> dirty_ratio(50 * MIB, 100 * MIB)
+    0.5
+    >>> dirty_ratio(0, 0)
+    inf
+    """
+    if bandwidth_bps <= 0:
+        return math.inf
+    return max(dirty_rate_bps, 0) / bandwidth_bps
+
+
+def passes_needed(memory_bytes: float, threshold_bytes: float, ratio: float) -> int:
+    """Return the passes after the first until what is left fits the threshold.
+
+    n = ceil(log_lambda(V_threshold / V)); 0 when V already fits; 1 when the
+    guest dirties nothing (lambda = 0); inf-like (a large int) when lambda >= 1.
+
+    >>> passes_needed(1024, 2048, 0.5)
+    0
+    >>> passes_needed(1024 * MIB, 30 * MIB, 0.5)  # 1024 -> 512 ... 32 -> 16
+    6
+    >>> passes_needed(1024, 10, 0.0)
+    1
+    """
+    if memory_bytes <= threshold_bytes:
+        return 0
+    if ratio <= 0:
+        return 1
+    if ratio >= 1 or threshold_bytes <= 0:
+        return 10 ** 9
+    n = math.log(threshold_bytes / memory_bytes) / math.log(ratio)
+    # ceil with a tolerance so that an exact power does not round up
+    return max(1, math.ceil(n - 1e-9))
+
+
+def _memory_passes(memory_bytes: float, bandwidth_bps: float, dirty_bps: float,
+                   downtime_ms: float, max_passes: int, resume_ms: float,
+                   cap_bytes: float) -> _Passes:
+    """Run the pre-copy model over the memory part (see `estimate_migration`)."""
+    ratio = dirty_ratio(dirty_bps, bandwidth_bps)
+    threshold = bandwidth_bps * downtime_ms / 1000.0
+    needed = passes_needed(memory_bytes, threshold, ratio)
+    n = min(needed, max_passes)
+    # A pass cannot resend more than the whole memory: with lambda >= 1 the
+    # dirty set saturates at the guest's size, it does not grow without end.
+    sent = 0.0
+    last = memory_bytes
+    for i in range(n + 1):
+        # min(ratio, 1e3): beyond that every pass is capped anyway; avoids overflow
+        last = min(memory_bytes * min(ratio, 1e3) ** i, cap_bytes) if i else memory_bytes
+        sent += last
+    downtime = last / bandwidth_bps * 1000.0 + resume_ms
+    return _Passes(
+        seconds=sent / bandwidth_bps,
+        downtime_ms=downtime,
+        passes=n,
+        converges=needed <= max_passes,
+    )
+
+
+def estimate_migration(memory_bytes: int, disk_bytes: int, throughput_bps: float,
+                       dirty_rate_bps: float,
+                       downtime_ms: float = DEFAULT_DOWNTIME_MS,
+                       max_passes: int = DEFAULT_MAX_PASSES,
+                       touched_memory_bytes: Optional[int] = None,
+                       setup_s: float = DEFAULT_SETUP_S,
+                       resume_ms: float = DEFAULT_RESUME_MS) -> Estimate:
+    """Estimate a live migration before it starts, with a band.
+
+    Disks (allocated bytes) go first at the measured throughput R, then the
+    memory passes. QEMU skips zero pages, so the first pass of an idle guest
+    sends only its touched memory: pass `touched_memory_bytes` when known
+    (the central and low values use it, the high value assumes all memory).
+
+    Worked example: 1 GiB of memory, 1 GiB of disk, 100 MiB/s, 25 MiB/s
+    dirtied (lambda = 0.25), 300 ms downtime: threshold 30 MiB; memory passes
+    1024, 256, 64, 16 MiB (n = 3), total 1360 MiB; time = 1 s setup
+    + 10.24 s disk + 13.6 s memory + 0.05 s resume = 24.89 s; downtime
+    = 16 MiB / R + 50 ms = 210 ms.
+
+    >>> e = estimate_migration(GIB, GIB, 100 * MIB, 25 * MIB)
+    >>> round(e.seconds, 2), e.passes, round(e.expected_downtime_ms), e.converges
+    (24.89, 3, 210, True)
+
+    With lambda >= 1 the model never converges: `converges` is False and the
+    time shown is that of `max_passes` passes (each capped at the memory
+    size), which is when Ferry's ladder must throttle, switch or abort.
+    """
+    if throughput_bps <= 0:
+        return Estimate(math.inf, math.inf, math.inf, math.inf, False, 0,
+                        "No throughput was measured between the nodes: no estimate.")
+    touched = memory_bytes if touched_memory_bytes is None else min(
+        touched_memory_bytes, memory_bytes)
+
+    def total(rate: float, dirty: float, first_pass: float) -> tuple[float, _Passes]:
+        mem = _memory_passes(first_pass, rate, dirty, downtime_ms, max_passes,
+                             resume_ms, cap_bytes=memory_bytes)
+        return setup_s + disk_bytes / rate + mem.seconds + resume_ms / 1000.0, mem
+
+    seconds, mem = total(throughput_bps, dirty_rate_bps, touched)
+    low, _ = total(throughput_bps * (1 + THROUGHPUT_ERROR),
+                   dirty_rate_bps * (1 - DIRTY_RATE_ERROR), touched)
+    high, worst = total(throughput_bps * (1 - THROUGHPUT_ERROR),
+                        dirty_rate_bps * (1 + DIRTY_RATE_ERROR), memory_bytes)
+    verdict = judge_convergence(dirty_rate_bps, throughput_bps, touched,
+                                downtime_ms, max_passes)
+    reason = verdict.reason
+    if verdict.converges and not worst.converges:
+        reason += (" At the pessimistic end of the band (throughput -25 %, dirty"
+                   " rate +50 %) it would not converge.")
+    return _estimate(seconds, low, high, mem, verdict, reason)
+
+
+def judge_convergence(dirty_rate_bps: float, bandwidth_bps: float,
+                      remaining_bytes: Optional[float] = None,
+                      downtime_ms: float = DEFAULT_DOWNTIME_MS,
+                      max_passes: int = DEFAULT_MAX_PASSES) -> Convergence:
+    """Judge whether pre-copy converges at the current settings.
+
+    It does not when the guest dirties memory at least as fast as it is sent
+    (lambda >= 1), or when, given what remains, it would need more than
+    `max_passes` passes to fit in the allowed downtime.
+
+    >>> judge_convergence(120 * MIB, 100 * MIB).converges
+    False
+    >>> judge_convergence(10 * MIB, 100 * MIB, 512 * MIB, 300).converges
+    True
+    >>> judge_convergence(99 * MIB, 100 * MIB, 4 * GIB, 10, 30).converges
+    False
+    """
+    ratio = dirty_ratio(dirty_rate_bps, bandwidth_bps)
+    if math.isinf(ratio):
+        return Convergence(False, ratio, "No memory is being transferred.")
+    if ratio >= 1:
+        return Convergence(False, ratio, (
+            f"The guest dirties memory at {_mib(dirty_rate_bps)} MiB/s, faster than"
+            f" the {_mib(bandwidth_bps)} MiB/s the link carries: the migration"
+            " will not converge at current settings."))
+    if remaining_bytes is not None:
+        threshold = bandwidth_bps * downtime_ms / 1000.0
+        n = passes_needed(remaining_bytes, threshold, ratio)
+        if n > max_passes:
+            return Convergence(False, ratio, (
+                f"With {_mib(remaining_bytes)} MiB left, {_mib(dirty_rate_bps)} MiB/s"
+                f" dirtied and {_mib(bandwidth_bps)} MiB/s sent, fitting into"
+                f" {downtime_ms:g} ms of downtime would take {n} passes (more"
+                f" than {max_passes}): the migration will not converge at"
+                " current settings."))
+    return Convergence(True, ratio, (
+        f"The guest dirties {ratio:.0%} of what the link carries: pre-copy"
+        " converges."))
+
+
+def live_estimate(series: Sequence["JobStats"],
+                  downtime_ms: float = DEFAULT_DOWNTIME_MS,
+                  max_passes: int = DEFAULT_MAX_PASSES,
+                  resume_ms: float = DEFAULT_RESUME_MS) -> Optional[Estimate]:
+    """Re-estimate the time still to go from recent jobStats samples (oldest first).
+
+    Bandwidth is measured from data_processed over the samples (libvirt's
+    memory_bps is zero during the disk copy); the band comes from the slowest
+    and fastest interval, never narrower than +-10 %. During the disk copy the
+    memory is still to come in full; in the RAM phase the current pass's
+    remaining bytes start the model. Returns None with fewer than two samples.
+
+    Worked example: two samples 1 s apart, 100 MiB processed in between, RAM
+    phase, 200 MiB remaining, no dirtying: 200 MiB / 100 MiB/s = 2 s (+ 50 ms
+    resume).
+
+    >>> from app.services.ladder import JobStats
+    >>> a = JobStats(time_elapsed_ms=1000, data_processed=0, memory_total=GIB,
+    ...              memory_processed=MIB, memory_remaining=300 * MIB, memory_iteration=1)
+    >>> b = JobStats(time_elapsed_ms=2000, data_processed=100 * MIB, memory_total=GIB,
+    ...              memory_processed=101 * MIB, memory_remaining=200 * MIB, memory_iteration=1)
+    >>> round(live_estimate([a, b]).seconds, 2)
+    2.05
+    """
+    if len(series) < 2:
+        return None
+    first, last = series[0], series[-1]
+    rates = []
+    for a, b in zip(series, series[1:]):
+        dt = (b.time_elapsed_ms - a.time_elapsed_ms) / 1000.0
+        if dt > 0:
+            rates.append(max(b.data_processed - a.data_processed, 0) / dt)
+    span = (last.time_elapsed_ms - first.time_elapsed_ms) / 1000.0
+    rate = (last.data_processed - first.data_processed) / span if span > 0 else 0.0
+    if rate <= 0:
+        rate = float(last.memory_bps)
+    if rate <= 0:
+        return Estimate(math.inf, math.inf, math.inf, math.inf, False, 0,
+                        "No data moved in the recent samples: no estimate.")
+    fast = max(max(rates, default=rate), rate * (1 + MIN_LIVE_SPREAD))
+    slow = min(min((r for r in rates if r > 0), default=rate), rate * (1 - MIN_LIVE_SPREAD))
+    dirty = sum(s.memory_dirty_rate_bps for s in series) / len(series)
+
+    if last.ram_phase:
+        disk_left, memory_left = last.disk_remaining, last.memory_remaining
+    else:
+        disk_left, memory_left = last.disk_remaining, last.memory_total
+
+    def go(r: float, d: float) -> tuple[float, _Passes]:
+        mem = _memory_passes(memory_left, r, d, downtime_ms, max_passes,
+                             resume_ms, cap_bytes=max(last.memory_total, memory_left))
+        return disk_left / r + mem.seconds + resume_ms / 1000.0, mem
+
+    seconds, mem = go(rate, dirty)
+    low, _ = go(fast, dirty * (1 - MIN_LIVE_SPREAD))
+    high, _ = go(slow, dirty * (1 + MIN_LIVE_SPREAD))
+    verdict = judge_convergence(dirty, rate, memory_left, downtime_ms, max_passes)
+    return _estimate(seconds, low, high, mem, verdict, verdict.reason)
+
+
+def _estimate(seconds: float, low: float, high: float, mem: _Passes,
+              verdict: Convergence, reason: str) -> Estimate:
+    """Assemble an Estimate whose band always contains the central value."""
+    return Estimate(
+        seconds=seconds,
+        low=min(low, seconds),
+        high=max(high, seconds),
+        expected_downtime_ms=mem.downtime_ms,
+        converges=mem.converges and verdict.converges,
+        passes=mem.passes,
+        reason=reason,
+    )
+
+
+def _mib(value: float) -> str:
+    """Format bytes (or bytes/s) as whole MiB for a sentence."""
+    return f"{value / MIB:.0f}"

@@ -1,0 +1,117 @@
+"""ETA and convergence from the pre-copy model, with worked numbers."""
+
+import math
+
+import pytest
+
+from app.services.estimation import (
+    GIB,
+    MIB,
+    estimate_migration,
+    judge_convergence,
+    live_estimate,
+    passes_needed,
+)
+from app.services.ladder import JobStats
+
+
+def test_it_estimates_a_converging_migration_disks_then_memory_passes():
+    # 1 GiB RAM + 1 GiB disk at 100 MiB/s, 25 MiB/s dirtied: lambda 0.25,
+    # threshold 100 MiB/s x 0.3 s = 30 MiB; passes 1024, 256, 64, 16 MiB.
+    e = estimate_migration(GIB, GIB, 100 * MIB, 25 * MIB, downtime_ms=300)
+    assert e.converges and e.passes == 3
+    # 1 s setup + 10.24 s disk + 13.6 s memory (1360 MiB) + 0.05 s resume
+    assert e.seconds == pytest.approx(24.89)
+    assert e.expected_downtime_ms == pytest.approx(210.0)  # 16 MiB / R + 50 ms
+    assert e.low < e.seconds < e.high
+    # low: R +25 %, D -50 % -> lambda 0.1: 1024, 102.4, 10.24 MiB (n = 2)
+    assert e.low == pytest.approx(1 + 1024 / 125 + 1136.64 / 125 + 0.05)
+
+
+def test_it_makes_an_idle_guest_faster_with_touched_memory():
+    # Only 128 MiB touched of 1 GiB, nothing dirtied: one pass of 128 MiB.
+    e = estimate_migration(GIB, 0, 100 * MIB, 0, touched_memory_bytes=128 * MIB)
+    assert e.seconds == pytest.approx(1 + 1.28 + 0.05)
+    assert e.passes == 1 and e.converges
+    # The high end does not trust the guess: all 1 GiB at 75 MiB/s.
+    assert e.high == pytest.approx(1 + 1024 / 75 + 0.05)
+    plain = estimate_migration(GIB, 0, 100 * MIB, 0)
+    assert plain.seconds == pytest.approx(1 + 10.24 + 0.05)
+
+
+def test_it_says_a_dirty_rate_above_bandwidth_never_converges():
+    # lambda = 1.5: every pass resends the whole 1 GiB (the dirty set saturates).
+    e = estimate_migration(GIB, 0, 100 * MIB, 150 * MIB, max_passes=30)
+    assert not e.converges
+    assert e.passes == 30
+    assert e.seconds == pytest.approx(1 + 31 * 10.24 + 0.05)
+    assert e.expected_downtime_ms == pytest.approx(10240 + 50)
+    assert "will not converge at current settings" in e.reason
+
+
+def test_it_treats_lambda_of_exactly_one_as_not_converging():
+    verdict = judge_convergence(100 * MIB, 100 * MIB)
+    assert not verdict.converges and verdict.ratio == 1.0
+
+
+def test_it_flags_a_converging_ratio_that_needs_too_many_passes():
+    # lambda 0.9 from 1 GiB down to 30 MiB: ceil(log(30/1024)/log(0.9)) = 34 passes.
+    assert passes_needed(GIB, 30 * MIB, 0.9) == 34
+    assert not estimate_migration(GIB, 0, 100 * MIB, 90 * MIB, max_passes=30).converges
+    assert estimate_migration(GIB, 0, 100 * MIB, 90 * MIB, max_passes=40).converges
+
+
+def test_it_warns_when_only_the_pessimistic_band_fails_to_converge():
+    # lambda 0.8 converges; +50 % dirty and -25 % throughput gives lambda 1.6.
+    e = estimate_migration(GIB, 0, 100 * MIB, 80 * MIB)
+    assert e.converges
+    assert "pessimistic end" in e.reason
+
+
+def test_it_gives_no_estimate_without_throughput():
+    e = estimate_migration(GIB, GIB, 0, 0)
+    assert math.isinf(e.seconds) and not e.converges
+
+
+def test_it_judges_convergence_from_remaining_and_downtime():
+    assert judge_convergence(10 * MIB, 100 * MIB, 512 * MIB, 300).converges
+    assert not judge_convergence(99 * MIB, 100 * MIB, 4 * GIB, 10, max_passes=30).converges
+    assert not judge_convergence(10 * MIB, 0).converges
+
+
+def sample(t_ms, processed, **kw):
+    """A jobStats sample at t_ms with data_processed bytes so far."""
+    return JobStats(time_elapsed_ms=t_ms, data_processed=processed, **kw)
+
+
+def test_it_reestimates_live_during_the_disk_copy():
+    # 200 MiB/s measured; 400 MiB of disk then all 256 MiB of memory to go.
+    common = dict(disk_remaining=400 * MIB, memory_total=256 * MIB)
+    e = live_estimate([sample(0, 0, **common), sample(1000, 200 * MIB, **common)])
+    assert e.seconds == pytest.approx(2 + 1.28 + 0.05)
+    assert e.low < e.seconds < e.high  # at least +-10 %
+
+
+def test_it_reestimates_live_in_the_ram_phase_with_a_band_from_the_samples():
+    ram = dict(memory_total=GIB, memory_processed=GIB, memory_iteration=2,
+               memory_remaining=200 * MIB, memory_dirty_rate_bps=0)
+    series = [sample(0, 0, **ram), sample(1000, 100 * MIB, **ram),
+              sample(2000, 400 * MIB, **ram)]
+    e = live_estimate(series)
+    assert e.seconds == pytest.approx(200 / 200 + 0.05)  # 400 MiB in 2 s
+    assert e.low == pytest.approx(200 / 300 + 0.05)  # fastest interval
+    assert e.high == pytest.approx(200 / 100 + 0.05)  # slowest interval
+
+
+def test_it_reports_non_convergence_live():
+    ram = dict(memory_total=GIB, memory_processed=GIB, memory_iteration=5,
+               memory_remaining=500 * MIB, memory_dirty_rate_bps=300 * MIB)
+    e = live_estimate([sample(0, 0, **ram), sample(1000, 100 * MIB, **ram)])
+    assert not e.converges
+    assert "will not converge at current settings" in e.reason
+
+
+def test_it_needs_two_samples_and_moving_data_for_a_live_estimate():
+    assert live_estimate([sample(0, 0)]) is None
+    stuck = live_estimate([sample(0, 5), sample(1000, 5)])
+    assert math.isinf(stuck.seconds) and not stuck.converges

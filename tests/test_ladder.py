@@ -1,0 +1,221 @@
+"""The live-migration ladder's decisions: pure functions, no libvirt."""
+
+from app.services.estimation import GIB, MIB
+from app.services.ladder import (
+    JOB_COMPLETED,
+    Abort,
+    JobStats,
+    LadderSettings,
+    LadderState,
+    Note,
+    SetDowntime,
+    StartPostCopy,
+    WillNotConverge,
+    completion_deadline_s,
+    decide,
+    downtime_steps,
+    progress_percent,
+)
+
+# 1 GiB guest, 1 GiB data: steps 10 s apart, deadline 150 s.
+SETTINGS = LadderSettings(downtime_target_ms=300, downtime_steps=3)
+
+
+def disk_phase(remaining=GIB // 2, **extra):
+    """A sample during the disk copy: memory stats still zero."""
+    return JobStats(data_total=2 * GIB, data_remaining=remaining + GIB,
+                    disk_total=GIB, disk_remaining=remaining, **extra)
+
+
+def ram_phase(iteration=1, remaining=GIB // 2, dirty=0, bps=100 * MIB, **extra):
+    """A sample during the memory passes of a 1 GiB guest (data = memory)."""
+    return JobStats(data_total=GIB, data_remaining=remaining, memory_total=GIB,
+                    memory_processed=GIB - remaining, memory_remaining=remaining,
+                    memory_iteration=iteration, memory_dirty_rate_bps=dirty,
+                    memory_bps=bps, **extra)
+
+
+def kinds(actions):
+    """The kinds of a list of actions, for short assertions."""
+    return [a.kind for a in actions]
+
+
+def climb_to_top(state, settings=SETTINGS, start=0.0):
+    """Drive a non-converging migration until the downtime target is reached."""
+    decide(state, ram_phase(iteration=1), start, settings)
+    actions = []
+    t = start
+    for t in (start + 10, start + 20, start + 30):
+        actions += decide(state, ram_phase(iteration=int(t), remaining=GIB // 2 - int(t)),
+                          t, settings)
+    return actions, t
+
+
+def test_it_builds_job_stats_from_libvirt_dict():
+    stats = JobStats.from_libvirt({
+        "type": 2, "time_elapsed": 2500, "data_total": 10, "data_remaining": 4,
+        "memory_dirty_rate": 256, "memory_page_size": 16384, "memory_iteration": 3,
+        "memory_bps": 1000, "disk_total": 5, "downtime": 42,
+        "auto_converge_throttle": 30, "memory_postcopy_requests": 0,
+    })
+    assert stats.memory_dirty_rate_bps == 256 * 16384
+    assert (stats.time_elapsed_ms, stats.downtime_ms, stats.auto_converge_throttle) == (2500, 42, 30)
+    assert stats.active
+    # Older libvirt omits the page size: x86's 4 KiB is assumed.
+    assert JobStats.from_libvirt({"type": 2, "memory_dirty_rate": 10}).memory_dirty_rate_bps == 40960
+
+
+def test_it_schedules_downtime_steps_like_nova():
+    steps = downtime_steps(LadderSettings(), 256 * MIB)
+    assert [ms for _, ms in steps] == [30, 57, 84, 111, 138, 165, 192, 219, 246, 273, 300]
+    assert [at for at, _ in steps][:3] == [0.0, 10.0, 20.0]  # small guests count as 1 GiB
+    assert downtime_steps(LadderSettings(), 4 * GIB)[1][0] == 40.0  # scaled by memory
+
+
+def test_it_computes_progress_percent_from_data_then_memory():
+    assert progress_percent(JobStats(data_total=400, data_remaining=100)) == 75.0
+    assert progress_percent(JobStats(memory_total=200, memory_remaining=50)) == 75.0
+    assert progress_percent(JobStats(data_total=100, data_remaining=500)) == 0.0
+
+
+def test_it_sets_the_first_step_and_never_escalates_a_converging_migration():
+    state = LadderState()
+    first = decide(state, disk_phase(), 0.0, SETTINGS)
+    assert first == [SetDowntime(downtime_ms=100, step=0, message=first[0].message)]
+    assert "100 ms" in first[0].message
+    # The disk copy takes a while, then one pass and done: nothing more.
+    actions = []
+    for t, stats in [(30.0, disk_phase(remaining=1000)), (31.0, ram_phase(iteration=1)),
+                     (40.0, ram_phase(iteration=1, remaining=100 * MIB)),
+                     (45.0, JobStats(type=JOB_COMPLETED))]:
+        actions += decide(state, stats, t, SETTINGS)
+    assert actions == []
+
+
+def test_it_raises_downtime_on_schedule_only_after_a_full_pass():
+    state = LadderState()
+    decide(state, ram_phase(iteration=1), 0.0, SETTINGS)
+    # 15 s in but still in the first pass: convergence is unknown, no step.
+    assert decide(state, ram_phase(iteration=1, remaining=GIB // 3), 15.0, SETTINGS) == []
+    step = decide(state, ram_phase(iteration=2, remaining=GIB // 4), 16.0, SETTINGS)
+    assert [(a.downtime_ms, a.step) for a in step] == [(166, 1)]
+    assert "166 ms (step 1 of 3)" in step[0].message
+    # Not due again until 20 s; a late poll jumps to the step that is due.
+    assert decide(state, ram_phase(iteration=3, remaining=GIB // 5), 18.0, SETTINGS) == []
+    late = decide(state, ram_phase(iteration=9, remaining=GIB // 6), 35.0, SETTINGS)
+    assert [(a.downtime_ms, a.step) for a in late] == [(300, 3)]
+
+
+def test_it_climbs_to_target_then_auto_converge_then_postcopy_when_allowed():
+    settings = LadderSettings(downtime_target_ms=300, downtime_steps=3, postcopy=True,
+                              auto_converge_window_per_gib_s=20.0)
+    state = LadderState()
+    actions, t = climb_to_top(state, settings)
+    assert [a.downtime_ms for a in actions] == [166, 233, 300]
+    rung = decide(state, ram_phase(iteration=40, auto_converge_throttle=40), t + 0.5, settings)
+    assert kinds(rung) == ["throttle", "auto-converge"]
+    assert "40 %" in rung[1].message and "20 s" in rung[1].message
+    assert decide(state, ram_phase(iteration=41), t + 19, settings) == []
+    switch = decide(state, ram_phase(iteration=42, remaining=80 * MIB), t + 21, settings)
+    assert [type(a) for a in switch] == [StartPostCopy]
+    assert "80 MiB" in switch[0].message
+    assert state.in_postcopy
+    assert decide(state, ram_phase(iteration=43), t + 22, settings) == []  # only once
+
+
+def test_it_skips_auto_converge_rung_when_not_enabled_and_notes_postcopy_refusal():
+    settings = LadderSettings(downtime_target_ms=300, downtime_steps=3, auto_converge=False)
+    state = LadderState()
+    _, t = climb_to_top(state, settings)
+    skipped = decide(state, ram_phase(iteration=50), t + 1, settings)
+    assert kinds(skipped) == ["auto-converge"] and "not enabled" in skipped[0].message
+    refused = decide(state, ram_phase(iteration=51), t + 12, settings)
+    assert kinds(refused) == ["postcopy-not-allowed"]
+    assert not any(isinstance(a, StartPostCopy) for a in refused)
+    assert decide(state, ram_phase(iteration=52), t + 13, settings) == []  # said once
+
+
+def test_it_never_starts_postcopy_during_the_disk_copy():
+    settings = LadderSettings(downtime_target_ms=300, downtime_steps=3, postcopy=True)
+    # A state already at the post-copy rung, fed a sample from the disk phase.
+    state = LadderState(started_at=0.0, ram_phase_at=0.0, downtime_step=3,
+                        top_reached_at=30.0, auto_converge_at=30.0, progress_at=99.0,
+                        lowest_remaining=0)
+    actions = decide(state, disk_phase(memory_iteration=5), 100.0, settings)
+    assert not any(isinstance(a, StartPostCopy) for a in actions)
+    assert not state.in_postcopy
+
+
+def test_it_aborts_when_no_progress_for_the_stall_timeout():
+    settings = LadderSettings(progress_timeout_s=20.0, completion_timeout_per_gib_s=1000)
+    state = LadderState()
+    decide(state, disk_phase(remaining=GIB // 2), 0.0, settings)
+    assert decide(state, disk_phase(remaining=GIB // 2), 19.0, settings) == []
+    actions = decide(state, disk_phase(remaining=GIB // 2), 20.0, settings)
+    assert [(type(a), a.reason) for a in actions] == [(Abort, "stall")]
+    assert "no progress for 20 s" in actions[0].message
+    assert "keeps running on the source" in actions[0].message
+    assert decide(state, disk_phase(), 21.0, settings) == []  # aborted once
+
+
+def test_it_counts_a_new_low_of_remaining_data_as_progress():
+    settings = LadderSettings(progress_timeout_s=20.0, completion_timeout_per_gib_s=1000)
+    state = LadderState()
+    actions = []
+    for t in range(0, 100, 10):  # slow but steady: never 20 s without a new low
+        actions += decide(state, disk_phase(remaining=GIB - t * MIB), float(t), settings)
+    assert kinds(actions) == ["downtime"]
+
+
+def test_it_aborts_at_the_deadline_scaled_by_data_size():
+    settings = LadderSettings(completion_timeout_per_gib_s=60.0, min_deadline_s=30.0,
+                              progress_timeout_s=10_000)
+    assert completion_deadline_s(settings, 2 * GIB) == 120.0
+    assert completion_deadline_s(settings, 100 * MIB) == 60.0  # at least 1 GiB
+    state = LadderState()
+    stats = disk_phase()  # data_total 2 GiB
+    decide(state, stats, 0.0, settings)
+    assert not any(isinstance(a, Abort) for a in decide(state, stats, 119.0, settings))
+    actions = decide(state, stats, 120.0, settings)
+    assert [(type(a), a.reason) for a in actions] == [(Abort, "deadline")]
+    assert "120 s" in actions[0].message
+
+
+def test_it_never_aborts_in_postcopy():
+    settings = LadderSettings(completion_timeout_per_gib_s=60.0, progress_timeout_s=5.0)
+    state = LadderState()
+    decide(state, ram_phase(iteration=3), 0.0, settings)
+    # libvirt reports post-copy page requests: the guest runs on the destination.
+    in_postcopy = ram_phase(iteration=3, postcopy_requests=12)
+    decide(state, in_postcopy, 1.0, settings)
+    assert state.in_postcopy
+    late = decide(state, in_postcopy, 500.0, settings)
+    assert kinds(late) == ["postcopy-overdue"]
+    assert not any(isinstance(a, Abort) for a in late)
+    assert decide(state, in_postcopy, 900.0, settings) == []
+
+
+def test_it_signals_will_not_converge_when_dirty_rate_exceeds_bandwidth():
+    state = LadderState()
+    decide(state, ram_phase(iteration=1), 0.0, SETTINGS)
+    # First pass: no verdict yet, however fast the guest dirties.
+    assert decide(state, ram_phase(iteration=1, dirty=200 * MIB), 1.0, SETTINGS) == []
+    signal = decide(state, ram_phase(iteration=2, dirty=150 * MIB, remaining=GIB // 3),
+                    2.0, SETTINGS)
+    assert [type(a) for a in signal] == [WillNotConverge]
+    assert signal[0].ratio == 1.5
+    assert "will not converge at current settings" in signal[0].message
+    # Edge-triggered, and hysteresis: 95 % of the link is not "converging again".
+    assert decide(state, ram_phase(iteration=3, dirty=150 * MIB, remaining=GIB // 4),
+                  3.0, SETTINGS) == []
+    assert decide(state, ram_phase(iteration=4, dirty=95 * MIB, remaining=GIB // 5),
+                  4.0, SETTINGS) == []
+    cleared = decide(state, ram_phase(iteration=5, dirty=10 * MIB, remaining=GIB // 6),
+                     5.0, SETTINGS)
+    assert [(type(a), a.kind) for a in cleared] == [(Note, "converging")]
+
+
+def test_it_does_nothing_once_the_job_has_ended():
+    state = LadderState()
+    assert decide(state, JobStats(type=JOB_COMPLETED), 0.0, SETTINGS) == []
+    assert state.started_at is None
