@@ -1,0 +1,720 @@
+"""Preflight checks: each a pure function returning a CheckResult.
+
+The preflight job gathers the inputs (inventory rows, node facts from the
+inventory sync, port probes run on the source node, libvirt's
+compareHypervisorCPU on the destination) into the plain dataclasses below
+and calls `run_checks`; results are stored on the task. A fail stops the
+group; a warning needs an explicit acknowledgement (`summarize`).
+
+Facts dict (produced by the inventory sync), as read here:
+{"cpu": {"arch", "vendor", "model", "features", "host_cpu_xml",
+         "cpuinfo": {"vendor_id", "family", "model", "model_name", "flags"}},
+ "os": {"id", "version_id", "name", "pretty_name"}, "kernel",
+ "libvirt_version", "qemu_version", "nested_virtualization",
+ "memory": {"total_mib", "free_mib"},
+ "storage_pools": [{"name", "type", "path", "capacity_bytes", "free_bytes"}],
+ "nbd_module", "backup_dir": {"path", "free_bytes"}, "gathered_at"}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+from app.status import (
+    BACKUP_INCREMENTAL,
+    FORMAT_QCOW2,
+    FORMAT_RAW,
+    RESOURCE_ACTIVE,
+    SERVER_RUNNING,
+    SERVER_STOPPED,
+    STORAGE_FILE_QCOW2,
+    STORAGE_FILE_RAW,
+    STORAGE_LVM,
+    STORAGE_THINLVM,
+)
+
+PASS = "pass"
+WARN = "warn"
+FAIL = "fail"
+_SEVERITY = {PASS: 0, WARN: 1, FAIL: 2}
+
+NBD_PORT = 8081
+MIGRATION_PORTS = range(49152, 49216)  # libvirt's default migration_port_min..max
+MEMORY_HEADROOM_MIB = 256
+DISK_HEADROOM_FRACTION = 0.05
+# qcow2 metadata on top of the data: L2 tables (8 B per 64 KiB cluster),
+# refcounts (2 B per cluster) and headers; a little over 0.1 % of the size.
+QCOW2_FIXED_OVERHEAD = 1024 * 1024
+
+# virConnectCompareCPU results
+CPU_COMPARE_ERROR = -1
+CPU_COMPARE_INCOMPATIBLE = 0
+CPU_COMPARE_IDENTICAL = 1
+CPU_COMPARE_SUPERSET = 2
+
+FILE_TYPES = (STORAGE_FILE_RAW, STORAGE_FILE_QCOW2)
+# libvirt pool types holding each family of Ferry storage types
+_POOL_TYPES = {"file": ("dir", "fs", "netfs"), "lvm": ("logical",)}
+
+# The nbd kernel module: the reference product needs it to convert storage.
+# Ferry does not (qemu-nbd serves the source disk over TCP and qemu-img reads
+# nbd:// in user space), so a missing module never stops a migration. It is
+# still a warning, not a silent pass, because teams following the SolusVM
+# procedure look for it, and a site script that expects /dev/nbd* would break.
+NBD_MISSING_STATUS = WARN
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's outcome; `message` is a sentence for the user."""
+
+    name: str
+    status: str
+    message: str
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """A server's disk as the inventory knows it (sizes in bytes)."""
+
+    path: str
+    format: str
+    storage_type: str
+    virtual_size: int
+    allocation: int
+    storage_tag: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class IpAddress:
+    """One of a server's addresses and the IP block it comes from."""
+
+    address: str
+    block: str
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """A backup: kind full/incremental, taken on storage_type."""
+
+    kind: str
+    storage_type: str
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """A server to migrate; `resource` is the compute resource it is on."""
+
+    name: str
+    state: str
+    resource: str
+    vcpus: int = 1
+    memory_mib: int = 0
+    snapshot_count: int = 0
+    disks: tuple = ()
+    ip_addresses: tuple = ()
+    backups: tuple = ()
+    cpu_xml: str = ""
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    """A compute resource with its facts; free_addresses maps block name -> count."""
+
+    name: str
+    status: str
+    facts: dict = field(default_factory=dict)
+    storage_tags: tuple = ()
+    ip_blocks: tuple = ()
+    free_addresses: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    """What the user asked for; convert_to is None or a storage type."""
+
+    live: bool = True
+    preserve_ip: bool = True
+    convert_to: Optional[str] = None
+    allow_postcopy: bool = False
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The overall outcome of a preflight."""
+
+    status: str
+    needs_acknowledgement: bool
+    counts: dict
+    failed: tuple
+    warned: tuple
+
+
+# ---------------------------------------------------------------- helpers
+
+def storage_type_of(fmt: str, pool_type: str) -> str:
+    """Return Ferry's storage type for an image format on a libvirt pool type.
+
+    >>> storage_type_of("qcow2", "dir"), storage_type_of("raw", "logical")
+    ('file-qcow2', 'lvm')
+    >>> storage_type_of("raw", "thinlvm")
+    'thinlvm'
+    """
+    if pool_type in _POOL_TYPES["file"]:
+        if fmt == FORMAT_QCOW2:
+            return STORAGE_FILE_QCOW2
+        if fmt == FORMAT_RAW:
+            return STORAGE_FILE_RAW
+    elif fmt == FORMAT_RAW and pool_type in _POOL_TYPES["lvm"]:
+        return STORAGE_LVM
+    elif fmt == FORMAT_RAW and pool_type in ("thinlvm", "logical-thin", "thin"):
+        return STORAGE_THINLVM
+    raise ValueError(f"no Ferry storage type for a {fmt} image on a {pool_type} pool")
+
+
+def version_tuple(version: Optional[str]) -> tuple:
+    """Return the numbers of a version string, for comparison.
+
+    >>> version_tuple("11") < version_tuple("12") < version_tuple("12.1")
+    True
+    >>> version_tuple(None)
+    ()
+    """
+    return tuple(int(n) for n in re.findall(r"\d+", version or ""))
+
+
+def target_disk_bytes(disk: DiskInfo, target_type: str) -> int:
+    """Return the bytes a disk takes on the destination in its target storage type.
+
+    Raw files and LVM volumes take their full virtual size; qcow2 takes what
+    is allocated plus its metadata; thin volumes what is allocated.
+
+    >>> d = DiskInfo("/d.qcow2", "qcow2", "file-qcow2", 8 * 2**30, 2**30)
+    >>> target_disk_bytes(d, "file-raw") == 8 * 2**30
+    True
+    >>> target_disk_bytes(d, "file-qcow2") - 2**30  # 1 MiB L2 + 256 KiB refcounts + 1 MiB
+    2359296
+    """
+    if target_type in (STORAGE_FILE_RAW, STORAGE_LVM):
+        return disk.virtual_size
+    if target_type == STORAGE_THINLVM:
+        return min(disk.allocation, disk.virtual_size)
+    metadata = disk.virtual_size // 8192 + disk.virtual_size // 32768 + QCOW2_FIXED_OVERHEAD
+    return min(disk.allocation, disk.virtual_size) + metadata
+
+
+def _fact(facts: Mapping[str, Any], *keys: str) -> Any:
+    """Return facts[k1][k2]..., or None when any level is missing."""
+    value: Any = facts
+    for key in keys:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _pair(source: ResourceInfo, destination: ResourceInfo, *keys: str) -> tuple:
+    """Return (source value, destination value, data dict) of one fact."""
+    a, b = _fact(source.facts, *keys), _fact(destination.facts, *keys)
+    return a, b, {"source": a, "destination": b}
+
+
+def _gib(nbytes: float) -> str:
+    """Format bytes as GiB for a sentence."""
+    return f"{nbytes / 2**30:.1f} GiB"
+
+
+def _pool_family(storage_type: str) -> str:
+    """Return "file" or "lvm": which pools can hold a storage type."""
+    return "file" if storage_type in FILE_TYPES else "lvm"
+
+
+def _target_type(disk: DiskInfo, options: MigrationOptions) -> str:
+    """Return the storage type a disk will have on the destination."""
+    return options.convert_to or disk.storage_type
+
+
+# ---------------------------------------------------------------- checks
+
+def check_same_state(servers: Sequence[ServerInfo]) -> CheckResult:
+    """Check that every server of the selection is in the same state."""
+    states = sorted({s.state for s in servers})
+    data = {"states": {s.name: s.state for s in servers}}
+    if len(states) <= 1:
+        return CheckResult("same-state", PASS,
+                           f"All selected servers are {states[0] if states else 'none'}.", data)
+    return CheckResult("same-state", FAIL, (
+        f"The selected servers are in different states ({', '.join(states)}): select only"
+        " running servers for a live migration or only stopped ones for an offline one."),
+        data)
+
+
+def check_state_fits_mode(servers: Sequence[ServerInfo], options: MigrationOptions) -> CheckResult:
+    """Check that live migrations move running servers and offline ones stopped servers."""
+    wanted = SERVER_RUNNING if options.live else SERVER_STOPPED
+    wrong = [s.name for s in servers if s.state != wanted]
+    data = {"wanted": wanted, "wrong": wrong}
+    if not wrong:
+        return CheckResult("state-fits-mode", PASS, f"Every server is {wanted}.", data)
+    if options.live:
+        advice = "Start them, or migrate them offline."
+    else:
+        advice = "Stop them first, or migrate them live."
+    return CheckResult("state-fits-mode", FAIL, (
+        f"A {'live' if options.live else 'offline'} migration needs {wanted} servers;"
+        f" not {wanted}: {', '.join(wrong)}. {advice}"), data)
+
+
+def check_destination_not_source(servers: Sequence[ServerInfo],
+                                 destination: ResourceInfo) -> CheckResult:
+    """Check that no server already sits on the destination."""
+    here = [s.name for s in servers if s.resource == destination.name]
+    if not here:
+        return CheckResult("destination-not-source", PASS,
+                           f"No selected server is on {destination.name} already.", {})
+    return CheckResult("destination-not-source", FAIL, (
+        f"{', '.join(here)} already {'runs' if len(here) == 1 else 'run'} on"
+        f" {destination.name}: pick another destination."), {"servers": here})
+
+
+def check_destination_active(destination: ResourceInfo) -> CheckResult:
+    """Check that the destination is active (not in maintenance, not unreachable)."""
+    data = {"status": destination.status}
+    if destination.status == RESOURCE_ACTIVE:
+        return CheckResult("destination-active", PASS, f"{destination.name} is active.", data)
+    return CheckResult("destination-active", FAIL, (
+        f"{destination.name} is {destination.status}: only an active compute resource can"
+        " receive servers."), data)
+
+
+def check_ip_addresses(server: ServerInfo, destination: ResourceInfo,
+                       options: MigrationOptions, claimed: int = 0) -> CheckResult:
+    """Check the server's IP blocks (Preserve IP) or free addresses (IP change).
+
+    `claimed` counts the destination addresses already promised to servers
+    checked before this one in the same group.
+    """
+    blocks = sorted({ip.block for ip in server.ip_addresses})
+    if options.preserve_ip:
+        missing = [b for b in blocks if b not in destination.ip_blocks]
+        data = {"server": server.name, "blocks": blocks, "missing": missing}
+        if missing:
+            return CheckResult("ip-addresses", FAIL, (
+                f"{server.name} keeps its IP, but its IP block {', '.join(missing)} is not"
+                f" assigned to {destination.name}: assign it there first."), data)
+        return CheckResult("ip-addresses", PASS, (
+            f"{server.name} keeps its IP: {destination.name} has its IP block"
+            f"{'s' if len(blocks) != 1 else ''} {', '.join(blocks) or '(none)'}."), data)
+    needed = max(1, len(server.ip_addresses))
+    free = sum(destination.free_addresses.get(b, 0) for b in destination.ip_blocks) - claimed
+    data = {"server": server.name, "needed": needed, "free": max(free, 0)}
+    if free < needed:
+        return CheckResult("ip-addresses", FAIL, (
+            f"{server.name} needs {needed} new address{'es' if needed != 1 else ''} but the"
+            f" IP blocks of {destination.name} have {max(free, 0)} free."), data)
+    return CheckResult("ip-addresses", PASS, (
+        f"{server.name} gets a new address from {destination.name}'s IP blocks"
+        f" ({free} free)."), data)
+
+
+def check_snapshots(server: ServerInfo) -> CheckResult:
+    """Check that the server has no snapshots (libvirt refuses to migrate them)."""
+    data = {"server": server.name, "snapshots": server.snapshot_count}
+    if server.snapshot_count == 0:
+        return CheckResult("snapshots", PASS, f"{server.name} has no snapshots.", data)
+    return CheckResult("snapshots", FAIL, (
+        f"{server.name} has {server.snapshot_count} snapshot"
+        f"{'s' if server.snapshot_count != 1 else ''}: delete them before migrating."), data)
+
+
+def check_ports(probes: Mapping[int, Union[str, bool, None]], from_name: str, to_name: str,
+                required: Iterable[int] = (NBD_PORT, MIGRATION_PORTS.start)) -> CheckResult:
+    """Turn port probes (port -> "ok" or error text, run on from_name) into a check.
+
+    Every required port must have been probed and answered; any other probed
+    port that failed fails the check too.
+
+    >>> check_ports({8081: "ok", 49152: "Connection refused"}, "node1", "node2").status
+    'fail'
+    """
+    required = list(required)
+    ok, bad = [], {}
+    for port in sorted(set(probes) | set(required)):
+        result = probes.get(port)
+        if result is True or (isinstance(result, str) and result.strip().lower() == "ok"):
+            ok.append(port)
+        else:
+            bad[port] = "not probed" if result in (None, False) else str(result).strip()
+    data = {"from": from_name, "to": to_name, "ok": ok, "failed": bad}
+    if not bad:
+        return CheckResult("ports", PASS, (
+            f"{to_name} accepts TCP {', '.join(map(str, ok))} from {from_name}."), data)
+    detail = "; ".join(f"{port}: {why}" for port, why in bad.items())
+    return CheckResult("ports", FAIL, (
+        f"{from_name} cannot reach {to_name} on TCP {', '.join(map(str, bad))} ({detail}):"
+        f" open TCP {NBD_PORT} and {MIGRATION_PORTS.start}-{MIGRATION_PORTS.stop - 1}"
+        " between the two nodes."), data)
+
+
+def check_memory(servers: Sequence[ServerInfo], destination: ResourceInfo,
+                 options: MigrationOptions) -> CheckResult:
+    """Check the destination's free memory for the group's servers.
+
+    Live: not enough is a fail (the servers arrive running). Offline: a
+    warning, since they arrive stopped and only starting them needs it.
+    """
+    need = sum(s.memory_mib for s in servers)
+    free = _fact(destination.facts, "memory", "free_mib")
+    data = {"needed_mib": need, "free_mib": free}
+    if free is None:
+        return CheckResult("memory", WARN, (
+            f"Free memory on {destination.name} is unknown (no inventory facts): sync the"
+            " compute resource to check it."), data)
+    if need > free:
+        status = FAIL if options.live else WARN
+        tail = ("" if options.live else
+                " They arrive stopped: starting all of them will not fit.")
+        return CheckResult("memory", status, (
+            f"The servers need {need} MiB of memory and {destination.name} has {free} MiB"
+            f" free.{tail}"), data)
+    if free - need < MEMORY_HEADROOM_MIB:
+        return CheckResult("memory", WARN, (
+            f"The servers need {need} MiB of memory, leaving only {free - need} MiB free on"
+            f" {destination.name}."), data)
+    return CheckResult("memory", PASS, (
+        f"{destination.name} has {free} MiB of memory free for the {need} MiB needed."), data)
+
+
+def check_disk_space(servers: Sequence[ServerInfo], destination: ResourceInfo,
+                     options: MigrationOptions) -> CheckResult:
+    """Check the destination's pools for the group's disks, counted in the target format."""
+    need: dict[str, int] = {}
+    for server in servers:
+        for disk in server.disks:
+            target = _target_type(disk, options)
+            family = _pool_family(target)
+            need[family] = need.get(family, 0) + target_disk_bytes(disk, target)
+    pools = destination.facts.get("storage_pools") if destination.facts else None
+    data: dict = {"needed_bytes": need, "pools": {}}
+    if pools is None:
+        return CheckResult("disk-space", WARN, (
+            f"Free disk space on {destination.name} is unknown (no inventory facts): sync"
+            " the compute resource to check it."), data)
+    status, sentences = PASS, []
+    for family, nbytes in sorted(need.items()):
+        candidates = [p for p in pools if p.get("type") in _POOL_TYPES[family]]
+        if not candidates:
+            status = FAIL
+            sentences.append(f"{destination.name} has no {family} storage pool for"
+                             f" {_gib(nbytes)} of disks.")
+            continue
+        pool = max(candidates, key=lambda p: p.get("free_bytes") or 0)
+        free = pool.get("free_bytes") or 0
+        capacity = pool.get("capacity_bytes") or free
+        data["pools"][family] = {"name": pool.get("name"), "free_bytes": free}
+        if nbytes > free:
+            status = FAIL
+            sentences.append(f"the disks need {_gib(nbytes)} in their target format and"
+                             f" pool {pool.get('name')} has {_gib(free)} free.")
+        elif free - nbytes < capacity * DISK_HEADROOM_FRACTION:
+            status = max(status, WARN, key=_SEVERITY.get)
+            sentences.append(f"the disks need {_gib(nbytes)}, leaving pool {pool.get('name')}"
+                             f" less than {DISK_HEADROOM_FRACTION:.0%} free.")
+        else:
+            sentences.append(f"pool {pool.get('name')} has {_gib(free)} free for"
+                             f" {_gib(nbytes)} of disks in their target format.")
+    if not need:
+        sentences.append("the servers have no disks to copy.")
+    return CheckResult("disk-space", status,
+                       f"On {destination.name}: {' '.join(sentences)}", data)
+
+
+def check_storage_tags(server: ServerInfo, destination: ResourceInfo) -> CheckResult:
+    """Check that the storage tag of every disk exists on the destination."""
+    tags = sorted({d.storage_tag for d in server.disks if d.storage_tag})
+    missing = [t for t in tags if t not in destination.storage_tags]
+    data = {"server": server.name, "tags": tags, "missing": missing}
+    if missing:
+        return CheckResult("storage-tags", FAIL, (
+            f"{server.name}'s disks use storage tag{'s' if len(missing) != 1 else ''}"
+            f" {', '.join(missing)}, which {destination.name} does not have."), data)
+    if not tags:
+        return CheckResult("storage-tags", PASS, f"{server.name}'s disks carry no storage tags.",
+                           data)
+    return CheckResult("storage-tags", PASS, (
+        f"{destination.name} has the storage tags of {server.name}'s disks"
+        f" ({', '.join(tags)})."), data)
+
+
+def check_nbd(source: ResourceInfo, destination: ResourceInfo,
+              options: MigrationOptions) -> CheckResult:
+    """Check the nbd kernel module for an offline conversion (a warning at most)."""
+    loaded = {r.name: _fact(r.facts, "nbd_module") for r in (source, destination)}
+    data = {"nbd_module": loaded, "needed_by_ferry": False}
+    if options.live or not options.convert_to:
+        return CheckResult("nbd", PASS, "No offline storage conversion: nbd is not involved.",
+                           data)
+    missing = [name for name, ok in loaded.items() if not ok]
+    if not missing:
+        return CheckResult("nbd", PASS, "The nbd kernel module is available on both nodes.", data)
+    return CheckResult("nbd", NBD_MISSING_STATUS, (
+        f"The nbd kernel module is not loaded on {', '.join(missing)}. Ferry does not need"
+        " it: the source disk is served by qemu-nbd over TCP and read by qemu-img in user"
+        " space; load it (modprobe nbd) only if your own tools expect it."), data)
+
+
+def check_os_distribution(source: ResourceInfo, destination: ResourceInfo) -> CheckResult:
+    """Check (live) that both nodes run the same OS distribution."""
+    a, b, data = _pair(source, destination, "os", "id")
+    if not a or not b:
+        return CheckResult("os-distribution", WARN, (
+            "The OS distribution of "
+            f"{source.name if not a else destination.name} is unknown: sync it to check."), data)
+    if a != b:
+        return CheckResult("os-distribution", FAIL, (
+            f"{source.name} runs {a} and {destination.name} runs {b}: live migration needs the"
+            " same OS distribution on both; migrate offline instead."), data)
+    return CheckResult("os-distribution", PASS, f"Both nodes run {a}.", data)
+
+
+def check_os_version(source: ResourceInfo, destination: ResourceInfo) -> CheckResult:
+    """Check (live) that the destination's OS version is equal or newer."""
+    a, b, data = _pair(source, destination, "os", "version_id")
+    if not version_tuple(a) or not version_tuple(b):
+        return CheckResult("os-version", WARN,
+                           "An OS version is unknown: sync both nodes to check it.", data)
+    if version_tuple(b) < version_tuple(a):
+        return CheckResult("os-version", FAIL, (
+            f"{destination.name} runs OS version {b}, older than {a} on {source.name}: a"
+            " live migration needs the destination equal or newer."), data)
+    same = version_tuple(a) == version_tuple(b)
+    return CheckResult("os-version", PASS, (
+        f"{destination.name} runs OS version {b}, {'the same as' if same else 'newer than'}"
+        f" {a} on {source.name}."), data)
+
+
+def check_cpu_vendor(source: ResourceInfo, destination: ResourceInfo) -> CheckResult:
+    """Check (live) the same CPU vendor, from /proc/cpuinfo and from libvirt."""
+    pairs = {
+        "cpuinfo": (_fact(source.facts, "cpu", "cpuinfo", "vendor_id"),
+                    _fact(destination.facts, "cpu", "cpuinfo", "vendor_id")),
+        "libvirt": (_fact(source.facts, "cpu", "vendor"),
+                    _fact(destination.facts, "cpu", "vendor")),
+    }
+    data = {k: {"source": a, "destination": b} for k, (a, b) in pairs.items()}
+    differ = [f"{a} vs {b} ({k})" for k, (a, b) in pairs.items() if a and b and a != b]
+    if differ:
+        return CheckResult("cpu-vendor", FAIL, (
+            f"{source.name} and {destination.name} have different CPU vendors"
+            f" ({'; '.join(differ)}): a live migration would freeze or crash the server."),
+            data)
+    if any(not a or not b for a, b in pairs.values()):
+        return CheckResult("cpu-vendor", WARN,
+                           "A CPU vendor is unknown: sync both nodes to check it.", data)
+    return CheckResult("cpu-vendor", PASS,
+                       f"Both nodes have {pairs['cpuinfo'][0]} CPUs.", data)
+
+
+def check_cpu_family(source: ResourceInfo, destination: ResourceInfo) -> CheckResult:
+    """Check (live) the same CPU family (cpuinfo "cpu family")."""
+    a, b, data = _pair(source, destination, "cpu", "cpuinfo", "family")
+    if a in (None, "") or b in (None, ""):
+        return CheckResult("cpu-family", WARN,
+                           "A CPU family is unknown: sync both nodes to check it.", data)
+    if str(a) != str(b):
+        return CheckResult("cpu-family", FAIL, (
+            f"{source.name} has CPU family {a} and {destination.name} family {b}: live"
+            " migration needs the same CPU family; migrate offline instead."), data)
+    return CheckResult("cpu-family", PASS, f"Both nodes have CPU family {a}.", data)
+
+
+def check_cpu_compatibility(server_name: str, destination_name: str, result: Optional[int],
+                            error: Optional[str] = None) -> CheckResult:
+    """Turn the destination's compareHypervisorCPU result for the guest CPU into a check."""
+    data = {"server": server_name, "result": result, "error": error}
+    if result in (CPU_COMPARE_IDENTICAL, CPU_COMPARE_SUPERSET):
+        return CheckResult("cpu-compatibility", PASS, (
+            f"{destination_name}'s CPU provides everything {server_name}'s CPU uses."), data)
+    if result == CPU_COMPARE_INCOMPATIBLE:
+        return CheckResult("cpu-compatibility", FAIL, (
+            f"{destination_name}'s CPU lacks features {server_name}'s CPU uses"
+            f"{': ' + error if error else ''}; a live move would freeze or crash it. Migrate"
+            " it offline instead."), data)
+    # Not knowing is refused: a wrong guess freezes the server, and offline
+    # migration is always there as the safe way.
+    return CheckResult("cpu-compatibility", FAIL, (
+        f"libvirt could not compare {server_name}'s CPU with {destination_name}'s"
+        f"{': ' + error if error else ''}; migrate it offline instead."), data)
+
+
+def check_nested_virtualization(source: ResourceInfo, destination: ResourceInfo) -> CheckResult:
+    """Check (live) the same nested-virtualization setting on both nodes."""
+    a, b, data = _pair(source, destination, "nested_virtualization")
+    if a is None or b is None:
+        return CheckResult("nested-virtualization", WARN,
+                           "Nested virtualization is unknown on a node: sync both to check.",
+                           data)
+    if bool(a) != bool(b):
+        return CheckResult("nested-virtualization", FAIL, (
+            f"Nested virtualization is {'on' if a else 'off'} on {source.name} and"
+            f" {'on' if b else 'off'} on {destination.name}: live migration needs the same"
+            " setting on both."), data)
+    return CheckResult("nested-virtualization", PASS, (
+        f"Nested virtualization is {'on' if a else 'off'} on both nodes."), data)
+
+
+def check_live_conversion(servers: Sequence[ServerInfo], options: MigrationOptions) -> CheckResult:
+    """Check that a live conversion stays between file raw and file QCOW2."""
+    data = {"convert_to": options.convert_to}
+    if not options.live or not options.convert_to:
+        return CheckResult("live-conversion", PASS, "No live storage conversion asked.", data)
+    if options.convert_to not in FILE_TYPES:
+        return CheckResult("live-conversion", FAIL, (
+            f"A running server cannot be converted to {options.convert_to} live: libvirt's"
+            " live disk copy writes into a file Ferry pre-creates on the destination, and an"
+            " LVM volume would have to be created, sized and zeroed outside it. Stop the"
+            " server and migrate it offline to convert it."), data)
+    odd = sorted({f"{s.name} ({d.storage_type})" for s in servers for d in s.disks
+                  if d.storage_type not in FILE_TYPES})
+    if odd:
+        data["not_file"] = odd
+        return CheckResult("live-conversion", FAIL, (
+            f"Live conversion works only between file raw and file QCOW2; these disks are"
+            f" on LVM: {', '.join(odd)}. Migrate them offline to convert them."), data)
+    return CheckResult("live-conversion", PASS, (
+        f"Live conversion to {options.convert_to} is supported (file raw and file QCOW2)."),
+        data)
+
+
+def backup_restorable(backup: BackupInfo, target_type: str) -> bool:
+    """Return whether a backup restores onto a server on target_type (PRODUCT.md table).
+
+    >>> backup_restorable(BackupInfo("incremental", "thinlvm"), "lvm")
+    False
+    >>> backup_restorable(BackupInfo("full", "thinlvm"), "file-raw")
+    True
+    """
+    if backup.kind == BACKUP_INCREMENTAL and backup.storage_type == STORAGE_THINLVM:
+        return target_type == STORAGE_THINLVM
+    return True
+
+
+def check_backups(server: ServerInfo, options: MigrationOptions) -> CheckResult:
+    """Warn when a conversion would leave some of the server's backups unrestorable."""
+    data = {"server": server.name, "convert_to": options.convert_to}
+    if not options.convert_to:
+        return CheckResult("backups", PASS,
+                           f"{server.name}'s storage type does not change: backups unaffected.",
+                           data)
+    lost = [b for b in server.backups if not backup_restorable(b, options.convert_to)]
+    data["unrestorable"] = len(lost)
+    if lost:
+        return CheckResult("backups", WARN, (
+            f"After converting {server.name} to {options.convert_to}, {len(lost)} of its"
+            f" {len(server.backups)} backups (ThinLVM incremental) can no longer be restored."),
+            data)
+    return CheckResult("backups", PASS, (
+        f"All of {server.name}'s backups stay restorable after the conversion."), data)
+
+
+def check_backup_restore_space(server: ServerInfo, destination: ResourceInfo,
+                               options: MigrationOptions) -> CheckResult:
+    """Warn when the destination's backup directory could not hold a QCOW2 restore.
+
+    Restoring a file QCOW2 backup onto a raw/LVM/ThinLVM server first writes
+    the whole data set (the disks' virtual size) to that directory.
+    """
+    targets = {_target_type(d, options) for d in server.disks}
+    qcow2_backups = [b for b in server.backups if b.storage_type == STORAGE_FILE_QCOW2]
+    need = sum(d.virtual_size for d in server.disks)
+    free = _fact(destination.facts, "backup_dir", "free_bytes")
+    data = {"server": server.name, "needed_bytes": need, "free_bytes": free}
+    if not qcow2_backups or targets <= {STORAGE_FILE_QCOW2}:
+        return CheckResult("backup-restore-space", PASS, (
+            f"{server.name} needs no temporary space to restore its backups on"
+            f" {destination.name}."), data)
+    if free is None:
+        return CheckResult("backup-restore-space", WARN, (
+            f"The free space of {destination.name}'s backup directory is unknown: restoring"
+            f" {server.name}'s QCOW2 backups there needs {_gib(need)}."), data)
+    if free < need:
+        return CheckResult("backup-restore-space", WARN, (
+            f"Restoring {server.name}'s file QCOW2 backups on {destination.name} needs"
+            f" {_gib(need)} in its backup directory, which has {_gib(free)} free."), data)
+    return CheckResult("backup-restore-space", PASS, (
+        f"{destination.name}'s backup directory can hold a QCOW2 restore of {server.name}"
+        f" ({_gib(need)})."), data)
+
+
+# ---------------------------------------------------------------- together
+
+def run_checks(servers: Sequence[ServerInfo], sources: Mapping[str, ResourceInfo],
+               destination: ResourceInfo, options: MigrationOptions,
+               port_probes: Mapping[str, Mapping[int, Union[str, bool, None]]],
+               cpu_results: Optional[Mapping[str, tuple]] = None) -> list[CheckResult]:
+    """Run every check for a group; sources by name, probes by source name.
+
+    cpu_results maps server name -> (compareHypervisorCPU code, error text or
+    None); only live migrations read it.
+    """
+    results = [
+        check_same_state(servers),
+        check_state_fits_mode(servers, options),
+        check_destination_not_source(servers, destination),
+        check_destination_active(destination),
+    ]
+    claimed = 0
+    for server in servers:
+        ip = check_ip_addresses(server, destination, options, claimed)
+        claimed += ip.data.get("needed", 0)
+        results += [ip, check_snapshots(server), check_storage_tags(server, destination),
+                    check_backups(server, options),
+                    check_backup_restore_space(server, destination, options)]
+    involved = [sources[name] for name in sorted({s.resource for s in servers}) if name in sources]
+    for source in involved:
+        results.append(check_ports(port_probes.get(source.name, {}), source.name,
+                                   destination.name))
+        results.append(check_nbd(source, destination, options))
+    results += [check_memory(servers, destination, options),
+                check_disk_space(servers, destination, options),
+                check_live_conversion(servers, options)]
+    if options.live:
+        for source in involved:
+            results += [check_os_distribution(source, destination),
+                        check_os_version(source, destination),
+                        check_cpu_vendor(source, destination),
+                        check_cpu_family(source, destination),
+                        check_nested_virtualization(source, destination)]
+        for server in servers:
+            code, error = (cpu_results or {}).get(server.name, (None, "not compared"))
+            results.append(check_cpu_compatibility(server.name, destination.name, code, error))
+    return results
+
+
+def summarize(results: Sequence[CheckResult]) -> Summary:
+    """Return the overall status and whether warnings need an acknowledgement.
+
+    >>> s = summarize([CheckResult("a", PASS, ""), CheckResult("b", WARN, "")])
+    >>> s.status, s.needs_acknowledgement
+    ('warn', True)
+    """
+    counts = {PASS: 0, WARN: 0, FAIL: 0}
+    for r in results:
+        counts[r.status] += 1
+    status = max((r.status for r in results), key=_SEVERITY.get, default=PASS)
+    return Summary(
+        status=status,
+        needs_acknowledgement=counts[WARN] > 0,
+        counts=counts,
+        failed=tuple(r.name for r in results if r.status == FAIL),
+        warned=tuple(r.name for r in results if r.status == WARN),
+    )
+
+
+def may_start(results: Sequence[CheckResult], acknowledged: bool) -> bool:
+    """Return whether a group may start: no fail, and warnings acknowledged."""
+    summary = summarize(results)
+    return summary.status != FAIL and (acknowledged or not summary.needs_acknowledgement)
