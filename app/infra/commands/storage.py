@@ -1,0 +1,407 @@
+"""Disk copy, conversion and data-path probe commands sent to compute nodes.
+
+Every function returns an argument list; `to_shell` quotes one for SSH.
+Names that reach a command (paths, export names, volume names, addresses)
+are either passed as single arguments or validated against a strict pattern
+where the tool would parse them (socat addresses, NBD URLs, LVM names), so a
+server called `db;touch x` stays a file name and never becomes shell or
+option text.
+
+Offline copy design: the source node serves the disk read-only with
+`qemu-nbd --format SRC_FMT` (the *decoded* guest view, with allocation
+status), bound to the source's address on TCP 8081; the destination runs
+`qemu-img convert -f raw nbd://SRC:8081/EXPORT` into the target format in
+one pass. Holes are skipped on both sides, no temporary full copy exists,
+and no nbd kernel module is needed. qemu-nbd forks once it listens and
+writes a pid file, so it is stopped by PID, never by name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+import re
+import shlex
+from typing import Iterable, Optional, Sequence
+
+NBD_PORT = 8081
+PROBE_PORT = 8082  # throughput probe listener on the destination
+FORMATS = ("raw", "qcow2")
+
+_EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# lvm(8): names of [a-zA-Z0-9+_.-], not starting with '-'
+_LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
+_PROGRESS = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
+_DD_SUMMARY = re.compile(r"^(\d+) bytes .* copied, ([\d.,]+) s", re.MULTILINE)
+
+
+class RefusedCommand(ValueError):
+    """A command Ferry will not build: the argument is unsafe or out of bounds."""
+
+
+# ---------------------------------------------------------------- helpers
+
+def to_shell(argv: Sequence[str]) -> str:
+    """Join an argument list into one shell line, every argument quoted.
+
+    >>> to_shell(["qemu-img", "info", "/var/lib/libvirt/images/db;touch x"])
+    "qemu-img info '/var/lib/libvirt/images/db;touch x'"
+    """
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def to_shell_background(argv: Sequence[str]) -> str:
+    """Return a shell line that starts argv detached and returns at once."""
+    return f"nohup {to_shell(argv)} >/dev/null 2>&1 </dev/null &"
+
+
+def _path(path: str) -> str:
+    """Return an absolute, normalised path or refuse it.
+
+    Absolute paths also keep qemu from reading "proto:" prefixes as protocols.
+    """
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise RefusedCommand(f"not an absolute path: {path!r}")
+    if posixpath.normpath(path) != path or path.endswith("/"):
+        raise RefusedCommand(f"path is not normalised (.., // or trailing /): {path!r}")
+    return path
+
+
+def _address(address: str) -> str:
+    """Return an IP address or host name, refusing anything else."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        if isinstance(address, str) and _HOSTNAME.match(address):
+            return address
+    raise RefusedCommand(f"not an IP address or host name: {address!r}")
+
+
+def _host_port(address: str, port: int) -> str:
+    """Return ADDR:PORT with IPv6 brackets, for URLs and socat addresses."""
+    address = _address(address)
+    port = _port(port)
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _port(port: int) -> int:
+    """Return a valid TCP port number."""
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise RefusedCommand(f"not a TCP port: {port!r}")
+    return port
+
+
+def _format(fmt: str) -> str:
+    """Return a supported image format."""
+    if fmt not in FORMATS:
+        raise RefusedCommand(f"unsupported image format: {fmt!r}")
+    return fmt
+
+
+def _size(size: int) -> int:
+    """Return a positive byte count."""
+    if not isinstance(size, int) or size <= 0:
+        raise RefusedCommand(f"not a size in bytes: {size!r}")
+    return size
+
+
+def _export(name: str) -> str:
+    """Return a safe NBD export name (it travels inside a URL)."""
+    if not isinstance(name, str) or not _EXPORT_NAME.match(name):
+        raise RefusedCommand(f"unsafe NBD export name: {name!r}")
+    return name
+
+
+def _lvm(name: str) -> str:
+    """Return a valid LVM name (lvm refuses others anyway; refuse them first)."""
+    if not isinstance(name, str) or not _LVM_NAME.match(name) or name in (".", ".."):
+        raise RefusedCommand(f"not a valid LVM name: {name!r}")
+    return name
+
+
+def export_name(task_id: int, disk_index: int) -> str:
+    """Return the NBD export name Ferry uses for a task's disk.
+
+    >>> export_name(12, 0)
+    'ferry-12-0'
+    """
+    return _export(f"ferry-{int(task_id)}-{int(disk_index)}")
+
+
+def temp_path(final_path: str, task_id: int) -> str:
+    """Return the temporary name a disk is written to before its rename.
+
+    >>> temp_path("/var/lib/libvirt/images/web.qcow2", 7)
+    '/var/lib/libvirt/images/.web.qcow2.ferry-7.part'
+    """
+    head, tail = posixpath.split(_path(final_path))
+    return posixpath.join(head, f".{tail}.ferry-{int(task_id)}.part")
+
+
+def nbd_url(address: str, name: str, port: int = NBD_PORT) -> str:
+    """Return the nbd:// URL of an export.
+
+    >>> nbd_url("10.0.0.1", "ferry-1-0"), nbd_url("fd00::1", "ferry-1-0")
+    ('nbd://10.0.0.1:8081/ferry-1-0', 'nbd://[fd00::1]:8081/ferry-1-0')
+    """
+    return f"nbd://{_host_port(address, port)}/{_export(name)}"
+
+
+def lv_path(vg: str, name: str) -> str:
+    """Return /dev/VG/NAME for a logical volume."""
+    return f"/dev/{_lvm(vg)}/{_lvm(name)}"
+
+
+# ---------------------------------------------------------------- NBD export
+
+def nbd_export(path: str, fmt: str, bind_address: str, name: str, pid_file: str,
+               port: int = NBD_PORT) -> list[str]:
+    """Export a (stopped) server's disk read-only over TCP, as its decoded guest view.
+
+    --fork returns once the server listens (no race with the reader);
+    --persistent keeps it up for the verify pass after the copy; --shared=2
+    lets the copy and a compare overlap.
+
+    >>> nbd_export("/img/web.qcow2", "qcow2", "10.0.0.1", "ferry-1-0", "/run/f.pid")[:6]
+    ['qemu-nbd', '--read-only', '--persistent', '--shared=2', '--fork', '--pid-file=/run/f.pid']
+    """
+    return [
+        "qemu-nbd", "--read-only", "--persistent", "--shared=2", "--fork",
+        f"--pid-file={_path(pid_file)}",
+        "--bind", _address(bind_address), "--port", str(_port(port)),
+        "--format", _format(fmt), "--export-name", _export(name),
+        "--", _path(path),
+    ]
+
+
+def stop_by_pid_file(pid_file: str) -> list[str]:
+    """Stop the process whose PID is in pid_file (qemu-nbd, probes), then drop the file.
+
+    The pid file is passed as a positional parameter, never pasted into the script.
+    """
+    return ["sh", "-c",
+            'pid=$(cat -- "$1") && kill "$pid" 2>/dev/null; rm -f -- "$1"',
+            "ferry-stop", _path(pid_file)]
+
+
+# ---------------------------------------------------------------- copy and convert
+
+def convert_from_nbd(address: str, name: str, dst_path: str, dst_fmt: str,
+                     port: int = NBD_PORT) -> list[str]:
+    """Copy an exported disk into a new file of dst_fmt, keeping it sparse.
+
+    The export is the decoded guest view, so the source is read as raw
+    whatever its format on disk.
+
+    >>> convert_from_nbd("10.0.0.1", "ferry-1-0", "/img/.w.part", "qcow2")
+    ['qemu-img', 'convert', '-p', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=off', 'nbd://10.0.0.1:8081/ferry-1-0', '/img/.w.part']
+    """
+    return ["qemu-img", "convert", "-p", "-f", "raw", "-O", _format(dst_fmt),
+            *_sparse_options(dst_fmt), nbd_url(address, name, port), _path(dst_path)]
+
+
+def convert_file(src_path: str, src_fmt: str, dst_path: str, dst_fmt: str) -> list[str]:
+    """Convert a local image file into a new file of dst_fmt, keeping it sparse."""
+    return ["qemu-img", "convert", "-p", "-f", _format(src_fmt), "-O", _format(dst_fmt),
+            *_sparse_options(dst_fmt), _path(src_path), _path(dst_path)]
+
+
+def _sparse_options(dst_fmt: str) -> list[str]:
+    """Return the options that keep the target sparse in its format."""
+    if _format(dst_fmt) == "qcow2":
+        return ["-o", "preallocation=off"]
+    return ["-S", "4k"]  # raw: leave runs of 4 KiB zeros as holes
+
+
+def convert_from_nbd_to_lv(address: str, name: str, vg: str, lv: str, thin: bool,
+                           port: int = NBD_PORT) -> list[str]:
+    """Copy an exported disk into a pre-created logical volume, as raw.
+
+    -n: the volume exists (lvcreate made it). A new thin volume reads as
+    zeros, so --target-is-zero skips writing zeros and keeps it thin; a thick
+    volume may hold an earlier tenant's data, so its zeros are written.
+    """
+    argv = ["qemu-img", "convert", "-p", "-n", "-f", "raw", "-O", "raw"]
+    if thin:
+        argv.append("--target-is-zero")
+    return argv + [nbd_url(address, name, port), lv_path(vg, lv)]
+
+
+def lvcreate(vg: str, name: str, size: int) -> list[str]:
+    """Create a thick logical volume of size bytes (lvm rounds up to an extent).
+
+    >>> lvcreate("vg0", "web-disk0", 1073741824)
+    ['lvcreate', '--yes', '--wipesignatures', 'y', '-n', 'web-disk0', '-L', '1073741824b', 'vg0']
+    """
+    return ["lvcreate", "--yes", "--wipesignatures", "y", "-n", _lvm(name),
+            "-L", f"{_size(size)}b", _lvm(vg)]
+
+
+def lvcreate_thin(vg: str, pool: str, name: str, size: int) -> list[str]:
+    """Create a thin volume of size bytes in the thin pool VG/POOL.
+
+    >>> lvcreate_thin("vg0", "thin0", "web-disk0", 1073741824)
+    ['lvcreate', '--yes', '-V', '1073741824b', '-T', 'vg0/thin0', '-n', 'web-disk0']
+    """
+    return ["lvcreate", "--yes", "-V", f"{_size(size)}b", "-T", f"{_lvm(vg)}/{_lvm(pool)}",
+            "-n", _lvm(name)]
+
+
+def lvremove(vg: str, name: str) -> list[str]:
+    """Remove a logical volume (cleanup of a failed copy, or the moved source)."""
+    return ["lvremove", "--yes", f"{_lvm(vg)}/{_lvm(name)}"]
+
+
+def lvrename(vg: str, old: str, new: str) -> list[str]:
+    """Rename a logical volume from its temporary to its final name."""
+    return ["lvrename", _lvm(vg), _lvm(old), _lvm(new)]
+
+
+def compare(a: str, a_fmt: str, b: str, b_fmt: str) -> list[str]:
+    """Compare two images' guest-visible contents (exit 0 same, 1 different, 2 error).
+
+    Either side may be an nbd:// URL from `nbd_url` (read it as raw).
+    """
+    return ["qemu-img", "compare", "-f", _format(a_fmt), "-F", _format(b_fmt),
+            _image(a), _image(b)]
+
+
+def _image(spec: str) -> str:
+    """Accept an absolute path or an nbd:// URL Ferry built."""
+    if isinstance(spec, str) and spec.startswith("nbd://"):
+        match = re.match(r"^nbd://(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]+):(\d+)/(.+)$", spec)
+        if not match:
+            raise RefusedCommand(f"not an NBD URL: {spec!r}")
+        host = match.group(1).strip("[]")
+        return nbd_url(host, match.group(3), int(match.group(2)))
+    return _path(spec)
+
+
+def image_info(path: str, force_share: bool = False) -> list[str]:
+    """Describe an image as JSON (virtual-size, actual-size, format).
+
+    force_share (-U) reads an image a running QEMU holds open.
+    """
+    return ["qemu-img", "info", "--output=json", *(["-U"] if force_share else []),
+            _image(path)]
+
+
+def create_disk(path: str, fmt: str, size: int) -> list[str]:
+    """Pre-create a sparse destination disk (live migration: libvirt fills it).
+
+    libvirt would otherwise create a fully allocated qcow2 by itself.
+
+    >>> create_disk("/img/web.qcow2", "qcow2", 1073741824)
+    ['qemu-img', 'create', '-f', 'qcow2', '-o', 'preallocation=off', '/img/web.qcow2', '1073741824']
+    """
+    options = ["-o", "preallocation=off"] if _format(fmt) == "qcow2" else []
+    return ["qemu-img", "create", "-f", fmt, *options, _path(path), str(_size(size))]
+
+
+def rename_disk(tmp_path: str, final_path: str) -> list[str]:
+    """Move a verified temporary disk to its final name, never over an existing file.
+
+    The check and the move are one command: Ferry holds the destination node
+    for this task only, so nothing else creates that name in between.
+    """
+    return ["sh", "-c",
+            'if [ -e "$2" ]; then echo "refusing to overwrite $2" >&2; exit 17; fi;'
+            ' mv -T -- "$1" "$2"',
+            "ferry-rename", _path(tmp_path), _path(final_path)]
+
+
+def remove_disk(path: str, allowed_dirs: Iterable[str]) -> list[str]:
+    """Remove a disk file, only if it lies inside one of allowed_dirs.
+
+    Refuses anything else (devices, the directory itself, paths with ..),
+    because a wrong inventory row must never make Ferry delete a random file.
+
+    >>> remove_disk("/var/lib/libvirt/images/web.qcow2", ["/var/lib/libvirt/images"])
+    ['rm', '-f', '--', '/var/lib/libvirt/images/web.qcow2']
+    """
+    path = _path(path)
+    for directory in allowed_dirs:
+        directory = _path(directory.rstrip("/") or "/")
+        if directory != "/" and posixpath.commonpath([directory, path]) == directory \
+                and path != directory:
+            return ["rm", "-f", "--", path]
+    raise RefusedCommand(f"refusing to remove {path!r}: not inside {list(allowed_dirs)!r}")
+
+
+# ---------------------------------------------------------------- probes
+
+def port_listener(bind_address: str, port: int, timeout_s: int = 15) -> list[str]:
+    """Listen once on the destination so a port probe has something to reach.
+
+    A closed port and a port nobody listens on both read "Connection
+    refused": the listener makes the probe tell them apart. `timeout`
+    guarantees it never lingers.
+    """
+    return ["timeout", str(int(timeout_s)), "socat", "-u",
+            f"TCP-LISTEN:{_port(port)},bind={_address(bind_address)},reuseaddr",
+            "OPEN:/dev/null"]
+
+
+def port_probe(address: str, port: int, timeout_s: int = 3) -> list[str]:
+    """Connect from the source to ADDR:PORT (exit 0 = reachable, stderr says why not)."""
+    return ["socat", "-u", "OPEN:/dev/null",
+            f"TCP:{_host_port(address, port)},connect-timeout={int(timeout_s)}"]
+
+
+def probe_result(exit_code: int, stderr: str) -> str:
+    """Turn a port probe's outcome into "ok" or a short reason for preflight.
+
+    >>> probe_result(0, "")
+    'ok'
+    >>> probe_result(1, "2026/01/01 socat[1] E connect(5, AF=2 10.0.0.2:49152, 16): Connection refused")
+    'Connection refused'
+    """
+    if exit_code == 0:
+        return "ok"
+    lines = [line for line in (stderr or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return f"failed (exit {exit_code})"
+    last = lines[-1]
+    return last.rsplit("): ", 1)[-1].strip() if "): " in last else last.strip()
+
+
+def throughput_receiver(bind_address: str, port: int = PROBE_PORT,
+                        timeout_s: int = 60) -> list[str]:
+    """Receive and discard the throughput probe's bytes on the destination."""
+    return port_listener(bind_address, port, timeout_s)
+
+
+def throughput_sender(address: str, nbytes: int, port: int = PROBE_PORT) -> list[str]:
+    """Send nbytes of zeros from the source; dd's summary line gives the rate.
+
+    Zeros are fine: nothing on the path compresses TCP. socat retries the
+    connection while the receiver starts. The count is in MiB, rounded up.
+    """
+    mib = max(1, -(-_size(nbytes) // 2**20))
+    target = f"TCP:{_host_port(address, port)},connect-timeout=5,retry=25,interval=0.2"
+    return ["sh", "-c", 'dd if=/dev/zero bs=1M count="$1" | socat -u STDIN "$2"',
+            "ferry-probe", str(mib), target]
+
+
+def parse_dd_rate(stderr: str) -> Optional[float]:
+    """Return bytes per second from dd's summary, or None.
+
+    >>> parse_dd_rate("268435456 bytes (268 MB, 256 MiB) copied, 0.5 s, 537 MB/s")
+    536870912.0
+    """
+    match = _DD_SUMMARY.search(stderr or "")
+    if not match:
+        return None
+    seconds = float(match.group(2).replace(",", "."))
+    return int(match.group(1)) / seconds if seconds > 0 else None
+
+
+def parse_convert_progress(output: str) -> Optional[float]:
+    """Return the last percentage `qemu-img convert -p` printed, or None.
+
+    >>> parse_convert_progress("    (0.00/100%)\\r    (42.50/100%)\\r")
+    42.5
+    """
+    found = _PROGRESS.findall(output or "")
+    return float(found[-1]) if found else None
