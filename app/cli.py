@@ -3,7 +3,7 @@ import json
 import secrets
 
 import click
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from app import status
 from app.errors import FerryError
@@ -97,6 +97,7 @@ def ipblocks_add(name, cidr, gateway, resource_names):
 
 
 @click.command("sync")
+@with_appcontext
 @click.argument("name", required=False)
 @click.option("--enqueue", is_flag=True, help="queue the sync for the worker instead of running it here")
 def sync_command(name, enqueue):

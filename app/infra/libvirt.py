@@ -11,6 +11,9 @@ from urllib.parse import quote, urlencode
 
 import libvirt
 
+# libvirt prints every error to stderr by default; Ferry reports them itself.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
 from app import status
 from app.errors import FerryError
 from app.infra.ssh import HostKeyMismatch
