@@ -156,3 +156,5 @@ def register(app):
     app.cli.add_command(ipblocks_cli)
     app.cli.add_command(users_cli)
     app.cli.add_command(sync_command)
+    from app.cli_migrate import migrate_command
+    app.cli.add_command(migrate_command)

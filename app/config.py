@@ -17,7 +17,16 @@ DEFAULTS = {
     "JOB_TIMEOUT": 600,  # RQ job timeout for ordinary jobs (migrations set their own)
     "BACKUP_DIR": "/var/lib/ferry/backups",  # default temporary backup directory on nodes
     "QUEUE": "ferry",
-    "LIBVIRT_TRANSPORT": "libssh2",  # libssh2 or libssh: both verify the pinned key
+    "LIBVIRT_TRANSPORT": "libssh2",
+    # libvirt's dirty-rate calculation right before a migration corrupted TCG guests in
+    # the lab (kernel panic on the destination): off by default, on for KVM sites.
+    "SAMPLE_DIRTY_RATE": False,
+    "MAX_PARALLEL_GROUPS": 3,  # migration groups running at once; one more fails at start
+    "TASKS_PER_RESOURCE": 1,  # migration tasks a compute resource takes part in at once
+    "DOWNTIME_TARGET_MS": 300,  # the ladder raises allowed downtime up to this
+    "PROGRESS_TIMEOUT": 150,  # seconds without progress before a live migration is aborted
+    "COMPLETION_TIMEOUT_PER_GIB": 150,  # seconds per GiB of data before it is aborted
+    "ORPHAN_AFTER": 30,  # seconds without heartbeat after which a running task is reconciled  # libssh2 or libssh: both verify the pinned key
 }
 
 
@@ -70,6 +79,12 @@ ENVIRONMENT = {
     "FERRY_JOB_TIMEOUT": ("JOB_TIMEOUT", _to_int),
     "FERRY_BACKUP_DIR": ("BACKUP_DIR", _to_str),
     "FERRY_LIBVIRT_TRANSPORT": ("LIBVIRT_TRANSPORT", _to_choice("libssh2", "libssh")),
+    "FERRY_MAX_PARALLEL_GROUPS": ("MAX_PARALLEL_GROUPS", _to_int),
+    "FERRY_TASKS_PER_RESOURCE": ("TASKS_PER_RESOURCE", _to_int),
+    "FERRY_DOWNTIME_TARGET_MS": ("DOWNTIME_TARGET_MS", _to_int),
+    "FERRY_PROGRESS_TIMEOUT": ("PROGRESS_TIMEOUT", _to_int),
+    "FERRY_COMPLETION_TIMEOUT_PER_GIB": ("COMPLETION_TIMEOUT_PER_GIB", _to_int),
+    "FERRY_ORPHAN_AFTER": ("ORPHAN_AFTER", _to_int),
 }
 
 

@@ -301,6 +301,11 @@ class MigrationTask(db.Model):
     eta: Mapped[dict | None] = mapped_column(JSON)
     result: Mapped[dict | None] = mapped_column(JSON)  # downtime_ms, total_ms, bytes
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    mode: Mapped[str | None] = mapped_column(String(20))  # live | offline
+    phase: Mapped[str | None] = mapped_column(String(40))  # what the running job is doing now
+    # The running job touches this every poll; a task claiming to run with a stale
+    # heartbeat has no live job, and recovery asks libvirt what really happened.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -328,3 +333,16 @@ class TaskEvent(db.Model):
     data: Mapped[dict | None] = mapped_column(JSON)
 
     task: Mapped[MigrationTask] = relationship(back_populates="events")
+
+
+class Claim(db.Model):
+    """One numbered slot of a concurrency limit, held by a group or a task (see services.limits)."""
+
+    __tablename__ = "claim"
+    __table_args__ = (UniqueConstraint("kind", "key", "slot"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # group | resource
+    key: Mapped[str] = mapped_column(String(64))  # "*" or a compute resource id
+    slot: Mapped[int] = mapped_column()
+    holder: Mapped[str] = mapped_column(String(64), index=True)  # group:ID | task:ID
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

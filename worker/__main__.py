@@ -22,6 +22,11 @@ def main(argv=None):
 
     app = get_app()
     upgrade_database(app)
+    # A worker that starts settles the tasks a dead one left behind, before taking new work.
+    from app.services import recovery
+    with app.app_context():
+        for task_id, outcome in recovery.reconcile():
+            logging.getLogger("ferry.recovery").warning("task %s reconciled: %s", task_id, outcome)
     if app.config["SYNC_INTERVAL"] and not args.no_schedule and not args.burst:
         schedule.start(app)
     worker = FerryWorker(args.queues or [QUEUE_DEFAULT, QUEUE_MIGRATIONS],

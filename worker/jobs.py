@@ -37,3 +37,17 @@ def test_connection(job, resource_id):
     """Check SSH and libvirt to one compute resource with its pinned host key."""
     from app.services import resources
     return resources.test_connection(resource_id)
+
+
+@entry
+def run_group(job, group_id):
+    """Run a migration group's tasks one by one (never retried: recovery settles a dead one)."""
+    from app.services import migration
+    return migration.run_group(group_id)
+
+
+@entry
+def reconcile(job):
+    """Settle migration tasks that claim to run without a live job."""
+    from app.services import recovery
+    return {"reconciled": recovery.reconcile()}

@@ -1,0 +1,229 @@
+"""libvirt's live-migration API behind a small surface: start, watch, steer, read the outcome.
+
+The migration is peer-to-peer: the source libvirtd drives it and finishes it
+even if this process dies. `migrateToURI3` blocks, so it runs in a thread
+while the caller polls `stats()` on the same connection (libvirt connections
+accept concurrent calls).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+BASE_FLAGS = (
+    libvirt.VIR_MIGRATE_LIVE
+    | libvirt.VIR_MIGRATE_PEER2PEER
+    | libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    | libvirt.VIR_MIGRATE_PERSIST_DEST
+    | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+)
+
+
+def migration_flags(auto_converge: bool, postcopy: bool) -> int:
+    """The flags of a Ferry live migration; auto-converge and post-copy must be chosen at start."""
+    flags = BASE_FLAGS
+    if auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if postcopy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    return flags
+
+
+@dataclass
+class DomainPlace:
+    """What one host says about a domain: is it defined there, is it running, has it a job."""
+
+    defined: bool
+    running: bool
+    paused: bool = False
+    job_active: bool = False
+    error: str | None = None
+
+
+def where_is(conn, uuid: str) -> DomainPlace:
+    """Ask one host whether it has the domain, and in which state (never raises for 'absent')."""
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return DomainPlace(defined=False, running=False)
+        return DomainPlace(defined=False, running=False, error=str(exc))
+    state, _reason = dom.state()
+    try:
+        job = dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
+    except libvirt.libvirtError:
+        job = False
+    return DomainPlace(
+        defined=bool(dom.isPersistent()) or bool(dom.isActive()),
+        running=state == libvirt.VIR_DOMAIN_RUNNING,
+        paused=state == libvirt.VIR_DOMAIN_PAUSED,
+        job_active=job,
+    )
+
+
+class LiveMigration:
+    """One p2p migrateToURI3 call running in a thread, with the controls nova's loop uses."""
+
+    def __init__(self, dom, dest_uri: str, params: dict, flags: int):
+        self.dom = dom
+        self.dest_uri = dest_uri
+        self.params = params
+        self.flags = flags
+        self.error: str | None = None
+        self.error_code: int | None = None
+        self.finished_at: float | None = None
+        self._thread = threading.Thread(target=self._run, name="migrateToURI3", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.dom.migrateToURI3(self.dest_uri, self.params, self.flags)
+        except libvirt.libvirtError as exc:
+            self.error = str(exc)
+            self.error_code = exc.get_error_code()
+        finally:
+            self.finished_at = time.monotonic()
+
+    def start(self) -> None:
+        """Start the migration call in its thread."""
+        self._thread.start()
+
+    @property
+    def done(self) -> bool:
+        """True once migrateToURI3 has returned (successfully or not)."""
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the call to return."""
+        self._thread.join(timeout)
+
+    def stats(self) -> dict:
+        """The running job's statistics, or {} when libvirt has no job (anymore)."""
+        try:
+            return self.dom.jobStats()
+        except libvirt.libvirtError:
+            return {}
+
+    def set_max_downtime(self, ms: int) -> None:
+        """Raise (or lower) the downtime QEMU may take at switch-over."""
+        self.dom.migrateSetMaxDowntime(int(ms), 0)
+
+    def start_postcopy(self) -> None:
+        """Switch to post-copy (only valid when started with POSTCOPY and in the RAM phase)."""
+        self.dom.migrateStartPostCopy(0)
+
+    def abort(self) -> None:
+        """Ask libvirt to abort; the guest keeps running on the source."""
+        try:
+            self.dom.abortJob()
+        except libvirt.libvirtError as exc:
+            # Already finished or never started: the outcome check tells the truth.
+            self.error = self.error or f"abort: {exc}"
+
+
+def completed_stats(conn, uuid: str) -> dict:
+    """The finished migration's statistics as the destination recorded them (downtime, time, bytes)."""
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        return dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except libvirt.libvirtError:
+        return {}
+
+
+def sample_dirty_rate(dom, seconds: int = 1) -> int | None:
+    """Dirty rate in bytes/s measured by libvirt's dirty-rate calculation, None if unavailable."""
+    try:
+        dom.startDirtyRateCalc(seconds, 0)
+    except (libvirt.libvirtError, AttributeError):
+        return None
+    deadline = time.monotonic() + seconds + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            records = dom.connect().domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
+        except libvirt.libvirtError:
+            return None
+        stats = records[0][1] if records else {}
+        status = stats.get("dirtyrate.calc_status")
+        if status == 2:  # measured
+            return int(stats.get("dirtyrate.megabytes_per_second", 0)) * 1024 * 1024
+        if status not in (0, 1):
+            return None
+    return None
+
+
+def destination_xml(dom_xml: str, disk_changes: dict[str, tuple[str, str]]) -> str:
+    """Rewrite a domain XML so each named disk target gets a new (path, format).
+
+    Example: {"vda": ("/var/lib/libvirt/images/web.raw", "raw")} turns the qcow2
+    disk vda into a raw file at that path: libvirt then copies the guest's disk
+    into a destination image of another format during a live migration.
+    """
+    root = ET.fromstring(dom_xml)
+    for disk in root.findall("./devices/disk"):
+        target = disk.find("target")
+        if target is None or target.get("dev") not in disk_changes:
+            continue
+        path, fmt = disk_changes[target.get("dev")]
+        source = disk.find("source")
+        if source is None:
+            source = ET.SubElement(disk, "source")
+        disk.set("type", "file")
+        source.attrib.clear()
+        source.set("file", path)
+        driver = disk.find("driver")
+        if driver is None:
+            driver = ET.SubElement(disk, "driver", name="qemu")
+        driver.set("type", fmt)
+    return ET.tostring(root, encoding="unicode")
+
+
+def disk_targets(dom_xml: str) -> list[dict]:
+    """The file-backed disks of a domain XML: target dev, path, format."""
+    disks = []
+    for disk in ET.fromstring(dom_xml).findall("./devices/disk"):
+        if disk.get("device", "disk") != "disk":
+            continue
+        source, target, driver = disk.find("source"), disk.find("target"), disk.find("driver")
+        path = None
+        if source is not None:
+            path = source.get("file") or source.get("dev")
+        disks.append({
+            "target": target.get("dev") if target is not None else None,
+            "path": path,
+            "format": driver.get("type") if driver is not None else "raw",
+            "type": disk.get("type"),
+        })
+    return disks
+
+
+OEM_IP_PREFIX = "ferry.ip="
+
+
+def with_guest_ip(dom_xml: str, address_cidr: str) -> str:
+    """Give the guest a new IP through the domain definition: an SMBIOS OEM string it reads at boot.
+
+    Example: with_guest_ip(xml, "10.78.1.140/24") leaves exactly one
+    `<entry>ferry.ip=10.78.1.140/24</entry>` under <sysinfo type='smbios'><oemStrings>
+    and turns on <smbios mode='sysinfo'/> so QEMU passes it to the guest.
+    """
+    root = ET.fromstring(dom_xml)
+    sysinfo = root.find("./sysinfo[@type='smbios']")
+    if sysinfo is None:
+        sysinfo = ET.SubElement(root, "sysinfo", type="smbios")
+    oem = sysinfo.find("oemStrings")
+    if oem is None:
+        oem = ET.SubElement(sysinfo, "oemStrings")
+    for entry in list(oem.findall("entry")):
+        if (entry.text or "").startswith(OEM_IP_PREFIX):
+            oem.remove(entry)
+    ET.SubElement(oem, "entry").text = OEM_IP_PREFIX + address_cidr
+    os_el = root.find("os")
+    if os_el is not None and os_el.find("smbios") is None:
+        ET.SubElement(os_el, "smbios", mode="sysinfo")
+    return ET.tostring(root, encoding="unicode")

@@ -1,0 +1,296 @@
+"""Live migration of one server: libvirt p2p with copied disks, watched by the escalation ladder.
+
+Order of a live task, each step a line on its timeline:
+1. pre-create sparse destination disks (libvirt would make a fully allocated qcow2);
+2. start migrateToURI3 peer-to-peer (the source libvirtd finishes it even if we die);
+3. poll jobStats twice a second: progress, live ETA, ladder actions, cancel requests;
+4. ask both hosts where the domain is and record the truth;
+5. clean up: on success the source's disks, on failure the destination's pre-created ones.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+
+import libvirt
+from flask import current_app
+
+from app import status
+from app.errors import FerryError
+from app.extensions import db
+from app.infra import migration as mig
+from app.infra import ssh
+from app.infra.commands import storage
+from app.models import utcnow
+from app.services import estimation, ladder, resources
+from app.services.migration import Cancelled, cancel_requested, event, finish_success
+
+POLL_S = 0.5
+HISTORY_POINTS = 240
+
+
+def peer_uri(destination) -> str:
+    """The URI the source libvirtd uses to reach the destination's libvirtd (node-to-node SSH)."""
+    port = f":{destination.port}" if destination.port != 22 else ""
+    return f"qemu+ssh://{destination.user}@{destination.host}{port}/system"
+
+
+def target_path(path: str, fmt: str) -> str:
+    """The destination path of a disk converted to fmt: same folder and name, the format's suffix.
+
+    >>> target_path("/var/lib/libvirt/images/web.qcow2", "raw")
+    '/var/lib/libvirt/images/web.raw'
+    >>> target_path("/img/db", "qcow2")
+    '/img/db.qcow2'
+    """
+    root, ext = posixpath.splitext(path)
+    if ext in (".raw", ".qcow2", ".img"):
+        return f"{root}.{fmt}"
+    return f"{path}.{fmt}"
+
+
+def disk_plan(disks: list[dict], convert_to: str | None) -> list[dict]:
+    """For each disk: source path/format and destination path/format."""
+    fmt = {status.STORAGE_FILE_RAW: "raw", status.STORAGE_FILE_QCOW2: "qcow2"}.get(convert_to)
+    plan = []
+    for disk in disks:
+        dst_fmt = fmt or disk["format"]
+        dst_path = disk["path"] if dst_fmt == disk["format"] else target_path(disk["path"], dst_fmt)
+        plan.append({**disk, "dst_path": dst_path, "dst_format": dst_fmt})
+    return plan
+
+
+def settings_for(task) -> ladder.LadderSettings:
+    """Ladder settings from the site's configuration and the task's options."""
+    cfg = current_app.config
+    return ladder.LadderSettings(
+        downtime_target_ms=cfg["DOWNTIME_TARGET_MS"],
+        progress_timeout_s=cfg["PROGRESS_TIMEOUT"],
+        completion_timeout_per_gib_s=cfg["COMPLETION_TIMEOUT_PER_GIB"],
+        postcopy=bool(task.group.options.get("allow_postcopy")),
+        **(cfg.get("LADDER_OVERRIDES") or {}))
+
+
+def _virtual_size(conn, path: str) -> int:
+    """A disk's virtual size read on its node with qemu-img (force-share: the guest is running)."""
+    result = ssh.run(conn, storage.image_info(path, force_share=True))
+    if not result.ok:
+        raise FerryError(f"cannot read disk {path} on {conn.host}: {result.stderr.strip()}")
+    return int(json.loads(result.stdout)["virtual-size"])
+
+
+def _progress(stats: ladder.JobStats, history: list) -> dict:
+    """The task's progress record from one jobStats sample."""
+    return {
+        "percent": round(ladder.progress_percent(stats), 1),
+        "elapsed_ms": stats.time_elapsed_ms,
+        "data_total": stats.data_total, "data_processed": stats.data_processed,
+        "data_remaining": stats.data_remaining,
+        "memory_total": stats.memory_total, "memory_processed": stats.memory_processed,
+        "memory_remaining": stats.memory_remaining,
+        "disk_total": stats.disk_total, "disk_processed": stats.disk_processed,
+        "disk_remaining": stats.disk_remaining,
+        "dirty_rate_bps": stats.memory_dirty_rate_bps, "bps": stats.memory_bps,
+        "iteration": stats.memory_iteration, "throttle": stats.auto_converge_throttle,
+        "history": history[-HISTORY_POINTS:],
+    }
+
+
+def _apply(action, migration: mig.LiveMigration, state: ladder.LadderState) -> str | None:
+    """Carry out one ladder action through the wrapper; returns an error sentence if libvirt refused."""
+    try:
+        if isinstance(action, ladder.SetDowntime):
+            migration.set_max_downtime(action.downtime_ms)
+        elif isinstance(action, ladder.StartPostCopy):
+            migration.start_postcopy()
+        elif isinstance(action, ladder.Abort):
+            migration.abort()
+    except libvirt.libvirtError as exc:
+        if isinstance(action, ladder.StartPostCopy):
+            state.postcopy_at = None  # it did not happen: the ladder may not count on it
+        return f"libvirt refused: {exc}"
+    return None
+
+
+def _monitor(task, migration: mig.LiveMigration, settings: ladder.LadderSettings) -> dict:
+    """Poll the job until migrateToURI3 returns; returns what the loop saw."""
+    state, series, history = ladder.LadderState(), [], []
+    t0 = time.monotonic()
+    seen = {"cancelled": False, "aborted": None, "not_converging": False, "samples": 0}
+    last_eta = 0.0
+    while not migration.done:
+        now = time.monotonic()
+        raw = migration.stats()
+        if raw:
+            stats = ladder.JobStats.from_libvirt(raw)
+            if stats.active:
+                seen["samples"] += 1
+                series.append(stats)
+                history.append([round(now - t0, 2), stats.memory_remaining, stats.data_remaining])
+                task.progress = _progress(stats, history)
+                for action in ladder.decide(state, stats, now, settings):
+                    problem = _apply(action, migration, state)
+                    if isinstance(action, ladder.Abort):
+                        seen["aborted"] = action.reason
+                    if isinstance(action, ladder.WillNotConverge):
+                        seen["not_converging"] = True
+                    event(task, action.kind, action.message + (f" ({problem})" if problem else ""),
+                          commit=False)
+                if now - last_eta >= 2 and len(series) >= 3:
+                    last_eta = now
+                    live = estimation.live_estimate(series[-20:], settings.downtime_target_ms)
+                    if live is not None:
+                        eta = dict(task.eta or {})
+                        point = {"at_s": round(now - t0, 1), "remaining_s": round(live.seconds, 1),
+                                 "low_s": round(live.low, 1), "high_s": round(live.high, 1),
+                                 "converges": live.converges, "percent": task.progress["percent"]}
+                        eta["live"] = point
+                        eta["history"] = (eta.get("history") or [])[-200:] + [point]
+                        task.eta = eta
+                db.session.commit()
+        if not seen["cancelled"] and cancel_requested(task.id):
+            seen["cancelled"] = True
+            if state.in_postcopy:
+                event(task, "cancel-refused", "Cancel refused: the migration is in post-copy, "
+                      "where aborting would lose the guest; it will finish on the destination.")
+            else:
+                migration.abort()
+                event(task, "abort", "Cancel: asked libvirt to abort the migration.")
+        time.sleep(POLL_S)
+    seen["postcopy"] = state.in_postcopy
+    return seen
+
+
+def run(task) -> None:
+    """Live-migrate task.server from task.source to task.destination (see the module's steps)."""
+    server, source, destination = task.server, task.source, task.destination
+    convert_to = task.group.options.get("convert_to")
+    with resources.open_ssh(source) as src_ssh, resources.open_ssh(destination) as dst_ssh, \
+            resources.open_libvirt(source) as src, resources.open_libvirt(destination) as dst:
+        try:
+            dom = src.conn.lookupByUUIDString(server.uuid)
+        except libvirt.libvirtError as exc:
+            raise FerryError(f"{server.name} is not on {source.name}: {exc}") from exc
+        if not dom.isActive():
+            raise FerryError(f"{server.name} is not running: live migration needs a running server")
+        if mig.where_is(dst.conn, server.uuid).defined:
+            raise FerryError(f"{destination.name} already has a domain with {server.name}'s UUID")
+        live_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+        plan = disk_plan(mig.disk_targets(live_xml), convert_to)
+
+        task.phase = "preparing"
+        created = []
+        try:
+            for disk in plan:
+                exists = ssh.run(dst_ssh, ["test", "-e", disk["dst_path"]])
+                if exists.ok:
+                    raise FerryError(f"{destination.name} already has a file at {disk['dst_path']}:"
+                                     " refusing to overwrite it")
+                size = _virtual_size(src_ssh, disk["path"])
+                made = ssh.run(dst_ssh, storage.create_disk(disk["dst_path"], disk["dst_format"], size))
+                if not made.ok:
+                    raise FerryError(f"cannot create {disk['dst_path']} on {destination.name}: "
+                                     f"{made.stderr.strip()}")
+                created.append(disk["dst_path"])
+            event(task, "disks-prepared", f"Destination disks pre-created sparse on "
+                  f"{destination.name}: " + ", ".join(f"{d['dst_path']} ({d['dst_format']})" for d in plan))
+
+            params = {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: [d["target"] for d in plan]}
+            if any(d["dst_path"] != d["path"] or d["dst_format"] != d["format"] for d in plan):
+                changes = {d["target"]: (d["dst_path"], d["dst_format"]) for d in plan}
+                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = mig.destination_xml(live_xml, changes)
+                params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = mig.destination_xml(
+                    dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE),
+                    changes)
+            settings = settings_for(task)
+            flags = mig.migration_flags(auto_converge=settings.auto_converge,
+                                        postcopy=settings.postcopy)
+            migration = mig.LiveMigration(dom, peer_uri(destination), params, flags)
+            started = time.monotonic()
+            task.phase = "migrating"
+            task.started_at = task.started_at or utcnow()
+            db.session.commit()
+            migration.start()
+            event(task, "migrating", "libvirt started the peer-to-peer migration"
+                  + (" with auto-converge" if settings.auto_converge else "")
+                  + (", post-copy allowed" if settings.postcopy else "") + ".")
+            seen = _monitor(task, migration, settings)
+            wall_ms = int((time.monotonic() - started) * 1000)
+        except BaseException:
+            _remove_unless_defined(dst, dst_ssh, server.uuid, created, task)
+            raise
+
+        at_src, at_dst = mig.where_is(src.conn, server.uuid), mig.where_is(dst.conn, server.uuid)
+        if at_dst.running and not at_src.running:
+            completed = mig.completed_stats(dst.conn, server.uuid)
+            result = {
+                "downtime_ms": completed.get("downtime"), "total_ms": completed.get("time_elapsed")
+                or wall_ms, "wall_ms": wall_ms,
+                "bytes": completed.get("data_processed"),
+                "memory_bytes": completed.get("memory_processed"),
+                "disk_bytes": completed.get("disk_processed"), "postcopy": seen["postcopy"],
+                "phases": {"migrate_ms": wall_ms}, "source_defined_after": at_src.defined,
+            }
+            _remove_source_disks(src, src_ssh, server.uuid, plan, source, task)
+            record_moved(server, destination, plan, status.SERVER_RUNNING)
+            finish_success(task, f"{server.name} runs on {destination.name}: downtime "
+                           f"{result['downtime_ms']} ms, {wall_ms / 1000:.1f} s in all.", result)
+            return
+        if at_src.running and not at_dst.defined:
+            _remove_unless_defined(dst, dst_ssh, server.uuid, created, task)
+            reason = migration.error or "libvirt reported no error"
+            if seen["cancelled"]:
+                raise Cancelled(f"Cancelled: {server.name} keeps running on {source.name}; "
+                                f"nothing is left on {destination.name}.")
+            if seen["aborted"]:
+                raise FerryError(f"Aborted by the ladder ({seen['aborted']}): {server.name} keeps "
+                                 f"running on {source.name}. libvirt: {reason}")
+            raise FerryError(f"Migration failed, {server.name} keeps running on {source.name}: "
+                             f"{reason}")
+        raise FerryError(
+            f"Needs attention: after the migration {source.name} reports "
+            f"defined={at_src.defined} running={at_src.running} and {destination.name} reports "
+            f"defined={at_dst.defined} running={at_dst.running}; libvirt said: {migration.error}")
+
+
+def _remove_unless_defined(dst, dst_ssh, uuid, paths, task) -> None:
+    """Remove disks pre-created on the destination, unless a domain there now uses them."""
+    if not paths or mig.where_is(dst.conn, uuid).defined:
+        return
+    allowed = {posixpath.dirname(p) for p in paths}
+    for path in paths:
+        ssh.run(dst_ssh, storage.remove_disk(path, allowed))
+    event(task, "cleanup", "Removed the pre-created disks from the destination: " + ", ".join(paths))
+
+
+def _remove_source_disks(src, src_ssh, uuid, plan, source, task) -> None:
+    """After success, delete the source's copies (libvirt never does), only if the source let go."""
+    if mig.where_is(src.conn, uuid).defined:
+        event(task, "cleanup", f"{source.name} still defines the domain: its disks were kept.")
+        return
+    allowed = [p.get("path") for p in (source.facts or {}).get("storage_pools", []) if p.get("path")]
+    removed = []
+    for disk in plan:
+        try:
+            argv = storage.remove_disk(disk["path"], allowed)
+        except storage.RefusedCommand as exc:
+            event(task, "cleanup", f"Kept {disk['path']} on {source.name}: {exc}")
+            continue
+        if ssh.run(src_ssh, argv).ok:
+            removed.append(disk["path"])
+    if removed:
+        event(task, "cleanup", f"Removed the source's disks on {source.name}: " + ", ".join(removed))
+
+
+def record_moved(server, destination, plan, state: str) -> None:
+    """The inventory after a successful move: new host, state, disk paths and formats."""
+    server.compute_resource = destination
+    server.state = state
+    by_target = {d["target"]: d for d in plan}
+    for disk in server.disks:
+        moved = by_target.get(disk.target)
+        if moved:
+            disk.path, disk.format = moved["dst_path"], moved["dst_format"]
+            disk.storage_type = (status.STORAGE_FILE_QCOW2 if moved["dst_format"] == "qcow2"
+                                 else status.STORAGE_FILE_RAW)

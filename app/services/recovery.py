@@ -1,0 +1,155 @@
+"""Never lose a server: settle tasks that claim to run but have no live job.
+
+A task's job touches `heartbeat_at` every few seconds. When a worker is
+killed the heartbeat stops; at worker start and periodically, every running
+task whose heartbeat is older than FERRY_ORPHAN_AFTER is reconciled: Ferry asks
+libvirt on both hosts where the domain is defined and running and whether a
+migration job is still active, then records what it saw. It never re-runs a
+migration: a peer-to-peer migration goes on without us, so we wait for it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import current_app
+
+from app import status
+from app.errors import FerryError
+from app.extensions import db
+from app.infra import migration as mig
+from app.models import MigrationGroup, MigrationTask, utcnow
+from app.services import limits, resources
+from app.services.migration import enqueue_group, event
+
+log = logging.getLogger("ferry.recovery")
+
+COMPLETED, FAILED_SOURCE_INTACT, ATTENTION, STILL_RUNNING = (
+    "completed", "failed-source-intact", "needs-attention", "still-running")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the two hosts say, turned into an outcome."""
+
+    outcome: str
+    reason: str
+
+
+def judge(mode: str, at_src: mig.DomainPlace, at_dst: mig.DomainPlace) -> Verdict:
+    """Decide a task's true outcome from what source and destination report (pure).
+
+    >>> D = mig.DomainPlace
+    >>> judge("live", D(False, False), D(True, True)).outcome
+    'completed'
+    >>> judge("live", D(True, True), D(False, False)).outcome
+    'failed-source-intact'
+    >>> judge("live", D(True, True, job_active=True), D(True, False, paused=True)).outcome
+    'still-running'
+    >>> judge("live", D(True, True), D(True, True)).outcome
+    'needs-attention'
+    """
+    if at_src.error or at_dst.error:
+        return Verdict(ATTENTION, f"a host could not answer: {at_src.error or at_dst.error}")
+    if at_src.job_active or at_dst.job_active:
+        return Verdict(STILL_RUNNING, "libvirt still has a migration job for the domain")
+    if mode == status.MODE_LIVE:
+        if at_dst.running and not at_src.running and not at_src.defined:
+            return Verdict(COMPLETED, "the destination runs the server and the source let it go")
+        if at_src.running and not at_dst.defined:
+            return Verdict(FAILED_SOURCE_INTACT, "the source still runs the server; the "
+                                                 "destination has nothing")
+    else:
+        if at_dst.defined and not at_src.defined:
+            return Verdict(COMPLETED, "the server is defined on the destination only")
+        if at_src.defined and not at_dst.defined:
+            return Verdict(FAILED_SOURCE_INTACT, "the server is still defined on the source only")
+    return Verdict(ATTENTION, f"source defined={at_src.defined} running={at_src.running}, "
+                              f"destination defined={at_dst.defined} running={at_dst.running}")
+
+
+def orphans(now=None) -> list[MigrationTask]:
+    """Running (or waiting) tasks whose job stopped beating."""
+    now = now or utcnow()
+    stale = now - timedelta(seconds=current_app.config["ORPHAN_AFTER"])
+    rows = db.session.scalars(db.select(MigrationTask).where(
+        MigrationTask.status == status.MIGRATION_RUNNING)).all()
+    waiting = db.session.scalars(db.select(MigrationTask).where(
+        MigrationTask.status == status.MIGRATION_PENDING, MigrationTask.phase == "waiting")).all()
+    return [t for t in rows + waiting if t.heartbeat_at is None or t.heartbeat_at < stale]
+
+
+def _places(task):
+    """Ask both hosts where the task's domain is."""
+    uuid = task.server.uuid
+    with resources.open_libvirt(task.source) as src, resources.open_libvirt(task.destination) as dst:
+        return mig.where_is(src.conn, uuid), mig.where_is(dst.conn, uuid)
+
+
+def reconcile_task(task, wait_s: float = 120.0) -> Verdict:
+    """Establish and record the truth about one orphaned task."""
+    if task.status == status.MIGRATION_PENDING:  # died while waiting: nothing moved
+        task.phase = None
+        limits.release_resources(task.id)
+        return Verdict("requeued", "the job died before the task started")
+    deadline = time.monotonic() + wait_s
+    at_src = at_dst = None
+    try:
+        while True:
+            at_src, at_dst = _places(task)
+            verdict = judge(task.mode, at_src, at_dst)
+            if verdict.outcome != STILL_RUNNING or time.monotonic() > deadline:
+                break
+            time.sleep(2)  # p2p: the source libvirtd finishes it without us
+    except FerryError as exc:
+        verdict = Verdict(ATTENTION, f"could not ask the hosts: {exc}")
+    seen = {"source": at_src.__dict__ if at_src else None,
+            "destination": at_dst.__dict__ if at_dst else None}
+    task.finished_at = utcnow()
+    task.phase = None
+    if verdict.outcome == COMPLETED:
+        task.status = status.MIGRATION_FINISHED
+        task.server.compute_resource = task.destination
+        task.result = {**(task.result or {}), "recovered": True}
+        message = f"Recovered after the job died: {verdict.reason}."
+        if task.mode == status.MODE_LIVE:
+            message += " The source's disk files were left in place for a person to remove."
+    elif verdict.outcome == FAILED_SOURCE_INTACT:
+        task.status = status.MIGRATION_FAILED
+        task.error = f"The job died mid-migration; {verdict.reason}."
+        message = task.error + " Leftover destination files, if any, were kept for inspection."
+    else:
+        task.status = status.MIGRATION_ATTENTION
+        task.error = f"Needs attention: {verdict.reason}."
+        message = task.error
+    event(task, "reconciled", message, data=seen)
+    limits.release_resources(task.id)
+    return verdict
+
+
+def reconcile(wait_s: float = 120.0) -> list[tuple[int, str]]:
+    """Reconcile every orphaned task, then let interrupted groups go on with their other tasks."""
+    done = []
+    groups = set()
+    for task in orphans():
+        verdict = reconcile_task(task, wait_s)
+        done.append((task.id, verdict.outcome))
+        groups.add(task.group_id)
+        log.warning("reconciled task %s: %s (%s)", task.id, verdict.outcome, verdict.reason)
+    db.session.commit()
+    for group_id in groups:
+        group = db.session.get(MigrationGroup, group_id)
+        if any(t.status == status.MIGRATION_PENDING for t in group.tasks):
+            group.status = status.MIGRATION_RUNNING
+            db.session.commit()
+            enqueue_group(group)  # continues with the tasks that never started
+        elif group.status in (status.MIGRATION_RUNNING, status.MIGRATION_ATTENTION):
+            limits.release_group_slot(group.id)
+            group.status = (status.MIGRATION_FINISHED
+                            if all(t.status == status.MIGRATION_FINISHED for t in group.tasks)
+                            else status.MIGRATION_FAILED)
+            group.finished_at = utcnow()
+            db.session.commit()
+    return done
