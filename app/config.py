@@ -52,6 +52,16 @@ def _to_url(schemes):
     return parse
 
 
+def _to_bool(name, raw):
+    """Parse 1/0, true/false, yes/no, on/off or raise a ConfigError naming the variable."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} must be one of 1/0, true/false, yes/no, on/off")
+
+
 def _to_str(name, raw):
     """Accept any non-empty string."""
     if not raw.strip():
@@ -80,6 +90,7 @@ ENVIRONMENT = {
     "FERRY_BACKUP_DIR": ("BACKUP_DIR", _to_str),
     "FERRY_LIBVIRT_TRANSPORT": ("LIBVIRT_TRANSPORT", _to_choice("libssh2", "libssh")),
     "FERRY_MAX_PARALLEL_GROUPS": ("MAX_PARALLEL_GROUPS", _to_int),
+    "FERRY_SAMPLE_DIRTY_RATE": ("SAMPLE_DIRTY_RATE", _to_bool),
     "FERRY_TASKS_PER_RESOURCE": ("TASKS_PER_RESOURCE", _to_int),
     "FERRY_DOWNTIME_TARGET_MS": ("DOWNTIME_TARGET_MS", _to_int),
     "FERRY_PROGRESS_TIMEOUT": ("PROGRESS_TIMEOUT", _to_int),
