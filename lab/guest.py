@@ -4,6 +4,7 @@ Built once from Debian packages into /var/lib/ferry-lab/guest/<hash>/ and shared
 every lab instance; rebuilt only when an input (kernel package, busybox, the files in
 guest_files/) changes.
 """
+import fcntl
 import glob
 import gzip
 import hashlib
@@ -16,7 +17,8 @@ from .common import GUEST_DIR, LAB_DIR, LabError, run
 
 FILES = os.path.join(LAB_DIR, "guest_files")
 DOWNLOADS = os.path.join(GUEST_DIR, "dl")
-MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4", "dmi_sysfs"]
+MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4", "dmi_sysfs",
+           "button", "evdev"]
 SEED_MIB = 16
 
 
@@ -52,47 +54,56 @@ def build():
     out = os.path.join(GUEST_DIR, _inputs_hash(deb))
     if os.path.exists(os.path.join(out, "done")):
         return out
-    tmp = tempfile.mkdtemp(prefix="build-", dir=GUEST_DIR)
-    try:
-        kroot = os.path.join(tmp, "kernel")
-        run(["dpkg-deb", "-x", deb, kroot], timeout=300)
-        kver = os.listdir(os.path.join(kroot, "lib", "modules"))[0]
-        run(["depmod", "-b", kroot, kver])
-        root = os.path.join(tmp, "initramfs")
-        for d in ("bin", "etc", "lib/modules", "www/cgi-bin"):
-            os.makedirs(os.path.join(root, d))
-        order = []
-        for mod in MODULES:
-            deps = run(["modprobe", "-d", kroot, "-S", kver, "--show-depends", mod]).stdout
-            for line in deps.splitlines():
-                if line.startswith("insmod "):
-                    ko = line.split()[1]
-                    if os.path.basename(ko) not in order:
-                        order.append(os.path.basename(ko))
-                        shutil.copy(ko, os.path.join(root, "lib", "modules"))
-        with open(os.path.join(root, "etc", "modules"), "w") as f:
-            f.write("\n".join(order) + "\n")
-        shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
-        shutil.copy(os.path.join(FILES, "init"), os.path.join(root, "init"))
-        shutil.copy(os.path.join(FILES, "status"), os.path.join(root, "www", "cgi-bin"))
-        run(["gcc", "-static", "-O2", "-o", os.path.join(root, "bin", "dirtier"),
-             os.path.join(FILES, "dirtier.c")])
-        for p in ("init", "www/cgi-bin/status", "bin/busybox", "bin/dirtier"):
-            os.chmod(os.path.join(root, p), 0o755)
-        names = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel = os.path.relpath(dirpath, root)
-            names += [os.path.normpath(os.path.join(rel, n)) for n in dirnames + filenames]
-        cpio = run_bytes(["cpio", "-o", "-H", "newc", "--quiet"], root, "\n".join(names))
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "initrd.img"), "wb") as f:
-            f.write(gzip.compress(cpio, 6))
-        shutil.copy(os.path.join(kroot, "boot", f"vmlinuz-{kver}"), os.path.join(out, "vmlinuz"))
-        _make_seed(os.path.join(out, "seed"))
-        open(os.path.join(out, "done"), "w").close()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Several lab commands (and engineers) may build at once: one builds, the others wait.
+    with open(os.path.join(GUEST_DIR, ".build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(out, "done")):
+            shutil.rmtree(out, ignore_errors=True)  # a build interrupted half-way
+            tmp = tempfile.mkdtemp(prefix="build-", dir=GUEST_DIR)
+            try:
+                _build_into(deb, tmp, os.path.join(tmp, "out"))
+                os.rename(os.path.join(tmp, "out"), out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _build_into(deb, tmp, out):
+    """Unpack the kernel, collect modules, make the initramfs and the seed in out."""
+    kroot = os.path.join(tmp, "kernel")
+    run(["dpkg-deb", "-x", deb, kroot], timeout=300)
+    kver = os.listdir(os.path.join(kroot, "lib", "modules"))[0]
+    run(["depmod", "-b", kroot, kver])
+    root = os.path.join(tmp, "initramfs")
+    for d in ("bin", "etc", "lib/modules", "www/cgi-bin"):
+        os.makedirs(os.path.join(root, d))
+    order = []
+    for mod in MODULES:
+        deps = run(["modprobe", "-d", kroot, "-S", kver, "--show-depends", mod]).stdout
+        for line in deps.splitlines():
+            if line.startswith("insmod ") and os.path.basename(line.split()[1]) not in order:
+                order.append(os.path.basename(line.split()[1]))
+                shutil.copy(line.split()[1], os.path.join(root, "lib", "modules"))
+    with open(os.path.join(root, "etc", "modules"), "w") as f:
+        f.write("\n".join(order) + "\n")
+    shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
+    shutil.copy(os.path.join(FILES, "init"), os.path.join(root, "init"))
+    shutil.copy(os.path.join(FILES, "status"), os.path.join(root, "www", "cgi-bin"))
+    run(["gcc", "-static", "-O2", "-o", os.path.join(root, "bin", "dirtier"),
+         os.path.join(FILES, "dirtier.c")])
+    for p in ("init", "www/cgi-bin/status", "bin/busybox", "bin/dirtier"):
+        os.chmod(os.path.join(root, p), 0o755)
+    names = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        names += [os.path.normpath(os.path.join(rel, n)) for n in dirnames + filenames]
+    cpio = run_bytes(["cpio", "-o", "-H", "newc", "--quiet"], root, "\n".join(names))
+    os.makedirs(out)
+    with open(os.path.join(out, "initrd.img"), "wb") as f:
+        f.write(gzip.compress(cpio, 6))
+    shutil.copy(os.path.join(kroot, "boot", f"vmlinuz-{kver}"), os.path.join(out, "vmlinuz"))
+    _make_seed(os.path.join(out, "seed"))
+    open(os.path.join(out, "done"), "w").close()
 
 
 def run_bytes(argv, cwd, stdin_text):

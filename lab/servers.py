@@ -53,6 +53,9 @@ def domain_xml(name, uid, memory_mib, ip, disk, fmt, build_dir, rate, size, mac)
         f"console=ttyS0 quiet panic=-1 ferry.hostname={slug(name)} "
         f"ferry.dirty_rate={rate} ferry.dirty_size={size}")
     ET.SubElement(os_, "smbios", mode="sysinfo")
+    features = ET.SubElement(d, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
     cpu = ET.SubElement(d, "cpu", mode="custom", match="exact")
     ET.SubElement(cpu, "model", fallback="allow").text = "qemu64"
     ET.SubElement(d, "clock", offset="utc")
@@ -143,6 +146,8 @@ def mkserver(inst, node_name, name, memory=256, disk=1, fmt="qcow2", dirty_rate=
             f.flush()
             node.virsh("define", f.name)
     node.virsh("pool-refresh", "default", check=False)
+    # The probe side may still cache another (removed) server's MAC for this address.
+    run(["ip", "neigh", "del", ip.split("/")[0], "dev", inst.guest_bridge], check=False)
     if not stopped:
         node.virsh("start", name)
     return {"name": name, "node": node.name, "uuid": uid, "ip": ip.split("/")[0], "mac": mac,
