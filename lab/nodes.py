@@ -262,6 +262,12 @@ class Node:
         run(self.enter() + ["libvirtd", "-d", "-p", self.pid_file("libvirtd")], timeout=60)
         self._wait(lambda: self.daemon_pid("libvirtd") and os.path.exists(self.socket),
                    "libvirtd")
+        # libvirtd probes QEMU's capabilities on first use (~4 s under TCG): start that
+        # now, in the background, so the first server or migration does not pay for it.
+        subprocess.Popen(["virsh", "-q", "-c", self.local_uri, "domcapabilities",
+                          "--virttype", "qemu"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, env=CLEAN_ENV)
 
     def stop_libvirtd(self, signal_name="TERM"):
         """Stop (TERM) or kill (KILL) the node's libvirtd; its guests keep running."""

@@ -120,14 +120,24 @@ def test_it_passes_the_exit_status_of_exec_through(lab):
     assert lab.exec("node2", "hostname").stdout.strip() == "node2"
 
 
-def test_it_leaves_nothing_behind_after_down():
+def netns_pids(netns):
+    return subprocess.run(["ip", "netns", "pids", netns], capture_output=True,
+                          text=True).stdout.split()
+
+
+def test_it_rebuilds_a_killed_lab_and_down_leaves_nothing_behind():
     name, net = "ferrydown", 76
     env = lab_env(name, net)
     subprocess.run([FERRY_LAB, "up", "--nodes", "1"], env=env, check=True, timeout=600)
+    # As after a reboot or CI's cleanup: every process SIGKILLed, namespaces left over.
+    for pid in netns_pids(f"{name}-n1"):
+        os.kill(int(pid), 9)
+    assert Lab(name, net).status["up"] is False
+    subprocess.run([FERRY_LAB, "up", "--nodes", "1"], env=env, check=True, timeout=600)
     down_lab = Lab(name, net)
+    assert down_lab.status["up"] is True
     down_lab.mkserver("node1", "down-probe", memory=64)
-    pids = subprocess.run(["ip", "netns", "pids", f"{name}-n1"], capture_output=True,
-                          text=True).stdout.split()
+    pids = netns_pids(f"{name}-n1")
     assert len(pids) >= 5  # holder, virtlogd, libvirtd, sshd, qemu
 
     subprocess.run([FERRY_LAB, "down"], env=env, check=True, timeout=120)
