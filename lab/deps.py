@@ -33,8 +33,10 @@ def install(packages):
         sys.exit(f"ferry-lab: missing packages {' '.join(todo)}; run as root to install them")
     print(f"ferry-lab: installing {' '.join(todo)}", file=sys.stderr)
     env = dict(CLEAN_ENV, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=sys.stderr)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *todo],
+    # Wait for another apt (a second lab coming up, unattended-upgrades) instead of failing.
+    wait = ["-o", "DPkg::Lock::Timeout=900"]
+    subprocess.run(["apt-get", *wait, "update", "-q"], check=True, env=env, stdout=sys.stderr)
+    subprocess.run(["apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", *todo],
                    check=True, env=env, stdout=sys.stderr)
     return todo
 
