@@ -346,3 +346,74 @@ class Claim(db.Model):
     slot: Mapped[int] = mapped_column()
     holder: Mapped[str] = mapped_column(String(64), index=True)  # group:ID | task:ID
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Evacuation(db.Model):
+    """Emptying a compute resource: a stored plan, then (once approved) one migration group.
+
+    `kind` is "evacuate" (servers leave the resource) or "return" (servers that an
+    earlier evacuation moved go back to it). The plan is kept as it was shown, so
+    what someone approved is exactly what runs.
+    """
+
+    __tablename__ = "evacuation"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    compute_resource_id: Mapped[int | None] = mapped_column(
+        ForeignKey("compute_resource.id", ondelete="SET NULL"), index=True)
+    kind: Mapped[str] = mapped_column(String(20), default=status.EVACUATION_EVACUATE)
+    status: Mapped[str] = mapped_column(String(20), default=status.EVACUATION_PLANNED, index=True)
+    # {"moves": [{server_id, server, destination_id, destination, mode, reasons}],
+    #  "unplaced": [{server_id, server, reason}], "live": bool, "preserve_ip": bool}
+    plan: Mapped[dict] = mapped_column(JSON, default=dict)
+    origin: Mapped[str] = mapped_column(String(100), default="user")  # user | webhook:NAME
+    error: Mapped[str | None] = mapped_column(Text)
+    group_id: Mapped[int | None] = mapped_column(
+        ForeignKey("migration_group.id", ondelete="SET NULL"))
+    returns_id: Mapped[int | None] = mapped_column(ForeignKey("evacuation.id", ondelete="SET NULL"))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    compute_resource: Mapped[ComputeResource | None] = relationship()
+    group: Mapped[MigrationGroup | None] = relationship()
+    created_by: Mapped[User | None] = relationship()
+
+
+class WebhookSource(db.Model):
+    """A monitoring tool allowed to call POST /hooks/<name>; only the token's SHA-256 is kept."""
+
+    __tablename__ = "webhook_source"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)  # the URL segment
+    kind: Mapped[str] = mapped_column(String(20))  # alertmanager grafana zabbix uptime-kuma generic
+    token_hash: Mapped[str] = mapped_column(String(64))
+    # HMAC needs the secret itself; it is never shown again after it is set.
+    hmac_secret: Mapped[str | None] = mapped_column(String(255))
+    policy: Mapped[str] = mapped_column(String(20), default=status.WEBHOOK_POLICY_PLAN)
+    host_labels: Mapped[list] = mapped_column(JSON, default=lambda: ["instance", "host"])
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookEvent(db.Model):
+    """One alert a monitoring tool sent, and what Ferry did about it."""
+
+    __tablename__ = "webhook_event"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_id: Mapped[int | None] = mapped_column(
+        ForeignKey("webhook_source.id", ondelete="SET NULL"))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    alert_status: Mapped[str | None] = mapped_column(String(20))  # firing | resolved
+    dedup_key: Mapped[str | None] = mapped_column(String(128), index=True)
+    host: Mapped[str | None] = mapped_column(String(255))
+    compute_resource_id: Mapped[int | None] = mapped_column(
+        ForeignKey("compute_resource.id", ondelete="SET NULL"))
+    action: Mapped[str] = mapped_column(String(30))  # status.WEBHOOK_ACTIONS
+    reason: Mapped[str] = mapped_column(Text, default="")
+    evacuation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("evacuation.id", ondelete="SET NULL"))
+    alert: Mapped[dict | None] = mapped_column(JSON)  # the normalized alert, labels included
+
+    source: Mapped[WebhookSource | None] = relationship()
+    compute_resource: Mapped[ComputeResource | None] = relationship()
+    evacuation: Mapped[Evacuation | None] = relationship()

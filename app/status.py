@@ -60,3 +60,27 @@ ROLE_VIEWER = "viewer"
 ROLE_OPERATOR = "operator"
 ROLE_ADMIN = "admin"
 ROLES = (ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN)  # each includes the ones before it
+
+# Evacuations
+EVACUATION_EVACUATE = "evacuate"
+EVACUATION_RETURN = "return"
+EVACUATION_PLANNED = "planned"
+EVACUATION_RUNNING = "running"
+EVACUATION_FINISHED = "finished"
+EVACUATION_FAILED = "failed"  # refused at start, or some servers did not move
+EVACUATION_DISCARDED = "discarded"  # a newer plan replaced it before approval
+EVACUATION_DONE = (EVACUATION_FINISHED, EVACUATION_FAILED, EVACUATION_DISCARDED)
+
+# Monitoring webhooks
+WEBHOOK_KINDS = ("alertmanager", "grafana", "zabbix", "uptime-kuma", "generic")
+WEBHOOK_POLICY_PLAN = "plan"
+WEBHOOK_POLICY_EVACUATE = "evacuate"
+WEBHOOK_POLICIES = (WEBHOOK_POLICY_PLAN, WEBHOOK_POLICY_EVACUATE)
+WEBHOOK_PLANNED = "planned"  # an evacuation plan was made, waiting for approval
+WEBHOOK_EVACUATING = "evacuating"  # an evacuation was started
+WEBHOOK_DUPLICATE = "duplicate"  # the same alert again: nothing started
+WEBHOOK_RESOLVED = "resolved"  # a resolved alert: nothing started
+WEBHOOK_UNKNOWN_HOST = "unknown-host"
+WEBHOOK_IGNORED = "ignored"  # e.g. the host is already being evacuated
+WEBHOOK_ACTIONS = (WEBHOOK_PLANNED, WEBHOOK_EVACUATING, WEBHOOK_DUPLICATE, WEBHOOK_RESOLVED,
+                   WEBHOOK_UNKNOWN_HOST, WEBHOOK_IGNORED)
