@@ -84,12 +84,17 @@ def _load(request: Request):
     destination = db.session.get(ComputeResource, request.destination_id)
     if destination is None:
         raise FerryError(f"compute resource {request.destination_id} does not exist")
+    refuse_busy(servers)
+    return servers, destination
+
+
+def refuse_busy(servers) -> None:
+    """Refuse servers that an unfinished task is already moving."""
     busy = db.session.scalar(db.select(MigrationTask).where(
         MigrationTask.server_id.in_([s.id for s in servers]),
         MigrationTask.status.in_(status.MIGRATION_ACTIVE)))
     if busy is not None:
         raise FerryError(f"{busy.server.name} is already being migrated (task {busy.id})")
-    return servers, destination
 
 
 def dry_run(request: Request) -> dict:
@@ -101,24 +106,44 @@ def dry_run(request: Request) -> dict:
 def start_group(request: Request, user=None, enqueue: bool = True) -> MigrationGroup:
     """Create a group, run its preflight, and start it if it passes and a group slot is free."""
     servers, destination = _load(request)
-    group = MigrationGroup(status=status.MIGRATION_PREFLIGHT, options=request.options(),
+    options = request.options()
+    return open_group([(server, destination, options["mode"]) for server in servers], options,
+                      request.acknowledge_warnings, user, enqueue)
+
+
+def open_group(moves, options: dict, acknowledge_warnings: bool, user=None,
+               enqueue: bool = True) -> MigrationGroup:
+    """Create a group of (server, destination, mode) moves, preflight it, start it if it may run.
+
+    A group started from the dialog has one destination and one mode; an
+    evacuation's group has a destination and a mode per server. The preflight
+    runs once per (destination, mode), so every task carries the report that
+    judged it.
+    """
+    group = MigrationGroup(status=status.MIGRATION_PREFLIGHT, options=options,
                            created_by_id=getattr(user, "id", None))
-    for server in servers:
+    for server, destination, mode in moves:
         group.tasks.append(MigrationTask(
             server=server, source=server.compute_resource, destination=destination,
-            mode=group.options["mode"], status=status.MIGRATION_PREFLIGHT))
+            mode=mode, status=status.MIGRATION_PREFLIGHT))
     db.session.add(group)
     db.session.commit()
 
-    report = preflight.run(servers, destination, request.options())
+    parts = {}
     for task in group.tasks:
-        task.preflight = report
-        task.eta = {"preflight": report["eta"].get(task.server.name), "history": []}
-    summary = report["summary"]
-    if summary["status"] == checks.FAIL:
-        reasons = [r["message"] for r in report["results"] if r["status"] == checks.FAIL]
-        return _refuse(group, "Preflight failed: " + " ".join(reasons))
-    if summary["needs_acknowledgement"] and not request.acknowledge_warnings:
+        parts.setdefault((task.destination_id, task.mode), []).append(task)
+    failures, unacknowledged = [], False
+    for (_, mode), tasks in parts.items():
+        report = preflight.run([t.server for t in tasks], tasks[0].destination,
+                               dict(options, mode=mode))
+        for task in tasks:
+            task.preflight = report
+            task.eta = {"preflight": report["eta"].get(task.server.name), "history": []}
+        failures += [r["message"] for r in report["results"] if r["status"] == checks.FAIL]
+        unacknowledged |= bool(report["summary"]["needs_acknowledgement"])
+    if failures:
+        return _refuse(group, "Preflight failed: " + " ".join(failures))
+    if unacknowledged and not acknowledge_warnings:
         return _refuse(group, "Preflight has warnings that were not acknowledged.")
     if not limits.claim_group_slot(group.id):
         slots = current_app.config["MAX_PARALLEL_GROUPS"]
@@ -221,6 +246,8 @@ def run_group(group_id: int) -> dict:
             group.status = status.MIGRATION_FAILED
         group.finished_at = utcnow()
         db.session.commit()
+        from app.services import evacuation
+        evacuation.group_ended(group)
     return {t.server.name if t.server else str(t.id): t.status for t in group.tasks}
 
 
