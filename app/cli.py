@@ -158,3 +158,5 @@ def register(app):
     app.cli.add_command(sync_command)
     from app.cli_migrate import migrate_command
     app.cli.add_command(migrate_command)
+    from app.cli_evacuate import evacuate_command
+    app.cli.add_command(evacuate_command)

@@ -150,3 +150,14 @@ def test_a_node_never_evacuated_has_nothing_to_return(rack):
     with pytest.raises(FerryError, match="never evacuated"):
         evacuation.plan_return(nodes["node2"].id)
     assert db.session.scalar(db.select(db.func.count()).select_from(Evacuation)) == 0
+
+
+def test_the_cli_prints_the_plan_and_refuses_an_unknown_node(rack, runner):
+    nodes, _ = rack
+    out = runner.invoke(args=["evacuate", "node1"])
+    assert out.exit_code == 0, out.output
+    assert "web -> node" in out.output and "(offline)" in out.output
+    assert evacuation.active_for(nodes["node1"].id).status == status.EVACUATION_PLANNED
+
+    bad = runner.invoke(args=["evacuate", "nodeX"])
+    assert bad.exit_code != 0 and "no compute resource 'nodeX'" in bad.output
