@@ -74,6 +74,18 @@ def resources_repin(name):
     click.echo(f"Pinned host key {resource.host_key_fingerprint}")
 
 
+@resources_cli.command("maintenance")
+@click.argument("name")
+@click.option("--on/--off", "on", default=True, help="enter (default) or exit maintenance")
+def resources_maintenance(name, on):
+    """Put a compute resource in maintenance (it receives no migrations) or take it out."""
+    try:
+        resource = resources.set_maintenance(resources.get(name).id, on)
+    except FerryError as exc:
+        _fail(exc)
+    click.echo(f"{resource.name}: {resource.status}")
+
+
 @ipblocks_cli.command("add")
 @click.argument("name")
 @click.option("--cidr", required=True)

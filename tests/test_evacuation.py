@@ -161,3 +161,13 @@ def test_the_cli_prints_the_plan_and_refuses_an_unknown_node(rack, runner):
 
     bad = runner.invoke(args=["evacuate", "nodeX"])
     assert bad.exit_code != 0 and "no compute resource 'nodeX'" in bad.output
+
+
+def test_the_cli_puts_a_node_in_and_out_of_maintenance(rack, runner):
+    nodes, _ = rack
+    assert runner.invoke(args=["resources", "maintenance", "node2"]).output == "node2: maintenance\n"
+    db.session.expire_all()
+    assert nodes["node2"].status == status.RESOURCE_MAINTENANCE
+    assert runner.invoke(args=["resources", "maintenance", "node2", "--off"]).output == \
+        "node2: active\n"
+    assert "no compute resource" in runner.invoke(args=["resources", "maintenance", "x"]).output
