@@ -79,6 +79,12 @@ def _load(request: Request):
         servers.append(server)
     if len({s.id for s in servers}) != len(servers):
         raise FerryError("a server was selected twice")
+    if len({s.state for s in servers}) > 1:
+        # The reference moves a selection only when all run (live) or all are stopped (offline);
+        # refused here, before any probe runs, whatever the caller (dialog, API, CLI).
+        states = ", ".join(f"{s.name} is {s.state}" for s in servers)
+        raise FerryError(f"servers in different states cannot be migrated together ({states}): "
+                         "select only running servers or only stopped ones")
     if request.destination_id is None:
         raise FerryError("choose a destination compute resource")
     destination = db.session.get(ComputeResource, request.destination_id)
