@@ -6,6 +6,7 @@ from app import status
 from app.auth import require_role
 from app.errors import FerryError, NotFound
 from app.extensions import db
+from app.models import Evacuation
 from app.services import inventory, jobs, resources
 
 bp = Blueprint("resources", __name__, url_prefix="/resources")
@@ -47,7 +48,10 @@ def new():
 def detail(resource_id):
     """Facts, servers, IP blocks and storage of one compute resource."""
     resource = _get_or_404(resource_id)
-    return render_template("resources/detail.html", resource=resource, facts=resource.facts or {})
+    evacuations = db.session.scalars(db.select(Evacuation).filter_by(compute_resource_id=resource.id)
+                                     .order_by(Evacuation.id.desc()).limit(5)).all()
+    return render_template("resources/detail.html", resource=resource, facts=resource.facts or {},
+                           evacuations=evacuations)
 
 
 @bp.route("/<int:resource_id>/test", methods=["POST"])

@@ -1,0 +1,2 @@
+"""The migratability matrix: servers × compute resources, live / offline only / no."""
+from app.matrix.views import bp  # noqa: F401
