@@ -6,25 +6,12 @@ from app.errors import FerryError
 from app.extensions import db
 from app.infra import ssh
 from app.models import ComputeResource, Job, Server
-from app.services import inventory, jobs, resources
+from app.services import inventory, jobs
 
 pytestmark = pytest.mark.lab
 
 LAB_STATES = {"running": status.SERVER_RUNNING, "shut off": status.SERVER_STOPPED,
               "paused": status.SERVER_PAUSED}
-
-
-@pytest.fixture
-def nodes(app, lab):
-    """The lab's three nodes registered as compute resources (host keys pinned); name -> id."""
-    ids = {}
-    with app.app_context():
-        for node in lab.status["nodes"]:
-            resource = resources.add(node["name"], node["address"], node["user"],
-                                     lab.status["ssh_key"], node["port"],
-                                     storage_tags=node["storage_tags"])
-            ids[node["name"]] = resource.id
-    return ids
 
 
 def sync_all(app, nodes):
@@ -117,7 +104,8 @@ def test_it_marks_an_unreachable_node_with_the_reason_and_recovers(app, lab, nod
             inventory.sync(nodes["node2"])
         with app.app_context():
             node = db.session.get(ComputeResource, nodes["node2"])
-            assert node.status == status.RESOURCE_UNREACHABLE and "10.78.0.12" in node.status_reason
+            address = lab.node("node2")["address"]  # the lab instance's own, not a fixed one
+            assert node.status == status.RESOURCE_UNREACHABLE and address in node.status_reason
     finally:
         lab.cli("unblock", "node2", "22")
     sync_all(app, {"node2": nodes["node2"]})

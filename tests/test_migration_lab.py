@@ -1,77 +1,22 @@
-"""The migration engine against the live lab: live, live with conversion, offline with conversion
-and IP change, the refusals, the group limit, cancel.
+"""The migration engine against the live lab: live (sparse qcow2 kept), live with conversion,
+offline with conversion and IP change and back, the ladder on a shaped link.
+
+Refusals are in test_engine_refusals, groups, workers, cancel and recovery in
+test_engine_workers.
 
 Every test leaves the lab as it found it: servers it made are removed by the
 lab_server fixture wherever they ended up, overrides and blocks are undone.
 """
-import json
-
 import pytest
 
 from app import status
 from app.extensions import db
-from app.models import IpAddress, IpBlock, MigrationTask, Server
-from app.services import inventory, migration, resources
+from app.models import IpAddress, MigrationTask, Server
+from app.services import migration
+from tests.fixtures.fleet import (give_address, image_info, images, migrate, note, start, sync,
+                                  task_row, where)
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture
-def fleet(app, lab):
-    """The lab's nodes registered (keys pinned), IP blocks assigned, inventory synced; name -> id."""
-    ids = {}
-    with app.app_context():
-        for node in lab.status["nodes"]:
-            resource = resources.add(node["name"], node["address"], node["user"],
-                                     lab.status["ssh_key"], node["port"],
-                                     storage_tags=node["storage_tags"])
-            ids[node["name"]] = resource.id
-        for spec in lab.status["ip_blocks"]:
-            block = IpBlock(name=spec["name"], cidr=spec["cidr"], gateway=spec["gateway"])
-            block.compute_resources = [resources.get(n) for n in spec["nodes"]]
-            db.session.add(block)
-        db.session.commit()
-    return ids
-
-
-def sync(app, fleet):
-    """Sync every node in-process."""
-    with app.app_context():
-        for rid in fleet.values():
-            inventory.sync(rid)
-
-
-def server_id(app, name):
-    """The inventory id of a server by name."""
-    with app.app_context():
-        return db.session.scalar(db.select(Server).filter_by(name=name)).id
-
-
-def give_address(app, name, address, block_name="guest-a"):
-    """Record in the inventory that a server holds an address of a block."""
-    with app.app_context():
-        block = db.session.scalar(db.select(IpBlock).filter_by(name=block_name))
-        server = db.session.scalar(db.select(Server).filter_by(name=name))
-        db.session.add(IpAddress(block=block, address=address, server=server))
-        db.session.commit()
-
-
-def migrate(app, fleet, names, to, **options):
-    """Start a group and run it in this process; returns the group's report."""
-    with app.app_context():
-        request = migration.Request(
-            server_ids=tuple(server_id(app, n) for n in names), destination_id=fleet[to],
-            acknowledge_warnings=True, **options)
-        group = migration.start_group(request, enqueue=False)
-        if group.status == status.MIGRATION_RUNNING:
-            migration.run_group(group.id)
-        db.session.expire_all()
-        return migration.group_report(db.session.get(type(group), group.id))
-
-
-def where(lab, name):
-    """Nodes on which the lab sees a domain of that name, with its state."""
-    return {s["node"]: s["state"] for s in lab.servers() if s["name"] == name}
 
 
 def test_it_moves_a_dirtying_server_live_and_keeps_its_ip(app, lab, lab_server, fleet):
@@ -93,6 +38,11 @@ def test_it_moves_a_dirtying_server_live_and_keeps_its_ip(app, lab, lab_server, 
         assert row.server.compute_resource.name == "node2"
         kinds = [e.kind for e in row.events]
         assert "downtime" in kinds and "finished" in kinds
+    # qcow2 kept: the destination disk Ferry pre-created stays sparse (libvirt would inflate it)
+    info = image_info(lab, "node2", guest["disk"]["path"])
+    assert info["format"] == "qcow2" and info["virtual-size"] == guest["disk"]["virtual_size"]
+    assert info["actual-size"] < info["virtual-size"] // 8, info
+    assert lab.exec("node1", "test", "-e", guest["disk"]["path"]).returncode != 0
 
 
 def test_it_converts_qcow2_to_raw_during_a_live_move(app, lab, lab_server, fleet):
@@ -106,35 +56,88 @@ def test_it_converts_qcow2_to_raw_during_a_live_move(app, lab, lab_server, fleet
     dumped = lab.exec("node2", "virsh", "dumpxml", "live-convert", check=True).stdout
     assert "type='raw'" in dumped and guest["disk"]["path"] not in dumped
     raw_path = guest["disk"]["path"].rsplit(".", 1)[0] + ".raw"
-    info = json.loads(lab.exec("node2", "qemu-img", "info", "-U", "--output=json", raw_path,
-                               check=True).stdout)
-    assert info["format"] == "raw"
+    assert image_info(lab, "node2", raw_path)["format"] == "raw"
     assert lab.exec("node1", "test", "-e", guest["disk"]["path"]).returncode != 0
     assert lab.guest_status(guest["ip"])["seed_md5_ok"] is True
 
 
-def test_it_moves_a_stopped_server_offline_converting_and_changing_its_ip(
+def test_it_moves_a_stopped_server_offline_converting_and_changing_its_ip_and_back(
         app, lab, lab_server, fleet):
     guest = lab_server("node1", "cold-move", format="qcow2", stopped=True)
     sync(app, fleet)
     give_address(app, "cold-move", guest["ip"])
 
-    report = migrate(app, fleet, ["cold-move"], "node3", live=False, preserve_ip=False,
-                     convert_to=status.STORAGE_FILE_RAW)
+    there = migrate(app, fleet, ["cold-move"], "node3", live=False, preserve_ip=False,
+                    convert_to=status.STORAGE_FILE_RAW)
 
-    task = report["tasks"][0]
+    task = there["tasks"][0]
     assert task["status"] == status.MIGRATION_FINISHED, task
     assert where(lab, "cold-move") == {"node3": "shut off"}
-    assert lab.exec("node1", "test", "-e", guest["disk"]["path"]).returncode != 0
-    leftovers = lab.exec("node3", "sh", "-c", "ls -a /var/lib/libvirt/images | grep -c part || true")
-    assert leftovers.stdout.strip() == "0"
+    raw_path = guest["disk"]["path"].rsplit(".", 1)[0] + ".raw"
+    assert image_info(lab, "node3", raw_path)["format"] == "raw"
+    assert not {f for f in images(lab, "node1") if "cold-move" in f}
+    assert {f for f in images(lab, "node3") if "cold-move" in f} == {"cold-move.raw"}
     with app.app_context():
         server = db.session.scalar(db.select(Server).filter_by(name="cold-move"))
         new = [a.address for a in server.ip_addresses]
         old = db.session.scalar(db.select(IpAddress).filter_by(address=guest["ip"]))
         assert new and new[0] != guest["ip"] and old.server_id is None
         assert server.disks[0].format == "raw"
-    lab.exec("node3", "virsh", "start", "cold-move", check=True)
+
+    back = migrate(app, fleet, ["cold-move"], "node1", live=False,
+                   convert_to=status.STORAGE_FILE_QCOW2)
+
+    task_back = back["tasks"][0]
+    assert task_back["status"] == status.MIGRATION_FINISHED, task_back
+    assert where(lab, "cold-move") == {"node1": "shut off"}
+    info = image_info(lab, "node1", guest["disk"]["path"])
+    assert info["format"] == "qcow2" and info["actual-size"] < info["virtual-size"] // 8, info
+    # Each way the copy was checked with qemu-img compare against the source before the switch.
+    for moved in (task, task_back):
+        kinds = [e["kind"] for e in moved["events"]]
+        assert kinds.index("verified") < kinds.index("defined") < kinds.index("undefined")
+        assert "identical" in next(e["message"] for e in moved["events"]
+                                   if e["kind"] == "verified")
+    assert not {f for f in images(lab, "node3") if "cold-move" in f}
+    assert {f for f in images(lab, "node1") if "cold-move" in f} == {"cold-move.qcow2"}
+
+    lab.exec("node1", "virsh", "start", "cold-move", check=True)
     lab.wait_for_guest(new[0], 90)
     assert lab.guest_status(new[0])["seed_md5_ok"] is True
     assert not lab.ping(guest["ip"], count=1, timeout=1)
+
+
+def test_it_climbs_the_ladder_when_the_guest_dirties_faster_than_the_link(
+        app, lab, lab_server, fleet, shaped_link):
+    # The guest rewrites 32 MiB every second; the link carries ~9.5 MiB/s: every pass leaves
+    # the whole 32 MiB dirty again, far more than 300 ms of downtime can send.
+    guest = lab_server("node1", "ladder-dirty", memory=128, dirty_rate=32, dirty_size=32)
+    lab.wait_for_guest(guest["ip"], 90)
+    sync(app, fleet)
+    # The ladder's timings scaled down so that every rung fits in half a minute.
+    app.config["LADDER_OVERRIDES"] = {
+        "downtime_steps": 3, "step_delay_per_gib_s": 4, "auto_converge_window_per_gib_s": 6,
+        "completion_timeout_per_gib_s": 25, "min_deadline_s": 30, "progress_timeout_s": 60}
+    group_id, (task_id,) = start(app, fleet, ["ladder-dirty"], "node2")
+    shaped_link("node2", 80)  # after preflight, whose throughput probe must see the real link
+
+    with app.app_context():
+        migration.run_group(group_id)
+
+    task = task_row(app, task_id)
+    kinds = [kind for kind, _ in task["events"]]
+    timeline = "\n".join(f"{kind}: {message}" for kind, message in task["events"])
+    raises = [m for kind, m in task["events"] if kind == "downtime" and "raised" in m]
+    assert raises and "auto-converge" in kinds, timeline
+    elapsed = (task["finished_at"] - task["started_at"]).total_seconds()
+    if task["status"] == status.MIGRATION_FINISHED:  # auto-converge won in time
+        assert where(lab, "ladder-dirty") == {"node2": "running"}
+        assert task["result"]["total_ms"] / 1000 <= 30, timeline
+    else:  # aborted at its deadline: the server never left node1, node2 keeps nothing
+        assert task["status"] == status.MIGRATION_FAILED, timeline
+        assert kinds[-3:] == ["abort", "cleanup", "failed"], timeline
+        assert "deadline" in task["error"] and 30 <= elapsed < 60, (elapsed, timeline)
+        assert where(lab, "ladder-dirty") == {"node1": "running"}
+        assert not {f for f in images(lab, "node2") if "ladder-dirty" in f}
+        assert lab.guest_status(guest["ip"])["seed_md5_ok"] is True
+    note("ladder", status=task["status"], elapsed_s=round(elapsed, 1), timeline=timeline)

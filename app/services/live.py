@@ -64,12 +64,12 @@ def disk_plan(disks: list[dict], convert_to: str | None) -> list[dict]:
 def settings_for(task) -> ladder.LadderSettings:
     """Ladder settings from the site's configuration and the task's options."""
     cfg = current_app.config
-    return ladder.LadderSettings(
-        downtime_target_ms=cfg["DOWNTIME_TARGET_MS"],
-        progress_timeout_s=cfg["PROGRESS_TIMEOUT"],
-        completion_timeout_per_gib_s=cfg["COMPLETION_TIMEOUT_PER_GIB"],
-        postcopy=bool(task.group.options.get("allow_postcopy")),
-        **(cfg.get("LADDER_OVERRIDES") or {}))
+    knobs = {"downtime_target_ms": cfg["DOWNTIME_TARGET_MS"],
+             "progress_timeout_s": cfg["PROGRESS_TIMEOUT"],
+             "completion_timeout_per_gib_s": cfg["COMPLETION_TIMEOUT_PER_GIB"]}
+    # LADDER_OVERRIDES (any LadderSettings field) wins, even over the FERRY_* values above.
+    knobs.update(cfg.get("LADDER_OVERRIDES") or {})
+    return ladder.LadderSettings(postcopy=bool(task.group.options.get("allow_postcopy")), **knobs)
 
 
 def _virtual_size(conn, path: str) -> int:
