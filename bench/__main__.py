@@ -1,0 +1,135 @@
+"""`python -m bench [--quick] [--only FIGURE ...]`: Ferry against bare virsh and the physical limit.
+
+Writes bench/results/bench.json and bench.md (with --quick: bench-short.json and
+bench-short.md, which are not kept in the repo). A figure that breaks is recorded with its
+error and the others still run; the exit status is 1 when any figure broke.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+
+from bench import figures, report, scale
+from bench.stage import DATABASE_URL, Stage
+
+# Full run: >= 5 pairs per figure, sized to finish in about 15 minutes on a quiet 2-core machine.
+FULL = {"overhead_pairs": 5, "convergence_pairs": 5, "deadline_s": 30, "dirty_mbit": 200,
+        "dirty_rate": 40, "eta_runs": 6, "eta_mbit": 200, "evacuation_pairs": 5,
+        "evacuation_servers": 6, "servers": 5000, "resources": 200, "big": 500, "small": 50,
+        "page_rounds": 8, "planning_pairs": 5}
+# Quick run (make test): every figure once, at a tiny scale; it proves the bench works.
+QUICK = {**FULL, "overhead_pairs": 1, "convergence_pairs": 1, "deadline_s": 15, "eta_runs": 1,
+         "evacuation_pairs": 1, "evacuation_servers": 2, "servers": 300, "resources": 10,
+         "big": 50, "small": 5, "page_rounds": 5, "planning_pairs": 1}
+FIGURES = ("overhead", "convergence", "link_eta", "evacuation", "control_plane")
+
+
+def run_figure(name: str, settings: dict, stage) -> dict:
+    """Run one figure with the settings of this mode."""
+    s = settings
+    if name == "overhead":
+        return figures.overhead(stage, s["overhead_pairs"])
+    if name == "convergence":
+        return figures.convergence(stage, s["convergence_pairs"], s["deadline_s"],
+                                   s["dirty_mbit"], s["dirty_rate"])
+    if name == "link_eta":
+        return figures.link_and_eta(stage, s["eta_runs"], s["eta_mbit"])
+    if name == "evacuation":
+        return figures.evacuation_makespan(stage, s["evacuation_pairs"],
+                                           s["evacuation_servers"])
+    if name == "control_plane":
+        return scale.control_plane(DATABASE_URL + "_scale", s["servers"], s["resources"],
+                                   s["big"], s["small"], s["page_rounds"], s["planning_pairs"])
+    raise ValueError(f"unknown figure {name}")
+
+
+def main(argv=None) -> int:
+    """Run the figures, write the results, print where they are."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="one pair each, tiny scale")
+    parser.add_argument("--only", nargs="+", choices=FIGURES, help="run only these figures")
+    args = parser.parse_args(argv)
+    report.exit_cleanly_on_sigterm()
+    settings = QUICK if args.quick else FULL
+    names = args.only or FIGURES
+    started, t0 = report.stamp(), time.monotonic()
+    document = {"mode": "quick" if args.quick else "full", "started_at": started,
+                "settings": settings, "machine_at_start": report.machine(),
+                "figures": {}, "errors": {}, "seconds": {}}
+    stage = None
+    try:
+        for name in names:
+            t = time.monotonic()
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            try:
+                if stage is None and name != "control_plane":
+                    stage = Stage()
+                document["figures"][name] = run_figure(name, settings, stage)
+            except Exception:  # noqa: BLE001 - one broken figure must not hide the others
+                document["errors"][name] = traceback.format_exc()
+                print(document["errors"][name], file=sys.stderr)
+            document["seconds"][name] = round(time.monotonic() - t, 1)
+            print(f"bench: {name} done in {document['seconds'][name]} s", file=sys.stderr)
+    finally:
+        if stage is not None:
+            stage.close()
+    return report.finish("bench", args.quick, document, t0, markdown)
+
+
+def markdown(doc: dict) -> str:
+    """The short summary: one line per figure with its target and verdict."""
+    f, rows = doc["figures"], []
+    if "overhead" in f:
+        o = f["overhead"]
+        rows.append(("Overhead: Ferry live / bare virsh", o["target"], report.spread(o["ratio"]),
+                     report.verdict(o["met"])))
+        rows.append(("  (task only, preflight excluded)", "", report.spread(o["task_only_ratio"]),
+                     ""))
+    if "convergence" in f:
+        c = f["convergence"]
+        rows.append(("Convergence: completed within downtime target, Ferry vs virsh",
+                     c["target"], f"Ferry {c['ferry_within_target']:.0%}, virsh "
+                     f"{c['virsh_within_target']:.0%}", report.verdict(c["met"])))
+        rows.append(("  downtime ms, Ferry / virsh", "", f"{report.spread(c['ferry_downtime_ms'])}"
+                     f" / {report.spread(c['virsh_downtime_ms'])}", ""))
+        rows.append(("  total time, Ferry / virsh (deadline if unfinished)", "",
+                     report.spread(c["ratio"]), ""))
+    if "link_eta" in f:
+        use, eta = f["link_eta"]["link_use"], f["link_eta"]["eta"]
+        rows.append(("Link use", use["target"], report.spread(use["ratio"]),
+                     report.verdict(use["met"])))
+        rows.append(("ETA error at start", eta["target"], report.spread(eta["error_at_start"]),
+                     report.verdict(eta["within_at_start"] == 1.0)))
+        rows.append(("ETA error at 25 %", eta["target"], report.spread(eta["error_at_25"]),
+                     report.verdict(eta["within_at_25"] == 1.0)))
+    if "evacuation" in f:
+        e = f["evacuation"]
+        rows.append(("Evacuation makespan / lower bound", e["target"], report.spread(e["ratio"]),
+                     report.verdict(e["met"])))
+    if "control_plane" in f:
+        pages, plans = f["control_plane"]["pages"], f["control_plane"]["planning"]
+        rows.append(("p95 dashboard / static page", pages["target"],
+                     f"{pages['dashboard_ratio']:g} (p95 {pages['p95_s']['dashboard']:g} s)",
+                     report.verdict(pages["dashboard_ratio"] <= 3)))
+        rows.append(("p95 servers list / static page", pages["target"],
+                     f"{pages['servers_ratio']:g} (p95 {pages['p95_s']['servers']:g} s)",
+                     report.verdict(pages["servers_ratio"] <= 3)))
+        rows.append((f"Evacuation planning {plans['servers'][0]} / {plans['servers'][1]} servers",
+                     plans["target"], report.spread(plans["ratio"]), report.verdict(plans["met"])))
+    text = [f"# Ferry benchmarks ({doc['mode']} run)", "",
+            f"Started {doc['started_at']}, took {doc['duration_s']} s on "
+            f"{doc['machine_at_start']['cpus']} CPUs (load average at start "
+            f"{doc['machine_at_start']['loadavg'][0]}, at end "
+            f"{doc['machine_at_end']['loadavg'][0]}), lab `{doc['machine_at_start']['lab']}`.",
+            "Every figure is a ratio of two sides measured alternately in this run; details, "
+            "definitions and every pair are in the JSON beside this file.", "",
+            report.table(rows)]
+    for name, error in doc["errors"].items():
+        text.append(f"**{name} broke:** `{error.strip().splitlines()[-1]}`\n")
+    return "\n".join(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

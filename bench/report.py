@@ -1,0 +1,74 @@
+"""Writing results: the JSON document and its short Markdown summary, side by side."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import sys
+import time
+
+from bench import RESULTS
+
+
+def machine() -> dict:
+    """What the numbers were measured on (a busy machine makes every figure noisy)."""
+    return {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "kernel": platform.release(), "python": platform.python_version(),
+            "lab": os.environ.get("FERRY_LAB_NAME", "ferrylab")}
+
+
+def write(name: str, document: dict, markdown: str) -> tuple[str, str]:
+    """Write RESULTS/<name>.json and RESULTS/<name>.md; returns both paths."""
+    os.makedirs(RESULTS, exist_ok=True)
+    json_path = os.path.join(RESULTS, f"{name}.json")
+    md_path = os.path.join(RESULTS, f"{name}.md")
+    with open(json_path + ".tmp", "w") as handle:
+        json.dump(document, handle, indent=2, default=str)
+        handle.write("\n")
+    os.replace(json_path + ".tmp", json_path)
+    with open(md_path, "w") as handle:
+        handle.write(markdown)
+    return json_path, md_path
+
+
+def stamp() -> str:
+    """Now, in UTC, for the documents."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def spread(stats: dict | None, unit: str = "") -> str:
+    """'1.23 (1.10-1.40, n=5)' for a summary, '-' when there is none."""
+    if not stats:
+        return "-"
+    return (f"{stats['median']:g}{unit} ({stats['min']:g}-{stats['max']:g}{unit}, "
+            f"n={stats['n']})")
+
+
+def verdict(met) -> str:
+    """The Markdown cell for a target met or missed."""
+    return {True: "met", False: "**missed**"}.get(met, "-")
+
+
+def table(rows) -> str:
+    """A Markdown table from (figure, target, measured, verdict) rows."""
+    lines = ["| Figure | Target | Measured: median (min-max, n) | Verdict |",
+             "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines) + "\n"
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so the servers, links and processes a run set up are
+    put back by its `finally` blocks when someone stops it."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def finish(name: str, quick: bool, document: dict, started: float, markdown) -> int:
+    """Stamp the end, write <name>.json/.md (<name>-short.* for a quick run), say where;
+    returns the exit status: 1 when anything in the run broke."""
+    document.update(finished_at=stamp(), duration_s=round(time.monotonic() - started, 1),
+                    machine_at_end=machine())
+    paths = write(f"{name}-short" if quick else name, document, markdown(document))
+    print(f"{name}: wrote " + " and ".join(paths), file=sys.stderr)
+    return 1 if document["errors"] else 0
