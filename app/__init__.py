@@ -35,6 +35,8 @@ def create_app(test_config=None):
     app.register_blueprint(resources.bp)
     app.register_blueprint(servers.bp)
     app.register_blueprint(jobs.bp)
+    from app import api
+    app.register_blueprint(api.bp)
     from app import evacuations, matrix, migrations, webhook_events
     app.register_blueprint(migrations.bp)
     app.register_blueprint(matrix.bp)

@@ -167,6 +167,8 @@ def register(app):
     app.cli.add_command(resources_cli)
     app.cli.add_command(ipblocks_cli)
     app.cli.add_command(users_cli)
+    from app.api.cli import token_command
+    users_cli.add_command(token_command)
     app.cli.add_command(sync_command)
     from app.cli_migrate import migrate_command
     app.cli.add_command(migrate_command)

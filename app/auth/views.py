@@ -14,6 +14,11 @@ bp = Blueprint("auth", __name__)
 
 PUBLIC_ENDPOINTS = {"auth.login", "static"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# Machine-facing URLs check a bearer token on every request and answer in JSON (a redirect
+# to the login page means nothing to a script); they never read the session cookie, so
+# there is no CSRF to check. By path, so that an unknown /api/ URL gets a JSON 404 too.
+MACHINE_PATHS = ("/api/", "/hooks/")
+MACHINE_ENDPOINTS = {"observability.metrics", "observability.healthz"}
 
 
 @login_manager.user_loader
@@ -41,6 +46,8 @@ def load_user_from_token(req):
 @bp.before_app_request
 def guard():
     """Every page needs a login; a viewer changes nothing; forms and htmx carry a CSRF token."""
+    if request.path.startswith(MACHINE_PATHS) or request.endpoint in MACHINE_ENDPOINTS:
+        return None
     if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
         if request.method not in SAFE_METHODS:
             csrf.protect()
