@@ -168,7 +168,9 @@ def register(app):
     app.cli.add_command(ipblocks_cli)
     app.cli.add_command(users_cli)
     from app.api.cli import token_command
+    from app.webhooks.cli import hooks_cli
     users_cli.add_command(token_command)
+    app.cli.add_command(hooks_cli)
     app.cli.add_command(sync_command)
     from app.cli_migrate import migrate_command
     app.cli.add_command(migrate_command)
