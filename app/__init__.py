@@ -35,10 +35,11 @@ def create_app(test_config=None):
     app.register_blueprint(resources.bp)
     app.register_blueprint(servers.bp)
     app.register_blueprint(jobs.bp)
-    from app import api
+    from app import api, observability
     from app.webhooks import views as hooks
     app.register_blueprint(api.bp)
     app.register_blueprint(hooks.bp)
+    app.register_blueprint(observability.bp)
     from app import evacuations, matrix, migrations, webhook_events
     app.register_blueprint(migrations.bp)
     app.register_blueprint(matrix.bp)
