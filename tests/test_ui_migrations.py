@@ -196,6 +196,7 @@ def test_a_finished_tasks_fragment_stops_polling(client, charlie, login, running
                           headers={"HX-Request": "true"})
     text = fragment.get_data(as_text=True)
     assert fragment.status_code == 286 and "hx-trigger" not in text
+    assert 'hx-swap-oob="true"' in text and "button" not in text  # the Cancel button goes too
     assert "120 ms" in text and "300.0 MiB" in text
 
 
@@ -270,3 +271,9 @@ def test_the_chart_needs_two_samples_and_survives_odd_ones():
     flat = memory_chart([[0, 0, 0], [0, 0, 0]], width=10, height=10, pad=1)
     assert flat.points == "1.0,9.0 1.0,9.0"  # no span, no memory: a point on the floor
     assert memory_chart([[0, None, 0], [1, -5, 0], []]).max_bytes == 1  # gaps count as zero
+
+
+def test_the_chart_starts_when_libvirt_starts_counting_memory():
+    chart = memory_chart([[0, 0, 900], [5, 0, 400], [6, 200, 200], [7, 100, 100], [8, 0, 0]],
+                         width=100, height=50, pad=0)
+    assert chart.seconds == 2.0 and chart.points.startswith("0.0,0.0 ")

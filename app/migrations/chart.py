@@ -24,16 +24,23 @@ def memory_chart(history, width=320, height=80, pad=2):
 
     Time runs left to right over the samples' span, bytes bottom (0) to top
     (the largest value seen), so the line falls as the migration converges
-    and a re-dirtying guest shows as a saw-tooth.
+    and a re-dirtying guest shows as a saw-tooth. Samples from the disk copy,
+    before any memory is counted, are left out.
 
     >>> c = memory_chart([[0, 100, 0], [1, 50, 0], [2, 0, 0]], width=104, height=54)
     >>> c.points
     '2.0,2.0 52.0,27.0 102.0,52.0'
     >>> memory_chart([[0, 5, 0]]) is None
     True
+    >>> memory_chart([[0, 0, 9], [1, 0, 8], [2, 100, 7], [3, 0, 0]], width=104, height=54).points
+    '2.0,2.0 102.0,52.0'
+
     """
     samples = [(float(s[0]), max(float(s[1] or 0), 0.0)) for s in history or []
                if s and len(s) >= 2 and s[0] is not None]
+    # libvirt reports no memory remaining while it still copies the disks: start at the RAM phase.
+    first = next((i for i, (_, v) in enumerate(samples) if v > 0), 0)
+    samples = samples[first:]
     if len(samples) < 2:
         return None
     t0 = samples[0][0]

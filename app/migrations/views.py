@@ -173,7 +173,7 @@ def cancel(task_id):
     except FerryError as exc:
         error = str(exc)
     db.session.refresh(found)
-    return render_template("migrations/_task.html", task=found, cancel_error=error,
+    return render_template("migrations/_task.html", task=found, cancel_error=error, oob_actions=True,
                            chart=memory_chart((found.progress or {}).get("history")))
 
 
