@@ -400,6 +400,7 @@ def test_uptime_kumas_test_button_is_answered_200_with_nothing_done(app, client,
     token, _ = add_source("kuma", "uptime-kuma")
     answer = post(client, "kuma", payload("uptime_kuma_test.json"), token)
     assert answer.status_code == 200 and answer.get_json()["alerts"] == []
+    assert events(app) == [(status.WEBHOOK_IGNORED, None)]  # seen, so the test shows in Ferry
 
 
 # --- the CLI --------------------------------------------------------------------------

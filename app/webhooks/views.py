@@ -61,6 +61,13 @@ def receive_alerts(name):
                                     reason=f"Refused with 400: {exc}"))
         db.session.commit()
         raise ApiError(400, f"not a {source.kind} payload: {exc}") from None
+    if not alerts:
+        # A tool's test button, or an Uptime Kuma pending/maintenance beat: kept so that
+        # whoever wires the tool up can see the delivery arrived.
+        db.session.add(WebhookEvent(source_id=source.id, action=status.WEBHOOK_IGNORED,
+                                    reason="The delivery carried no alert about a host "
+                                           "(a test, or a state that is not down or up)."))
+        db.session.commit()
     events = receive.handle(source, alerts)
     body = {"source": source.name, "alerts": [_outcome(e) for e in events]}
     started = next((e for e in events if e.action in STARTED), None)
