@@ -15,7 +15,7 @@ from bench import figures, report, scale
 from bench.stage import DATABASE_URL, Stage
 
 # Full run: >= 5 pairs per figure, sized to finish in about 15 minutes on a quiet 2-core machine.
-FULL = {"overhead_pairs": 5, "convergence_pairs": 5, "deadline_s": 30, "dirty_mbit": 200,
+FULL = {"overhead_pairs": 5, "convergence_pairs": 5, "deadline_s": 20, "dirty_mbit": 200,
         "dirty_rate": 40, "eta_runs": 6, "eta_mbit": 200, "evacuation_pairs": 5,
         "evacuation_servers": 6, "servers": 5000, "resources": 200, "big": 500, "small": 50,
         "page_rounds": 8, "planning_pairs": 5}

@@ -22,7 +22,8 @@ FINISHED = status.MIGRATION_FINISHED
 def _ferry_side(report: dict) -> dict:
     """One Ferry move of one server, as a figure records it."""
     task = report["tasks"][0]
-    result = {"ok": task["status"] == FINISHED, "seconds": round(report["total_s"], 3),
+    result = {"ok": task["status"] == FINISHED, "hung": report["hung"],
+              "seconds": round(report["total_s"], 3),
               "preflight_s": round(report["call_s"], 3), "task_s": round(report["run_s"], 3),
               "downtime_ms": task["downtime_ms"], "libvirt_ms": task["total_ms"],
               "bytes": task["bytes"], "route": f"{task['source']}->{task['destination']}",
@@ -128,7 +129,8 @@ def convergence(stage, pairs: int, deadline: int, mbit: int, dirty_rate: int,
                 for side in _order(pair):
                     with Pinger(guest["ip"]) as pinger:
                         if side == "ferry":
-                            row[side] = shuttle.ferry(allow_postcopy=True)
+                            row[side] = shuttle.ferry(allow_postcopy=True,
+                                                      give_up_after=deadline + 40)
                         else:
                             row[side] = shuttle.virsh(deadline=deadline)
                     gap = pinger.longest_gap_ms
@@ -154,6 +156,7 @@ def convergence(stage, pairs: int, deadline: int, mbit: int, dirty_rate: int,
         "link_mbit": mbit, "deadline_s": deadline, "ladder": ladder,
         "target": "Ferry completes within its downtime target where virsh does not",
         "ferry_within_target": ferry_rate, "virsh_within_target": virsh_rate,
+        "ferry_hung": sum(bool(r["ferry"]["hung"]) for r in rows),
         "met": bool(rows) and ferry_rate == 1.0 and virsh_rate < 1.0,
         "ratio": summary(r["time_ratio"] for r in rows),
         "downtime": "the longest silence of a ping every 50 ms from the probe side (one "
@@ -268,11 +271,11 @@ def evacuation_makespan(stage, pairs: int, servers: int = 6, memory: int = 128) 
             t0 = time.monotonic()
             plan = evacuation.make_plan(source_id)
             group = evacuation.approve(plan.id, enqueue=False).group
-            if group.status == status.MIGRATION_RUNNING:
-                migration.run_group(group.id)
-            makespan = time.monotonic() - t0
-            db.session.expire_all()
-            report = migration.group_report(db.session.get(MigrationGroup, group.id))
+            group_id, running = group.id, group.status == status.MIGRATION_RUNNING
+        hung = running and not stage.run_group(group_id, give_up_after=100 * servers)
+        makespan = time.monotonic() - t0
+        with stage.app.app_context():
+            report = migration.group_report(db.session.get(MigrationGroup, group_id))
             resources.set_maintenance(source_id, False)
         stage.sync()
         singles = []
@@ -283,7 +286,7 @@ def evacuation_makespan(stage, pairs: int, servers: int = 6, memory: int = 128) 
         ok = all(t["status"] == FINISHED for t in report["tasks"]) and all(
             s["ok"] for s in singles)
         bound = sum(s["task_s"] for s in singles)
-        rows.append({"ok": ok, "makespan_s": round(makespan, 3), "bound_s": round(bound, 3),
+        rows.append({"ok": ok, "hung": hung, "makespan_s": round(makespan, 3), "bound_s": round(bound, 3),
                      "ratio": ratio(makespan, bound) if ok else None,
                      "moves": [(t["server"], t["destination"], t["status"])
                                for t in report["tasks"]],

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 import time
 
 from sqlalchemy import create_engine, text
@@ -19,8 +20,8 @@ from sqlalchemy.engine import make_url
 
 from app import create_app, status, upgrade_database
 from app.extensions import db
-from app.models import ComputeResource, IpBlock, MigrationGroup
-from app.services import migration, resources
+from app.models import ComputeResource, IpBlock, MigrationGroup, MigrationTask
+from app.services import limits, migration, resources
 from tests.fixtures.fleet import server_id, sync, where
 from tests.fixtures.lab import FERRY_LAB, Lab, lab_env
 
@@ -105,12 +106,15 @@ def register(app, lab: Lab) -> dict:
 
 
 def remove_leftover_servers(lab: Lab) -> list[str]:
-    """Remove every `bench-` server a previous, interrupted run left in the lab."""
+    """Remove every `bench-` server a previous, interrupted run left in the lab, and undo its
+    link shaping or cut."""
     names = sorted({s["name"] for s in lab.servers() if s["name"].startswith(PREFIX)})
     for name in names:
         lab.rmserver(name)
     for node in lab.status["nodes"]:  # disks of servers that were undefined but not deleted
         lab.exec(node["name"], "sh", "-c", f"rm -f {IMAGES}/{PREFIX}*")
+        lab.cli("link", node["name"], "rate", "off", check=False)  # a killed run's shaping
+        lab.cli("link", node["name"], "up", check=False)
     return names
 
 
@@ -149,7 +153,7 @@ class Stage:
         """{node: state} of the lab domains with this name."""
         return where(self.lab, name)
 
-    def ferry(self, names, to: str, **options) -> dict:
+    def ferry(self, names, to: str, give_up_after: float = 300, **options) -> dict:
         """Migrate servers with Ferry in this process, timed from the service call to the end.
 
         Returns the group's report plus `call_s` (start_group: load, preflight, start) and
@@ -162,13 +166,53 @@ class Stage:
             group = migration.start_group(migration.Request(
                 server_ids=ids, destination_id=self.fleet[to], **options), enqueue=False)
             t1 = time.monotonic()
-            if group.status == status.MIGRATION_RUNNING:
-                migration.run_group(group.id)
-            t2 = time.monotonic()
-            db.session.expire_all()
-            report = migration.group_report(db.session.get(MigrationGroup, group.id))
-        report.update(call_s=t1 - t0, run_s=t2 - t1, total_s=t2 - t0)
+            group_id, running = group.id, group.status == status.MIGRATION_RUNNING
+        hung = running and not self.run_group(group_id, give_up_after)
+        t2 = time.monotonic()
+        with self.app.app_context():
+            report = migration.group_report(db.session.get(MigrationGroup, group_id))
+        report.update(call_s=t1 - t0, run_s=t2 - t1, total_s=t2 - t0, hung=hung)
         return report
+
+    def run_group(self, group_id: int, give_up_after: float) -> bool:
+        """Run a started group's job in a thread of its own, as the worker would; False if it
+        had not returned after give_up_after seconds (then see give_up)."""
+        def work():
+            with self.app.app_context():
+                migration.run_group(group_id)
+
+        thread = threading.Thread(target=work, daemon=True, name=f"group-{group_id}")
+        thread.start()
+        thread.join(give_up_after)
+        if thread.is_alive():
+            self.give_up(group_id, thread, give_up_after)
+            return False
+        return True
+
+    def give_up(self, group_id: int, thread, waited: float) -> None:
+        """What an operator does about a migration job that stopped moving: abort the libvirt
+        job on the source (so the guest is not throttled forever), and if the job still does
+        not return, record that on its tasks and free the limits it holds."""
+        with self.app.app_context():
+            group = db.session.get(MigrationGroup, group_id)
+            running = [(t.id, t.server.name, t.source.name) for t in group.tasks
+                       if t.status == status.MIGRATION_RUNNING]
+        for _, name, source in running:
+            self.lab.exec(source, "virsh", "domjobabort", name)
+        thread.join(60)
+        if not thread.is_alive():
+            return
+        with self.app.app_context():
+            for task_id, _, _ in running:
+                task = db.session.get(MigrationTask, task_id)
+                task.status, task.phase = status.MIGRATION_ATTENTION, None
+                task.error = (f"the bench gave up after {waited:.0f} s: the job's monitor loop "
+                              "stopped returning from libvirt; the bench aborted the libvirt job")
+                limits.release_resources(task_id)
+            limits.release_group_slot(group_id)
+            group = db.session.get(MigrationGroup, group_id)
+            group.status = status.MIGRATION_FAILED
+            db.session.commit()
 
     def virsh(self, name: str, src: str, dst: str, deadline: float = 0) -> dict:
         """Move a running server with bare `virsh migrate` typed on its source (see BARE_VIRSH).
