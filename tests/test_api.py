@@ -88,7 +88,7 @@ def test_it_serves_an_openapi_document_that_lists_exactly_the_routes(app, client
     assert _api_routes(app) == _documented()
 
 
-def test_the_validator_catches_a_body_off_the_document():
+def test_it_would_catch_a_body_off_the_document():
     wrong = TestResponse(['{"username": 7}'], "200 OK", {"Content-Type": "application/json"},
                          request=EnvironBuilder(PREFIX + "/me").get_request())
     with pytest.raises(BaseExceptionGroup) as failures:  # one failure per violation
@@ -102,18 +102,18 @@ def _concrete(path):
 
 
 @pytest.mark.parametrize("method,path", sorted(_documented()))
-def test_every_route_needs_a_token(call, rack, method, path):
+def test_it_needs_a_token_on_every_route(call, rack, method, path):
     missing = call(method, _concrete(path), role=None)
     assert missing.status_code == 401 and error_of(missing) == "unauthorized"
     assert missing.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_a_wrong_token_is_401(client, tokens):
+def test_it_answers_a_wrong_token_with_401(client, tokens):
     answer = client.get(PREFIX + "/me", headers={"Authorization": "Bearer fry_not-a-token"})
     assert answer.status_code == 401 and error_of(answer) == "invalid_token"
 
 
-def test_a_signed_in_browser_session_is_not_an_api_token(client, login, alice):
+def test_it_takes_no_browser_session_for_a_token(client, login, alice):
     login(client, "alice")
     assert client.get(PREFIX + "/me").status_code == 401
 
@@ -124,17 +124,17 @@ WRITES = sorted(k for k in _documented() if k[0] == "POST")
 
 
 @pytest.mark.parametrize("method,path", WRITES)
-def test_a_viewer_changes_nothing(call, rack, method, path):
+def test_it_lets_a_viewer_change_nothing(call, rack, method, path):
     answer = call(method, _concrete(path), role="viewer", json={})
     assert answer.status_code == 403 and error_of(answer) == "forbidden"
 
 
 @pytest.mark.parametrize("method,path", [k for k in WRITES if "(admin" in ROLE_OF[k]])
-def test_an_operator_cannot_do_what_needs_an_admin(call, rack, method, path):
+def test_it_keeps_admin_routes_from_operators(call, rack, method, path):
     assert call(method, _concrete(path), role="operator", json={"on": True}).status_code == 403
 
 
-def test_me_says_who_the_token_acts_as_and_the_use_is_recorded(app, call):
+def test_it_says_who_the_token_acts_as_and_records_its_use(app, call):
     assert call("GET", "/me", role="operator").get_json() == {"username": "bob",
                                                               "role": "operator"}
     with app.app_context():
@@ -142,7 +142,7 @@ def test_me_says_who_the_token_acts_as_and_the_use_is_recorded(app, call):
         assert row.last_used_at is not None
 
 
-def test_the_token_cli_stores_only_a_hash(app, runner, alice):
+def test_it_stores_only_the_hash_of_a_cli_issued_token(app, runner, alice):
     output = runner.invoke(args=["users", "token", "alice"]).output
     plaintext = output.strip().splitlines()[-1]
     with app.app_context():
@@ -154,7 +154,7 @@ def test_the_token_cli_stores_only_a_hash(app, runner, alice):
 # --- errors ---------------------------------------------------------------------------
 
 
-def test_unknown_urls_and_methods_answer_in_the_error_shape(client, tokens):
+def test_it_answers_unknown_urls_and_methods_in_the_error_shape(client, tokens):
     headers = {"Authorization": f"Bearer {tokens['admin']}"}
     missing = client.get(PREFIX + "/no-such-thing", headers=headers)
     assert missing.status_code == 404 and error_of(missing) == "not_found"
@@ -164,7 +164,7 @@ def test_unknown_urls_and_methods_answer_in_the_error_shape(client, tokens):
     assert posted.status_code == 404
 
 
-def test_a_body_that_is_not_a_json_object_is_400(call, rack):
+def test_it_refuses_a_body_that_is_not_a_json_object_with_400(call, rack):
     answer = call("POST", "/preflight", role="operator", data="[1, 2]",
                   content_type="application/json")
     assert answer.status_code == 400 and error_of(answer) == "bad_request"
@@ -189,7 +189,7 @@ def test_it_lists_and_gets_compute_resources(call, rack):
     assert call("GET", "/compute-resources?limit=0").status_code == 400
 
 
-def test_an_admin_switches_maintenance(app, call, rack):
+def test_it_lets_an_admin_switch_maintenance(app, call, rack):
     nodes, _ = rack
     on = call("POST", f"/compute-resources/{nodes['node1']}/maintenance", role="admin",
               json={"on": True})
@@ -202,7 +202,7 @@ def test_an_admin_switches_maintenance(app, call, rack):
     assert bad.status_code == 400 and "'on'" in bad.get_json()["error"]["message"]
 
 
-def test_an_operator_queues_syncs_and_follows_the_jobs(app, call, rack, redis_conn):
+def test_it_lets_an_operator_queue_syncs_and_follow_the_jobs(app, call, rack, redis_conn):
     nodes, _ = rack
     one = call("POST", f"/compute-resources/{nodes['node1']}/sync", role="operator")
     assert one.status_code == 202
@@ -238,7 +238,7 @@ def test_it_lists_servers_with_filters_and_gets_one(call, rack):
 # --- preflight and migration groups -------------------------------------------------------
 
 
-def test_preflight_runs_the_checks_and_stores_nothing(app, call, rack):
+def test_it_runs_a_preflight_and_stores_nothing(app, call, rack):
     nodes, servers = rack
     answer = call("POST", "/preflight", role="operator",
                   json={"server_ids": [servers["web"]], "destination_id": nodes["node2"]})
@@ -263,14 +263,14 @@ def test_preflight_runs_the_checks_and_stores_nothing(app, call, rack):
     ({"server_ids": [1], "destination_id": 999}, 404),
     ({"server_ids": [1, 3], "destination_id": 2}, 409),  # one running, one stopped
 ])
-def test_a_bad_migration_request_is_refused_before_anything_is_stored(app, call, rack, body, code):
+def test_it_refuses_a_bad_migration_request_before_storing_anything(app, call, rack, body, code):
     answer = call("POST", "/migration-groups", role="operator", json=body)
     assert answer.status_code == code, answer.get_json()
     with app.app_context():
         assert db.session.scalar(db.select(db.func.count()).select_from(MigrationGroup)) == 0
 
 
-def test_a_group_the_preflight_refuses_is_409_with_its_id(app, call, rack):
+def test_it_answers_a_group_the_preflight_refuses_with_409_and_its_id(app, call, rack):
     nodes, servers = rack
     answer = call("POST", "/migration-groups", role="operator",
                   json={"server_ids": [servers["web"], servers["db"]],
@@ -319,7 +319,7 @@ def test_it_lists_and_gets_groups_tasks_and_the_report(call, running_group):
     assert call("GET", "/migration-groups/999/report").status_code == 404
 
 
-def test_an_operator_cancels_a_task_or_a_whole_group(app, call, running_group):
+def test_it_lets_an_operator_cancel_a_task_or_a_whole_group(app, call, running_group):
     group_id, (running, waiting) = running_group
 
     one = call("POST", f"/tasks/{running}/cancel", role="operator")
@@ -341,7 +341,7 @@ def test_an_operator_cancels_a_task_or_a_whole_group(app, call, running_group):
 # --- evacuations -------------------------------------------------------------------------
 
 
-def test_an_operator_plans_approves_and_returns_an_evacuation(app, call, rack):
+def test_it_lets_an_operator_plan_approve_and_return_an_evacuation(app, call, rack):
     nodes, _ = rack
     node1 = nodes["node1"]
     planned = call("POST", f"/compute-resources/{node1}/evacuations", role="operator")
@@ -371,7 +371,7 @@ def test_an_operator_plans_approves_and_returns_an_evacuation(app, call, rack):
     assert back.get_json()["returns_id"] == evac["id"]
 
 
-def test_evacuation_errors(call, rack):
+def test_it_answers_evacuations_it_cannot_serve_with_404_or_409(call, rack):
     nodes, _ = rack
     assert call("POST", "/compute-resources/999/evacuations", role="operator").status_code == 404
     assert call("POST", "/evacuations/999/approve", role="operator").status_code == 404
@@ -386,7 +386,7 @@ def test_evacuation_errors(call, rack):
 # --- webhooks ----------------------------------------------------------------------------
 
 
-def test_it_lists_webhook_events_and_only_admins_see_sources(app, call, rack):
+def test_it_lists_webhook_events_and_shows_sources_only_to_admins(app, call, rack):
     nodes, _ = rack
     with app.app_context():
         source = WebhookSource(name="am", kind="alertmanager", token_hash="0" * 64)

@@ -18,7 +18,7 @@ def operator(runner, bob):
     return {"Authorization": "Bearer " + result.output.strip().splitlines()[-1]}
 
 
-def test_a_script_syncs_preflights_migrates_and_reads_the_outcome(
+def test_it_lets_a_script_sync_preflight_migrate_and_read_the_outcome(
         app, client, lab, lab_server, fleet, operator, redis_conn, work):
     guest = lab_server("node1", "api-live", memory=128)
     lab.wait_for_guest(guest["ip"], 60)

@@ -114,7 +114,7 @@ def test_it_counts_evacuations_webhook_events_and_resource_states(app, client, r
     assert value(samples, "ferry_compute_resources", status="active") == 3
 
 
-def test_a_sync_that_failed_in_the_worker_shows_in_the_web_apps_metrics(
+def test_it_shows_a_sync_that_failed_in_the_worker_in_the_web_apps_metrics(
         app, client, rack, redis_conn, work):
     nodes, _ = rack
     with app.app_context():
@@ -133,7 +133,7 @@ def test_a_sync_that_failed_in_the_worker_shows_in_the_web_apps_metrics(
 # --- health -------------------------------------------------------------------------------
 
 
-def test_healthz_is_200_when_the_database_and_redis_answer(client, redis_conn):
+def test_it_is_healthy_when_the_database_and_redis_answer(client, redis_conn):
     answer = client.get("/healthz")
     assert answer.status_code == 200
     assert answer.get_json() == {"status": "ok", "database": {"ok": True}, "redis": {"ok": True}}
@@ -146,7 +146,7 @@ def _app_with(tmp_path, **config):
                        "REDIS_URL": TEST_REDIS_URL, **config})
 
 
-def test_healthz_is_503_and_says_what_failed(tmp_path, redis_conn):
+def test_it_is_unhealthy_with_503_and_says_what_failed(tmp_path, redis_conn):
     # Port 1 on loopback: nothing listens there, so both fail at once and fast.
     broken = _app_with(tmp_path, REDIS_URL="redis://127.0.0.1:1/0",
                        SQLALCHEMY_DATABASE_URI="postgresql+psycopg://postgres@127.0.0.1:1/none")
@@ -160,7 +160,7 @@ def test_healthz_is_503_and_says_what_failed(tmp_path, redis_conn):
     assert body["redis"]["ok"] is False and "ConnectionError" in body["redis"]["error"]
 
 
-def test_metrics_is_503_when_the_database_is_down(tmp_path):
+def test_it_answers_a_scrape_with_503_when_the_database_is_down(tmp_path):
     broken = _app_with(tmp_path,
                        SQLALCHEMY_DATABASE_URI="postgresql+psycopg://postgres@127.0.0.1:1/none")
     answer = broken.test_client().get("/metrics")

@@ -214,7 +214,7 @@ def test_it_ignores_a_host_that_is_already_being_evacuated(app, client, rack, ad
     assert count(app, Evacuation) == 1 and count(app, Job) == 0
 
 
-def test_a_second_alert_about_a_planned_host_waits_for_that_plan(app, client, rack, add_source):
+def test_it_lets_a_second_alert_about_a_planned_host_wait_for_that_plan(app, client, rack, add_source):
     token, _ = add_source("gen", "generic")
     down = {"host": "node1", "status": "firing", "alert": "NodeDown"}
     disk = {"host": "node1", "status": "firing", "alert": "DiskFailing"}
@@ -227,7 +227,7 @@ def test_a_second_alert_about_a_planned_host_waits_for_that_plan(app, client, ra
     assert count(app, Evacuation) == 1
 
 
-def test_the_evacuate_policy_queues_the_approval_and_the_job_starts_the_group(
+def test_it_queues_the_approval_by_the_evacuate_policy_and_the_job_starts_the_group(
         app, client, rack, add_source, redis_conn, work):
     nodes, servers = rack
     token, _ = add_source("zbx", "zabbix", "evacuate")
@@ -254,7 +254,7 @@ def test_the_evacuate_policy_queues_the_approval_and_the_job_starts_the_group(
         assert evac.status == status.EVACUATION_FAILED
 
 
-def test_the_evacuate_policy_starts_nothing_when_the_plan_moves_no_server(
+def test_it_starts_nothing_by_policy_when_the_plan_moves_no_server(
         app, client, rack, add_source):
     nodes, _ = rack
     with app.app_context():
@@ -296,7 +296,7 @@ def test_it_refuses_a_wrong_token_and_stores_nothing(app, client, rack, add_sour
     assert count(app, WebhookEvent) == 0 and count(app, Evacuation) == 0
 
 
-def test_a_token_of_another_source_is_wrong(app, client, rack, add_source):
+def test_it_refuses_the_token_of_another_source(app, client, rack, add_source):
     add_source("am", "alertmanager")
     other, _ = add_source("graf", "grafana")
 
@@ -335,22 +335,25 @@ def test_it_checks_grafanas_own_signature_header_with_its_timestamp(
     assert post(client, "graf", body, token, **headers).status_code == 403
 
 
-def test_a_disabled_source_is_refused(app, client, rack, add_source):
+def test_it_refuses_a_disabled_source_until_it_is_enabled_again(
+        app, client, runner, rack, add_source):
     token, _ = add_source("am", "alertmanager")
-    with app.app_context():
-        db.session.scalar(db.select(WebhookSource)).enabled = False
-        db.session.commit()
+    assert runner.invoke(args=["hooks", "disable", "am"]).exit_code == 0
 
-    assert post(client, "am", payload("alertmanager_firing.json"), token).status_code == 403
-    assert count(app, Evacuation) == 0
+    refused = post(client, "am", payload("alertmanager_firing.json"), token)
+    assert refused.status_code == 403 and "disabled" in refused.get_json()["error"]["message"]
+    assert count(app, Evacuation) == 0 and count(app, WebhookEvent) == 0
+
+    assert runner.invoke(args=["hooks", "enable", "am"]).exit_code == 0
+    assert post(client, "am", payload("alertmanager_firing.json"), token).status_code == 202
 
 
-def test_an_unknown_source_is_a_json_404(client, rack):
+def test_it_answers_an_unknown_source_with_a_json_404(client, rack):
     answer = post(client, "nobody", "{}", "fwh_x")
     assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "not_found"
 
 
-def test_only_post_is_allowed(client, rack, add_source):
+def test_it_allows_only_post(client, rack, add_source):
     add_source("am", "alertmanager")
     answer = client.get("/hooks/am")
     assert answer.status_code == 405 and answer.get_json()["error"]["code"] == "method_not_allowed"
@@ -396,7 +399,7 @@ def test_it_refuses_a_body_over_one_mib_with_413(app, client, rack, add_source):
     assert count(app, Evacuation) == 0
 
 
-def test_uptime_kumas_test_button_is_answered_200_with_nothing_done(app, client, rack, add_source):
+def test_it_answers_uptime_kumas_test_button_with_200_and_does_nothing(app, client, rack, add_source):
     token, _ = add_source("kuma", "uptime-kuma")
     answer = post(client, "kuma", payload("uptime_kuma_test.json"), token)
     assert answer.status_code == 200 and answer.get_json()["alerts"] == []
@@ -406,7 +409,7 @@ def test_uptime_kumas_test_button_is_answered_200_with_nothing_done(app, client,
 # --- the CLI --------------------------------------------------------------------------
 
 
-def test_the_cli_adds_lists_and_removes_sources(app, runner, rack, add_source):
+def test_it_adds_lists_and_removes_sources_from_the_cli(app, runner, rack, add_source):
     token, _ = add_source("am", "alertmanager", "evacuate", "--hmac", "--label", "node")
     with app.app_context():
         source = db.session.scalar(db.select(WebhookSource))

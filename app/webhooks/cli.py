@@ -62,13 +62,41 @@ def hooks_list():
                    f"{'enabled' if s.enabled else 'disabled'}")
 
 
+@hooks_cli.command("disable")
+@click.argument("name")
+def hooks_disable(name):
+    """Refuse a source's deliveries (403) without forgetting its token."""
+    _set_enabled(name, False)
+
+
+@hooks_cli.command("enable")
+@click.argument("name")
+def hooks_enable(name):
+    """Accept a disabled source's deliveries again."""
+    _set_enabled(name, True)
+
+
+def _set_enabled(name, enabled):
+    source = _source(name)
+    source.enabled = enabled
+    audit.record("webhook_source.enable" if enabled else "webhook_source.disable",
+                 f"webhook_source:{name}")
+    db.session.commit()
+    click.echo(f"Webhook source {name} {'enabled' if enabled else 'disabled'}.")
+
+
+def _source(name):
+    source = db.session.scalar(db.select(WebhookSource).filter_by(name=name))
+    if source is None:
+        raise click.ClickException(f"no webhook source named {name!r}")
+    return source
+
+
 @hooks_cli.command("remove")
 @click.argument("name")
 def hooks_remove(name):
     """Remove a webhook source; its received events stay, without a source."""
-    source = db.session.scalar(db.select(WebhookSource).filter_by(name=name))
-    if source is None:
-        raise click.ClickException(f"no webhook source named {name!r}")
+    source = _source(name)
     # Said outright: SQLite enforces the foreign key's SET NULL only with a pragma.
     db.session.execute(db.update(WebhookEvent).filter_by(source_id=source.id).values(source_id=None))
     db.session.delete(source)
