@@ -122,3 +122,14 @@ def test_it_lists_webhook_events_with_what_ferry_did(client, charlie, login, fle
     assert "no compute resource &lt;b&gt;" in page and "unknown-host" in page
     only = client.get("/webhook-events/?action=unknown-host").get_data(as_text=True)
     assert "nowhere" in only and "HostDown" not in only
+
+
+def test_the_plan_names_the_reason_a_server_cannot_move(client, bob, login, fleet_rows):  # noqa: F811
+    with client.application.app_context():
+        db.session.get(Server, fleet_rows["build-1"]).snapshot_count = 2
+        db.session.commit()
+    login(client, "bob")
+    location = client.post(f"/evacuations/resource/{fleet_rows['node2']}/plan").headers["Location"]
+    page = client.get(location).get_data(as_text=True)
+    assert "Cannot move" in page and "has 2 snapshots" in page
+    assert 'table class="striped plan"' in page and 'data-server="mail-1"' in page

@@ -277,3 +277,28 @@ def test_the_chart_starts_when_libvirt_starts_counting_memory():
     chart = memory_chart([[0, 0, 900], [5, 0, 400], [6, 200, 200], [7, 100, 100], [8, 0, 0]],
                          width=100, height=50, pad=0)
     assert chart.seconds == 2.0 and chart.points.startswith("0.0,0.0 ")
+
+
+def test_the_preflight_shows_the_eta_band_and_a_warning_that_will_not_converge(app):
+    with app.test_request_context():
+        from flask import render_template
+        report = {"results": [{"name": "memory", "status": "warn", "message": "tight"}],
+                  "summary": {"status": "warn", "needs_acknowledgement": True,
+                              "counts": {"pass": 0, "warn": 1, "fail": 0}},
+                  "eta": {"web-1": {"seconds": 95, "low": 80, "high": 130, "converges": False},
+                          "db-1": {"seconds": None, "low": None, "high": None}}}
+        html = render_template("migrations/_preflight.html", report=report, error=None, note=None,
+                               destination_id=3, destination={"name": "node3"})
+    assert "1 min 35 s (80 s–2 min 10 s)" in html and "will not converge" in html
+    assert 'name="acknowledge"' in html and "disabled>Start migration" in html.replace("\n", "")
+
+
+def test_an_offline_task_shows_its_copy_not_memory_stats(client, charlie, login, running_group):
+    with client.application.app_context():
+        task = db.session.get(MigrationTask, running_group["running"])
+        task.mode, task.phase, task.progress = "offline", "copying", {"percent": 30.0, "phase": "copy"}
+        db.session.commit()
+    login(client, "charlie")
+    page = client.get(f"/migrations/tasks/{running_group['running']}").get_data(as_text=True)
+    assert "Offline copy" in page and "now copying" in page and 'aria-valuenow="30.0"' in page
+    assert "dirty rate" not in page
