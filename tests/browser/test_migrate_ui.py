@@ -246,7 +246,12 @@ def test_it_evacuates_a_node_through_its_plan_and_returns_the_servers(site, page
 
     page.goto(f"{site.url}/resources/{site.fleet[node]}")
     expect(page.locator("h1 .badge")).to_have_text("maintenance")
-    expect(page.locator("#evacuate-button")).to_have_count(0)  # a node in maintenance takes none
+    expect(page.locator("#evacuate-button")).to_have_count(0)
+    page.goto(site.url + "/matrix/")  # a node in maintenance receives no migrations
+    cell = page.locator(f"tr[data-server='ui-a'] td[data-resource='{node}']")
+    expect(cell).to_have_attribute("data-kind", "no")
+    assert "maintenance" in cell.get_attribute("title")
+    page.goto(f"{site.url}/resources/{site.fleet[node]}")
     page.click("#exit-maintenance")
     expect(page.locator("h1 .badge")).to_have_text("active")
     page.click("#return-button")
