@@ -39,9 +39,13 @@ def _print_preflight(report):
     for result in report["results"]:
         click.echo(f"  [{marks[result['status']]}] {result['name']}: {result['message']}")
     for name, eta in (report.get("eta") or {}).items():
-        if eta:
-            click.echo(f"  ETA {name}: {eta['seconds']:.1f} s ({eta['low']:.1f}-{eta['high']:.1f} s)"
-                       + ("" if eta["converges"] else " - will not converge at current settings"))
+        if not eta:
+            continue
+        if eta["seconds"] is None:  # infinite: stored as null
+            click.echo(f"  ETA {name}: none - will not converge at current settings")
+            continue
+        click.echo(f"  ETA {name}: {eta['seconds']:.1f} s ({eta['low']:.1f}-{eta['high']:.1f} s)"
+                   + ("" if eta["converges"] else " - will not converge at current settings"))
 
 
 @click.command("migrate")

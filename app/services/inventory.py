@@ -11,7 +11,7 @@ from app.errors import FerryError
 from app.extensions import db
 from app.infra import ssh
 from app.infra.commands import node
-from app.models import ComputeResource, Disk, Server, utcnow
+from app.models import ComputeResource, Disk, MigrationTask, Server, utcnow
 from app.services import jobs, resources
 
 log = logging.getLogger("ferry.inventory")
@@ -40,13 +40,29 @@ def gather_facts(resource, conn, host):
     }
 
 
+def _under_migration():
+    """Ids of servers an unfinished migration task is moving (or about to move)."""
+    return set(db.session.scalars(db.select(MigrationTask.server_id).where(
+        MigrationTask.status.in_(status.MIGRATION_ACTIVE))))
+
+
 def record_guests(resource, guests, now=None):
-    """Upsert the servers seen on `resource`; mark the ones it no longer has missing."""
+    """Upsert the servers seen on `resource`; mark the ones it no longer has missing.
+
+    A server under migration is left as its task keeps it: mid-move libvirt
+    shows it on both hosts (paused on the destination), then on one, and the
+    task records where it ended up. A sync in between must not move it.
+    """
     now = now or utcnow()
     seen = set()
+    moving = _under_migration()
+    skipped = 0
     for guest in guests:
         seen.add(guest.uuid)
         server = db.session.scalar(db.select(Server).filter_by(uuid=guest.uuid))
+        if server is not None and server.id in moving:
+            skipped += 1
+            continue
         if server is None:
             server = Server(uuid=guest.uuid)
             db.session.add(server)
@@ -65,10 +81,11 @@ def record_guests(resource, guests, now=None):
             server.disks.remove(gone)
     missing = 0
     for server in db.session.scalars(db.select(Server).filter_by(compute_resource=resource)):
-        if server.uuid not in seen and server.state != status.SERVER_MISSING:
+        if server.uuid not in seen and server.state != status.SERVER_MISSING \
+                and server.id not in moving:
             server.state = status.SERVER_MISSING
             missing += 1
-    return {"servers": len(seen), "missing": missing}
+    return {"servers": len(seen), "missing": missing, "under_migration": skipped}
 
 
 def sync(resource_id):

@@ -10,6 +10,8 @@ Order of a live task, each step a line on its timeline:
 from __future__ import annotations
 
 import json
+import logging
+import math
 import posixpath
 import time
 
@@ -28,6 +30,9 @@ from app.services.migration import Cancelled, cancel_requested, event, finish_su
 
 POLL_S = 0.5
 HISTORY_POINTS = 240
+STOP_WAIT_S = 300  # an aborted p2p job ends in seconds; post-copy is left to finish
+
+log = logging.getLogger("ferry.live")
 
 
 def peer_uri(destination) -> str:
@@ -113,12 +118,38 @@ def _apply(action, migration: mig.LiveMigration, state: ladder.LadderState) -> s
     return None
 
 
-def _monitor(task, migration: mig.LiveMigration, settings: ladder.LadderSettings) -> dict:
-    """Poll the job until migrateToURI3 returns; returns what the loop saw."""
+def _finite(seconds: float) -> float | None:
+    """Seconds rounded for the task's ETA, or None when infinite (will not converge).
+
+    >>> _finite(12.345), _finite(float("inf"))
+    (12.3, None)
+    """
+    return round(seconds, 1) if math.isfinite(seconds) else None
+
+
+def _stop(migration: mig.LiveMigration, seen: dict, task) -> None:
+    """After an unexpected error in the loop: end the libvirt job before letting go of the hosts.
+
+    The job's node claims are released when the task ends, so a migration
+    still streaming would overlap the next task on these nodes. Abort it
+    (never in post-copy, which would lose the guest) and wait for libvirt.
+    """
+    if migration is None or migration.done:
+        return
+    if not seen.get("postcopy"):
+        migration.abort()
+    migration.wait(STOP_WAIT_S)
+    log.warning("task %s: stopped the libvirt job after an error (done=%s)", task.id,
+                migration.done)
+
+
+def _monitor(task, migration: mig.LiveMigration, settings: ladder.LadderSettings,
+             seen: dict) -> dict:
+    """Poll the job until migrateToURI3 returns; `seen` (the caller's) records what it saw."""
     state, series, history = ladder.LadderState(), [], []
     t0 = time.monotonic()
-    seen = {"cancelled": False, "aborted": None, "not_converging": False, "samples": 0}
-    last_eta = 0.0
+    seen.update(cancelled=False, aborted=None, not_converging=False, samples=0, postcopy=False)
+    last_eta, deferred_downtime = 0.0, None
     while not migration.done:
         now = time.monotonic()
         raw = migration.stats()
@@ -130,20 +161,33 @@ def _monitor(task, migration: mig.LiveMigration, settings: ladder.LadderSettings
                 history.append([round(now - t0, 2), stats.memory_remaining, stats.data_remaining])
                 task.progress = _progress(stats, history)
                 for action in ladder.decide(state, stats, now, settings):
-                    problem = _apply(action, migration, state)
+                    if isinstance(action, ladder.SetDowntime) and not stats.ram_phase:
+                        # Before the RAM phase libvirt does not take this call: it queues it
+                        # behind the disk copy (seen blocking a whole migration on a slow
+                        # link), and the downtime only matters at switch-over anyway.
+                        deferred_downtime, problem = action.downtime_ms, None
+                    else:
+                        problem = _apply(action, migration, state)
                     if isinstance(action, ladder.Abort):
                         seen["aborted"] = action.reason
                     if isinstance(action, ladder.WillNotConverge):
                         seen["not_converging"] = True
                     event(task, action.kind, action.message + (f" ({problem})" if problem else ""),
                           commit=False)
+                seen["postcopy"] = state.in_postcopy
+                if deferred_downtime is not None and stats.ram_phase:
+                    _apply(ladder.SetDowntime(downtime_ms=deferred_downtime, step=-1, message=""),
+                           migration, state)
+                    deferred_downtime = None
                 if now - last_eta >= 2 and len(series) >= 3:
                     last_eta = now
                     live = estimation.live_estimate(series[-20:], settings.downtime_target_ms)
                     if live is not None:
                         eta = dict(task.eta or {})
-                        point = {"at_s": round(now - t0, 1), "remaining_s": round(live.seconds, 1),
-                                 "low_s": round(live.low, 1), "high_s": round(live.high, 1),
+                        # An estimate that will not converge is infinite: stored as null
+                        # (JSON has no Infinity, and PostgreSQL refuses it).
+                        point = {"at_s": round(now - t0, 1), "remaining_s": _finite(live.seconds),
+                                 "low_s": _finite(live.low), "high_s": _finite(live.high),
                                  "converges": live.converges, "percent": task.progress["percent"]}
                         eta["live"] = point
                         eta["history"] = (eta.get("history") or [])[-200:] + [point]
@@ -158,7 +202,6 @@ def _monitor(task, migration: mig.LiveMigration, settings: ladder.LadderSettings
                 migration.abort()
                 event(task, "abort", "Cancel: asked libvirt to abort the migration.")
         time.sleep(POLL_S)
-    seen["postcopy"] = state.in_postcopy
     return seen
 
 
@@ -180,7 +223,7 @@ def run(task) -> None:
         plan = disk_plan(mig.disk_targets(live_xml), convert_to)
 
         task.phase = "preparing"
-        created = []
+        created, migration, seen = [], None, {}
         try:
             for disk in plan:
                 exists = ssh.run(dst_ssh, ["test", "-e", disk["dst_path"]])
@@ -207,6 +250,11 @@ def run(task) -> None:
             flags = mig.migration_flags(auto_converge=settings.auto_converge,
                                         postcopy=settings.postcopy)
             migration = mig.LiveMigration(dom, peer_uri(destination), params, flags)
+            # The ladder's first, lowest downtime is set before the start: once the job runs,
+            # libvirt takes the call only in the RAM phase (see _monitor).
+            first_ms = ladder.downtime_steps(settings, server.memory_mib * 2**20)[0][1]
+            _apply(ladder.SetDowntime(downtime_ms=first_ms, step=0, message=""), migration,
+                   ladder.LadderState())
             started = time.monotonic()
             task.phase = "migrating"
             task.started_at = task.started_at or utcnow()
@@ -215,10 +263,12 @@ def run(task) -> None:
             event(task, "migrating", "libvirt started the peer-to-peer migration"
                   + (" with auto-converge" if settings.auto_converge else "")
                   + (", post-copy allowed" if settings.postcopy else "") + ".")
-            seen = _monitor(task, migration, settings)
+            _monitor(task, migration, settings, seen)
             wall_ms = int((time.monotonic() - started) * 1000)
         except BaseException:
-            _remove_unless_defined(dst, dst_ssh, server.uuid, created, task)
+            db.session.rollback()  # a failed flush must not block the cleanup's own writes
+            _stop(migration, seen, task)
+            remove_unless_defined(dst, dst_ssh, server.uuid, created, task)
             raise
 
         at_src, at_dst = mig.where_is(src.conn, server.uuid), mig.where_is(dst.conn, server.uuid)
@@ -232,13 +282,13 @@ def run(task) -> None:
                 "disk_bytes": completed.get("disk_processed"), "postcopy": seen["postcopy"],
                 "phases": {"migrate_ms": wall_ms}, "source_defined_after": at_src.defined,
             }
-            _remove_source_disks(src, src_ssh, server.uuid, plan, source, task)
+            remove_source_disks(src, src_ssh, server.uuid, plan, source, task)
             record_moved(server, destination, plan, status.SERVER_RUNNING)
             finish_success(task, f"{server.name} runs on {destination.name}: downtime "
                            f"{result['downtime_ms']} ms, {wall_ms / 1000:.1f} s in all.", result)
             return
         if at_src.running and not at_dst.defined:
-            _remove_unless_defined(dst, dst_ssh, server.uuid, created, task)
+            remove_unless_defined(dst, dst_ssh, server.uuid, created, task)
             reason = migration.error or "libvirt reported no error"
             if seen["cancelled"]:
                 raise Cancelled(f"Cancelled: {server.name} keeps running on {source.name}; "
@@ -254,7 +304,7 @@ def run(task) -> None:
             f"defined={at_dst.defined} running={at_dst.running}; libvirt said: {migration.error}")
 
 
-def _remove_unless_defined(dst, dst_ssh, uuid, paths, task) -> None:
+def remove_unless_defined(dst, dst_ssh, uuid, paths, task) -> None:
     """Remove disks pre-created on the destination, unless a domain there now uses them."""
     if not paths or mig.where_is(dst.conn, uuid).defined:
         return
@@ -264,7 +314,7 @@ def _remove_unless_defined(dst, dst_ssh, uuid, paths, task) -> None:
     event(task, "cleanup", "Removed the pre-created disks from the destination: " + ", ".join(paths))
 
 
-def _remove_source_disks(src, src_ssh, uuid, plan, source, task) -> None:
+def remove_source_disks(src, src_ssh, uuid, plan, source, task) -> None:
     """After success, delete the source's copies (libvirt never does), only if the source let go."""
     if mig.where_is(src.conn, uuid).defined:
         event(task, "cleanup", f"{source.name} still defines the domain: its disks were kept.")

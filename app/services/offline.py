@@ -30,7 +30,7 @@ from app.services.migration import Cancelled, cancel_requested, event, finish_su
 FILE_FORMATS = {status.STORAGE_FILE_RAW: "raw", status.STORAGE_FILE_QCOW2: "qcow2"}
 
 
-def _pid_file(task_id: int, index: int, what: str) -> str:
+def pid_file(task_id: int, index: int, what: str) -> str:
     """Where a helper process of this task records its PID on a node."""
     return f"/run/ferry-{what}-{task_id}-{index}.pid"
 
@@ -101,7 +101,7 @@ def run(task) -> None:
             db.session.commit()
             for index, disk in enumerate(plan):
                 name = storage.export_name(task.id, index)
-                nbd_pid = _pid_file(task.id, index, "nbd")
+                nbd_pid = pid_file(task.id, index, "nbd")
                 exported = ssh.run(src_ssh, storage.nbd_export(
                     disk["path"], disk["format"], source.host, name, nbd_pid))
                 if not exported.ok:
@@ -115,7 +115,7 @@ def run(task) -> None:
                 started = time.monotonic()
                 _copy(task, lambda: resources.open_ssh(destination),
                       storage.convert_from_nbd(source.host, name, tmp, disk["dst_format"]),
-                      _pid_file(task.id, index, "copy"), disk["target"])
+                      pid_file(task.id, index, "copy"), disk["target"])
                 phases[f"copy_{disk['target']}_ms"] = int((time.monotonic() - started) * 1000)
                 started = time.monotonic()
                 same = ssh.run(dst_ssh, storage.compare(
@@ -166,8 +166,8 @@ def run(task) -> None:
             event(task, "undefined", f"{server.name} is no longer defined on {source.name}.")
         except BaseException:
             db.session.rollback()
-            for pid_file in exports:
-                ssh.run(src_ssh, storage.stop_by_pid_file(pid_file))
+            for export_pid in exports:
+                ssh.run(src_ssh, storage.stop_by_pid_file(export_pid))
             if not mig.where_is(dst.conn, server.uuid).defined:
                 leftovers = temps + placed
                 allowed = {posixpath.dirname(p) for p in leftovers}

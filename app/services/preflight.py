@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import threading
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
@@ -190,7 +191,10 @@ def run(servers, destination, opts: dict) -> dict:
             seconds = 1.0 + disk_bytes / rate
             est = estimation.Estimate(seconds, seconds * 0.8, seconds * 1.3, 0, True, 0,
                                       "offline copy of the allocated disk data")
-        etas[server.name] = asdict(est)
+        # A guest that will not converge has an infinite estimate: JSON (and PostgreSQL)
+        # cannot hold Infinity, so it is stored as null next to converges=False.
+        etas[server.name] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                             for k, v in asdict(est).items()}
     return {
         "results": [asdict(r) for r in results],
         "summary": asdict(summary),

@@ -20,7 +20,9 @@ from app import status
 from app.errors import FerryError
 from app.extensions import db
 from app.infra import migration as mig
-from app.models import MigrationGroup, MigrationTask, utcnow
+from app.infra import ssh
+from app.infra.commands import storage
+from app.models import Job, MigrationGroup, MigrationTask, utcnow
 from app.services import limits, resources
 from app.services.migration import enqueue_group, event
 
@@ -88,12 +90,59 @@ def _places(task):
         return mig.where_is(src.conn, uuid), mig.where_is(dst.conn, uuid)
 
 
+def _disk_plan(task) -> list[dict]:
+    """The task's disks as its job planned them (the inventory keeps the source's until success)."""
+    from app.services.live import disk_plan
+    disks = [{"target": d.target, "path": d.path, "format": d.format} for d in task.server.disks]
+    return disk_plan(disks, (task.group.options or {}).get("convert_to"))
+
+
+def _ours_on_destination(task, phase: str | None, plan: list[dict]) -> list[str]:
+    """Files the dead job made on the destination (it refused to start over existing ones)."""
+    if task.mode == status.MODE_LIVE:
+        # Pre-created just before the migration started (phase "migrating"); earlier, maybe not.
+        return [d["dst_path"] for d in plan] if phase == "migrating" else []
+    temps = [storage.temp_path(d["dst_path"], task.id) for d in plan]
+    return temps + ([d["dst_path"] for d in plan] if phase == "switching" else [])
+
+
+def clean_up(task, verdict: Verdict, phase: str | None) -> None:
+    """Do the dead job's cleanup: the host that does not hold the server keeps none of its files.
+
+    Completed: the source's disks go (only once the source no longer defines
+    the domain). Failed with the source intact: the destination's copies go
+    (only while the destination defines no such domain). Offline exports
+    left on the source are stopped either way.
+    """
+    from app.services.live import remove_source_disks, remove_unless_defined
+    from app.services.offline import pid_file
+
+    plan = _disk_plan(task)
+    uuid = task.server.uuid
+    with resources.open_ssh(task.source) as src_ssh:
+        if task.mode == status.MODE_OFFLINE:
+            for index in range(len(plan)):
+                ssh.run(src_ssh, storage.stop_by_pid_file(pid_file(task.id, index, "nbd")))
+        if verdict.outcome == COMPLETED:
+            with resources.open_libvirt(task.source) as src:
+                remove_source_disks(src, src_ssh, uuid, plan, task.source, task)
+    if verdict.outcome == FAILED_SOURCE_INTACT:
+        with resources.open_ssh(task.destination) as dst_ssh, \
+                resources.open_libvirt(task.destination) as dst:
+            if task.mode == status.MODE_OFFLINE:
+                for index in range(len(plan)):
+                    ssh.run(dst_ssh, storage.stop_by_pid_file(pid_file(task.id, index, "copy")))
+            remove_unless_defined(dst, dst_ssh, uuid, _ours_on_destination(task, phase, plan),
+                                   task)
+
+
 def reconcile_task(task, wait_s: float = 120.0) -> Verdict:
     """Establish and record the truth about one orphaned task."""
     if task.status == status.MIGRATION_PENDING:  # died while waiting: nothing moved
         task.phase = None
         limits.release_resources(task.id)
         return Verdict("requeued", "the job died before the task started")
+    phase = task.phase
     deadline = time.monotonic() + wait_s
     at_src = at_dst = None
     try:
@@ -110,23 +159,39 @@ def reconcile_task(task, wait_s: float = 120.0) -> Verdict:
     task.finished_at = utcnow()
     task.phase = None
     if verdict.outcome == COMPLETED:
+        from app.services.live import record_moved
         task.status = status.MIGRATION_FINISHED
-        task.server.compute_resource = task.destination
+        record_moved(task.server, task.destination, _disk_plan(task),
+                     status.SERVER_RUNNING if at_dst.running else status.SERVER_STOPPED)
         task.result = {**(task.result or {}), "recovered": True}
         message = f"Recovered after the job died: {verdict.reason}."
-        if task.mode == status.MODE_LIVE:
-            message += " The source's disk files were left in place for a person to remove."
     elif verdict.outcome == FAILED_SOURCE_INTACT:
         task.status = status.MIGRATION_FAILED
         task.error = f"The job died mid-migration; {verdict.reason}."
-        message = task.error + " Leftover destination files, if any, were kept for inspection."
+        message = task.error
     else:
         task.status = status.MIGRATION_ATTENTION
         task.error = f"Needs attention: {verdict.reason}."
-        message = task.error
+        message = task.error + " Nothing was removed from either host."
     event(task, "reconciled", message, data=seen)
+    if verdict.outcome in (COMPLETED, FAILED_SOURCE_INTACT):
+        try:
+            clean_up(task, verdict, phase)
+        except FerryError as exc:
+            event(task, "cleanup", f"Could not remove the leftovers: {exc}")
     limits.release_resources(task.id)
     return verdict
+
+
+def _close_dead_jobs(group_ids: set) -> None:
+    """End the Job rows of the groups' dead jobs, which would otherwise say running forever."""
+    for job in db.session.scalars(db.select(Job).where(Job.name == "run_group",
+                                                      Job.status == status.JOB_RUNNING)):
+        if (job.args or {}).get("group_id") in group_ids:
+            job.status = status.JOB_FAILED
+            job.error = "The worker running this job died; recovery settled its tasks."
+            job.finished_at = utcnow()
+    db.session.commit()
 
 
 def reconcile(wait_s: float = 120.0) -> list[tuple[int, str]]:
@@ -139,6 +204,7 @@ def reconcile(wait_s: float = 120.0) -> list[tuple[int, str]]:
         groups.add(task.group_id)
         log.warning("reconciled task %s: %s (%s)", task.id, verdict.outcome, verdict.reason)
     db.session.commit()
+    _close_dead_jobs(groups)
     for group_id in groups:
         group = db.session.get(MigrationGroup, group_id)
         if any(t.status == status.MIGRATION_PENDING for t in group.tasks):
