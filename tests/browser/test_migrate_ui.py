@@ -274,8 +274,8 @@ def test_it_cancels_a_migration_from_its_page(site, page, lab, shaped_link):
     page.click("tr[data-server='ui-a'] a")
     live = page.locator(".task-live")
     expect(live).to_have_attribute("data-status", "running", timeout=SLOW)
-    # Cancel once the bar moves, as a person would: libvirt's job is running by then (a cancel
-    # before it exists is lost by the engine today: reported to the lead).
+    # Cancel once the bar moves, as a person would: the monitor loop is reporting by then, so the
+    # test proves a cancel of a running copy (see the engine's fix in 043d253 for why that matters).
     bar = live.locator("[role=progressbar]")
     wait_until(lambda: float(bar.get_attribute("aria-valuenow") or 0) > 0, SLOW / 1000,
                "the migration's progress")
