@@ -157,7 +157,7 @@ def _paths():
             "Get a compute resource", 200, "ComputeResource", errors=[404], params=[rid],
             tag="inventory")},
         "/compute-resources/{resource_id}/maintenance": {"post": op(
-            "Enter or leave maintenance", 200, "ComputeResource", role=AD, errors=[400, 404],
+            "Enter or leave maintenance", 200, "ComputeResource", role=OP, errors=[400, 404],
             params=[rid], body=(obj({"on": B}), True), tag="inventory")},
         "/compute-resources/{resource_id}/sync": {"post": op(
             "Queue an inventory sync of one compute resource", 202, "Jobs", role=OP,

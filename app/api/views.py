@@ -149,7 +149,7 @@ def get_compute_resource(resource_id):
 
 
 @bp.route("/compute-resources/<int:resource_id>/maintenance", methods=["POST"])
-@ADMIN
+@OPERATOR
 def set_maintenance(resource_id):
     """Put a compute resource in maintenance ({"on": true}) or take it out ({"on": false})."""
     on = _field(_body(), "on", bool, required=True)

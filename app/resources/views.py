@@ -70,7 +70,7 @@ def sync(resource_id):
 
 
 @bp.route("/<int:resource_id>/maintenance", methods=["POST"])
-@require_role(status.ROLE_ADMIN)
+@require_role(status.ROLE_OPERATOR)
 def maintenance(resource_id):
     """Put the resource in or out of maintenance."""
     resource = _get_or_404(resource_id)
