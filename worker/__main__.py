@@ -1,4 +1,5 @@
-"""`python -m worker`: upgrade the schema, then run an RQ worker (JSON serializer) and the sync schedule."""
+"""`python -m worker`: upgrade the schema, settle orphaned tasks, then run an RQ worker (JSON
+serializer) and the periodic syncs and recovery passes."""
 import argparse
 import logging
 
@@ -16,7 +17,8 @@ def main(argv=None):
     parser.add_argument("--queue", action="append", dest="queues",
                         help=f"queue to serve (repeatable; default {QUEUE_DEFAULT} and {QUEUE_MIGRATIONS})")
     parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
-    parser.add_argument("--no-schedule", action="store_true", help="do not run the periodic sync")
+    parser.add_argument("--no-schedule", action="store_true",
+                        help="do not run the periodic syncs and recovery passes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -27,8 +29,9 @@ def main(argv=None):
     with app.app_context():
         for task_id, outcome in recovery.reconcile():
             logging.getLogger("ferry.recovery").warning("task %s reconciled: %s", task_id, outcome)
-    if app.config["SYNC_INTERVAL"] and not args.no_schedule and not args.burst:
-        schedule.start(app)
+    periodic = app.config["SYNC_INTERVAL"] or app.config["ORPHAN_AFTER"]
+    if periodic and not args.no_schedule and not args.burst:
+        schedule.start(app)  # inventory syncs and recovery passes
     worker = FerryWorker(args.queues or [QUEUE_DEFAULT, QUEUE_MIGRATIONS],
                          connection=redis_connection(app), serializer=JSONSerializer)
     worker.work(burst=args.burst, logging_level="INFO")

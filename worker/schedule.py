@@ -1,16 +1,19 @@
-"""The periodic inventory sync: a tiny loop in the worker process.
+"""The worker process's periodic work: inventory syncs and recovery passes, in a tiny loop.
 
-Kept as pure decisions (`due`) plus one short I/O step (`tick`) so that it is
-tested without waiting for a clock.
+Kept as pure decisions (`due`) plus short I/O steps (`tick`, `reconcile_tick`)
+so that it is tested without waiting for a clock.
 """
 import logging
 import threading
 from datetime import timedelta
 
+from app import status
 from app.extensions import db
 from app.models import ComputeResource, Job, utcnow
 
 log = logging.getLogger("ferry.schedule")
+
+RECONCILE_STALE_S = 600  # a pass waits at most 120 s per still-running migration
 
 
 def due(resource_ids, recent_syncs, now, interval):
@@ -42,17 +45,45 @@ def tick(app, now=None):
                 for rid in due(ids, recent, now, interval)]
 
 
+def reconcile_tick(app, now=None):
+    """Queue a recovery pass when a task lost its job, unless a recent pass is queued or running.
+
+    Returns the new Job id, or None.
+
+    Every worker process runs this loop: the check keeps them from piling up
+    passes. A pass older than RECONCILE_STALE_S no longer counts (its worker
+    may have died with it).
+    """
+    from app.services import jobs, recovery
+    now = now or utcnow()
+    with app.app_context():
+        if not recovery.orphans(now):
+            return None  # the usual case: no Job row every ORPHAN_AFTER seconds
+        busy = db.session.scalar(db.select(Job.id).where(
+            Job.name == "reconcile", Job.status.in_((status.JOB_PENDING, status.JOB_RUNNING)),
+            Job.created_at > now - timedelta(seconds=RECONCILE_STALE_S)).limit(1))
+        return None if busy is not None else jobs.enqueue("reconcile").id
+
+
 def start(app, stop_event=None):
-    """Run `tick` in a daemon thread every few seconds until `stop_event` is set."""
+    """Run the periodic steps in a daemon thread until `stop_event` is set.
+
+    Inventory syncs when SYNC_INTERVAL is set; a recovery pass for tasks whose
+    job stopped beating, every ORPHAN_AFTER seconds (the worker also runs one
+    at its start).
+    """
     stop_event = stop_event or threading.Event()
-    interval = app.config["SYNC_INTERVAL"]
+    interval, orphan_after = app.config["SYNC_INTERVAL"], app.config["ORPHAN_AFTER"]
+    steps = ([tick] if interval else []) + ([reconcile_tick] if orphan_after else [])
+    period = min([30] + [s for s in (interval, orphan_after) if s])
 
     def loop():
-        while not stop_event.wait(min(interval, 30)):
-            try:
-                tick(app)
-            except Exception:  # noqa: BLE001 - a hiccup (Redis restart) must not end the loop
-                log.exception("scheduled sync failed")
+        while not stop_event.wait(period):
+            for step in steps:
+                try:
+                    step(app)
+                except Exception:  # noqa: BLE001 - a hiccup (Redis restart) must not end the loop
+                    log.exception("scheduled %s failed", step.__name__)
 
     thread = threading.Thread(target=loop, name="ferry-schedule", daemon=True)
     thread.start()
