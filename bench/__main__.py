@@ -16,9 +16,9 @@ from bench.stage import DATABASE_URL, Stage
 
 # Full run: >= 5 pairs per figure, sized to finish in about 15 minutes on a quiet 2-core machine.
 FULL = {"overhead_pairs": 5, "convergence_pairs": 5, "deadline_s": 20, "dirty_mbit": 200,
-        "dirty_rate": 40, "eta_runs": 6, "eta_mbit": 200, "evacuation_pairs": 5,
+        "dirty_rate": 40, "eta_runs": 5, "eta_mbit": 200, "evacuation_pairs": 5,
         "evacuation_servers": 6, "servers": 5000, "resources": 200, "big": 500, "small": 50,
-        "page_rounds": 8, "planning_pairs": 5}
+        "page_rounds": 6, "planning_pairs": 5}
 # Quick run (make test): every figure once, at a tiny scale; it proves the bench works.
 QUICK = {**FULL, "overhead_pairs": 1, "convergence_pairs": 1, "deadline_s": 15, "eta_runs": 1,
          "evacuation_pairs": 1, "evacuation_servers": 2, "servers": 300, "resources": 10,
@@ -67,9 +67,13 @@ def main(argv=None) -> int:
                 if stage is None and name != "control_plane":
                     stage = Stage()
                 document["figures"][name] = run_figure(name, settings, stage)
+                if stage is not None:
+                    stage.clear()
             except Exception:  # noqa: BLE001 - one broken figure must not hide the others
                 document["errors"][name] = traceback.format_exc()
                 print(document["errors"][name], file=sys.stderr)
+                if stage is not None:
+                    stage.clear()
             document["seconds"][name] = round(time.monotonic() - t, 1)
             print(f"bench: {name} done in {document['seconds'][name]} s", file=sys.stderr)
     finally:

@@ -53,7 +53,7 @@ MODES = (status.MODE_LIVE, status.MODE_OFFLINE)
 # Injection points are drawn uniformly from the start of the call to about the end of a
 # typical move on the lab (process start, preflight, the move itself), per mode.
 WINDOW_S = {status.MODE_LIVE: 9.0, status.MODE_OFFLINE: 8.0}
-SETTLE_S = 75  # orphan detection (10 s here) + recovery's wait for a p2p job + the move
+SETTLE_S = 60  # orphan detection (10 s here) + recovery's wait for a p2p job + the move
 ORPHAN_AFTER = 10
 REDIS_PORT = int(os.environ.get("FERRY_FAULTS_REDIS_PORT", "6390"))
 FAULTS_DB = DATABASE_URL + "_faults"

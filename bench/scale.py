@@ -23,7 +23,7 @@ import uuid
 from sqlalchemy import insert
 
 from app.extensions import db
-from app.models import ComputeResource, Disk, IpBlock, Server, User
+from app.models import ComputeResource, Disk, IpBlock, Server, User, resource_ip_blocks
 from app.services import evacuation
 from bench import ROOT
 from bench.stage import fresh_database, make_app
@@ -55,10 +55,12 @@ def populate(app, servers: int, resources: int, big: int, small: int) -> dict:
                  "facts": facts, "storage_tags": [], "backup_dir": "/var/lib/ferry/backups"}
                 for k in range(resources)]
         db.session.execute(insert(ComputeResource), rows)
-        block = IpBlock(name="public", cidr="10.100.0.0/16", gateway="10.100.0.1")
-        db.session.add(block)
-        db.session.flush()
-        block.compute_resources = db.session.scalars(db.select(ComputeResource)).all()
+        # A /24 of its own per compute resource, as a hosting team would route them.
+        db.session.execute(insert(IpBlock), [
+            {"id": k + 1, "name": f"net{k + 1:03d}", "cidr": f"10.{100 + k // 256}.{k % 256}.0/24",
+             "gateway": f"10.{100 + k // 256}.{k % 256}.1"} for k in range(resources)])
+        db.session.execute(insert(resource_ip_blocks), [
+            {"compute_resource_id": k + 1, "ip_block_id": k + 1} for k in range(resources)])
         server_rows, disk_rows, sid = [], [], 0
         for k, count in enumerate(counts):
             for _ in range(count):

@@ -250,11 +250,16 @@ class Stage:
             for node in nodes:
                 self.lab.cli("link", node, "rate", "off", check=False)
 
-    def close(self) -> None:
-        """Remove every server made on this stage, and its disks, from every node."""
+    def clear(self) -> None:
+        """Remove every server made on this stage, and its disks, from every node (a figure
+        starts with the nodes as empty as it found them: an evacuation moves all it finds)."""
         for name in self.made:
             self.lab.rmserver(name)
         self.made.clear()
+
+    def close(self) -> None:
+        """Clear the lab and let go of the database."""
+        self.clear()
         with self.app.app_context():
             db.session.remove()
             for engine in db.engines.values():
