@@ -104,6 +104,8 @@ def markdown(doc: dict) -> str:
         use, eta = f["link_eta"]["link_use"], f["link_eta"]["eta"]
         rows.append(("Link use", use["target"], report.spread(use["ratio"]),
                      report.verdict(use["met"])))
+        rows.append(("  (libvirt's own elapsed time instead of the wall time)", "",
+                     report.spread(use.get("with_libvirt_time")), ""))
         rows.append(("ETA error at start", eta["target"], report.spread(eta["error_at_start"]),
                      report.verdict(eta["within_at_start"] == 1.0)))
         rows.append(("ETA error at 25 %", eta["target"], report.spread(eta["error_at_25"]),
