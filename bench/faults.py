@@ -42,6 +42,7 @@ from app.extensions import db
 from app.models import MigrationGroup, MigrationTask, Server
 from app.services import limits, recovery
 from bench import ROOT, fuzz, report
+from bench.scale import free_port
 from bench.stage import (DATABASE_URL, PREFIX, bring_up_lab, fresh_database, make_app,
                          register, remove_leftover_servers)
 from tests.fixtures.fleet import Workers, images, sync, where
@@ -55,7 +56,6 @@ MODES = (status.MODE_LIVE, status.MODE_OFFLINE)
 WINDOW_S = {status.MODE_LIVE: 9.0, status.MODE_OFFLINE: 8.0}
 SETTLE_S = 60  # orphan detection (10 s here) + recovery's wait for a p2p job + the move
 ORPHAN_AFTER = 10
-REDIS_PORT = int(os.environ.get("FERRY_FAULTS_REDIS_PORT", "6390"))
 FAULTS_DB = DATABASE_URL + "_faults"
 QUICK_PLAN = [("worker-kill", status.MODE_LIVE), ("destination-libvirtd-restart", status.MODE_OFFLINE),
               ("link-cut", status.MODE_LIVE), ("redis-restart", status.MODE_OFFLINE)]
@@ -70,12 +70,12 @@ class Daemon:
         self.proc = None
 
     def start(self) -> None:
-        """Start it and wait until ready() says it serves."""
+        """Start it and wait until ready() says it serves (and it is ours that does)."""
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
-        while not self.ready():
+        while not self.ready() or self.proc.poll() is not None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not start: see {self.log_path}")
             time.sleep(0.1)
@@ -111,18 +111,20 @@ class Suite:
         remove_leftover_servers(self.lab)
         fresh_database(FAULTS_DB)
         self.instance = tempfile.mkdtemp(prefix="ferry-faults-")
-        self.redis_url = f"redis://127.0.0.1:{REDIS_PORT}/0"
+        # Ports of the suite's own: several suites (make test, make faults) may run at once.
+        redis_port = int(os.environ.get("FERRY_FAULTS_REDIS_PORT") or free_port())
+        web_port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
         self.app = make_app(FAULTS_DB, self.instance, REDIS_URL=self.redis_url,
                             ORPHAN_AFTER=ORPHAN_AFTER)
         self.fleet = register(self.app, self.lab)
         self.env = dict(os.environ, FERRY_DATABASE_URL=FAULTS_DB, FERRY_REDIS_URL=self.redis_url,
                         FERRY_INSTANCE_PATH=self.instance, FERRY_SECRET_KEY="faults",
                         FERRY_SYNC_INTERVAL="0", FERRY_ORPHAN_AFTER=str(ORPHAN_AFTER))
-        self.redis = Daemon("redis", ["redis-server", "--port", str(REDIS_PORT), "--bind",
+        self.redis = Daemon("redis", ["redis-server", "--port", str(redis_port), "--bind",
                                       "127.0.0.1", "--save", "", "--appendonly", "no"],
                             self.env, self.instance,
-                            _answers(["redis-cli", "-p", str(REDIS_PORT), "ping"]))
-        web_port = REDIS_PORT + 1000
+                            _answers(["redis-cli", "-p", str(redis_port), "ping"]))
         self.web = Daemon("web", [os.path.join(os.path.dirname(sys.executable), "gunicorn"),
                                   "-w", "2", "-b", f"127.0.0.1:{web_port}", "wsgi:app"],
                           self.env, self.instance,
@@ -409,7 +411,7 @@ def main(argv=None) -> int:
     document = {"mode": "quick" if args.quick else "full", "seed": args.seed,
                 "started_at": report.stamp(), "machine_at_start": report.machine(),
                 "settings": {"window_s": WINDOW_S, "settle_s": SETTLE_S,
-                             "orphan_after_s": ORPHAN_AFTER, "redis_port": REDIS_PORT},
+                             "orphan_after_s": ORPHAN_AFTER},
                 "injections": [], "errors": []}
     suite = None
     try:

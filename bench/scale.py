@@ -81,7 +81,8 @@ def populate(app, servers: int, resources: int, big: int, small: int) -> dict:
     return {"big": 1, "small": 2}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on now, on 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -90,7 +91,7 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def served(database_url: str, instance_path: str, workers: int = 2):
     """The app served by gunicorn on a free local port; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, FERRY_DATABASE_URL=database_url, FERRY_INSTANCE_PATH=instance_path,
                FERRY_SECRET_KEY="bench", FERRY_SYNC_INTERVAL="0")
     log = open(os.path.join(instance_path, "gunicorn.log"), "w")
