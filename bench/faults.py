@@ -273,20 +273,27 @@ class Suite:
         return round(time.monotonic() - t0, 1), restarted
 
     def check(self, mode: str, server: dict, tasks: list, source: str,
-              destination: str) -> tuple[list[str], bool]:
-        """The invariants; returns (violations, lost)."""
+              destination: str) -> tuple[list[str], str | None]:
+        """The invariants; returns (violations, how it was lost or None)."""
         name = server["name"]
-        violations, lost = [], False
+        violations, lost = [], None
         place = where(self.lab, name)
-        if len(place) != 1:
-            return [f"defined on {len(place)} nodes: {place}"], True
+        if not place:
+            return ["defined on no node"], "defined nowhere"
+        if len(place) > 1:
+            violations.append(f"defined on {len(place)} nodes: {place}")
+            lost = ("running on two nodes" if list(place.values()).count("running") > 1
+                    else "defined on two nodes")
+            # Judge the rest by the copy that runs (or the destination's).
+            node = next((n for n, st in place.items() if st == "running"), destination)
+            place = {node: place[node]}
         node, state = next(iter(place.items()))
         want = "running" if mode == status.MODE_LIVE else "shut off"
         if state != want:
             violations.append(f"{state} on {node}, should be {want}")
         if not self.disk_intact(mode, server, node, state):
             violations.append(f"disk content not intact on {node}")
-            lost = True
+            lost = lost or "disk damaged"
         for task in tasks:
             if task["status"] not in status.MIGRATION_DONE:
                 violations.append(f"task {task['id']} never ended: {task['status']} "
@@ -424,7 +431,7 @@ def main(argv=None) -> int:
             except Exception:  # noqa: BLE001 - record it, make the servers again, go on
                 entry = {"index": index, "fault": fault, "mode": mode,
                          "harness_error": traceback.format_exc(), "violations": ["harness error"],
-                         "lost": False}
+                         "lost": None}
                 print(entry["harness_error"], file=sys.stderr)
                 with contextlib.suppress(Exception):
                     suite.lab.rmserver(suite.servers[mode]["name"])
@@ -445,6 +452,8 @@ def main(argv=None) -> int:
         "injections": len(entries),
         "survived": sum(1 for e in entries if not e["violations"]),
         "lost": sum(1 for e in entries if e["lost"]),
+        "lost_by_kind": {kind: sum(1 for e in entries if e["lost"] == kind)
+                         for kind in sorted({e["lost"] for e in entries if e["lost"]})},
         "with_violations": sum(1 for e in entries if e["violations"]),
         "by_fault": {f: {"injections": sum(e["fault"] == f for e in entries),
                          "survived": sum(e["fault"] == f and not e["violations"] for e in entries)}
@@ -463,7 +472,8 @@ def markdown(doc: dict) -> str:
              f"{doc['machine_at_start']['loadavg'][0]}).", "",
              f"**{s['injections']} injections: {s['survived']} survived every check, "
              f"{s['lost']} lost a server, {s['with_violations']} broke some invariant.** "
-             "Target: 0 lost over at least 50.", "",
+             "Target: 0 lost over at least 50."
+             + (f" Lost: {json.dumps(s['lost_by_kind'])}." if s["lost"] else ""), "",
              "| Fault | Injections | Survived |", "|---|---|---|"]
     lines += [f"| {f} | {v['injections']} | {v['survived']} |" for f, v in s["by_fault"].items()]
     bad = [e for e in doc["injections"] if e["violations"]]
