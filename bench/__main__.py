@@ -76,6 +76,8 @@ def main(argv=None) -> int:
                     stage.clear()
             document["seconds"][name] = round(time.monotonic() - t, 1)
             print(f"bench: {name} done in {document['seconds'][name]} s", file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit):  # stopped: keep the figures already measured
+        document["errors"]["interrupted"] = f"stopped during {name}"
     finally:
         if stage is not None:
             stage.close()

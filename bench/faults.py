@@ -444,6 +444,8 @@ def main(argv=None) -> int:
     except Exception:  # noqa: BLE001 - whatever broke is in the results
         document["errors"].append(traceback.format_exc())
         print(document["errors"][-1], file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit):  # stopped: keep what was measured
+        document["errors"].append(f"interrupted after {len(document['injections'])} injections")
     finally:
         if suite is not None:
             suite.close()
