@@ -1,4 +1,6 @@
 """Inventory sync against the live lab: facts, servers, idempotence, missing and unreachable nodes."""
+import os
+
 import pytest
 
 from app import status
@@ -84,17 +86,19 @@ def test_it_shows_names_with_shell_metacharacters_and_runs_nothing(app, lab, lab
     sent = []
     real_run = ssh.run
     monkeypatch.setattr(ssh, "run", lambda conn, argv, **kw: sent.append(argv) or real_run(conn, argv, **kw))
-    names = ["db;touch x", "web$(id)", "q'uote`uname`"]
+    # The marker is unique to this run: the nodes share the machine's /tmp with everyone else.
+    marker = f"pwned{os.getpid()}"
+    names = [f"db;touch {marker}", "web$(id)", "q'uote`uname`"]
     for name in names:
         lab_server("node3", name, format="qcow2", stopped=True)
     sync_all(app, {"node3": nodes["node3"]})
     assert set(names) <= set(servers_by_name(app))
     assert sent and not [argv for argv in sent if any(n in " ".join(argv) for n in names)]
     listing = lab.exec("node3", "sh", "-c", "ls -a / /root /tmp /var/lib/libvirt/images", check=True)
-    assert "\nx\n" not in listing.stdout and "uid=" not in listing.stdout
+    assert marker not in listing.stdout.split() and "uid=" not in listing.stdout
     login(client, "alice")
     page = client.get("/servers/").get_data(as_text=True)
-    assert "db;touch x" in page and "web$(id)" in page and "q&#39;uote`uname`" in page
+    assert f"db;touch {marker}" in page and "web$(id)" in page and "q&#39;uote`uname`" in page
 
 
 def test_it_marks_an_unreachable_node_with_the_reason_and_recovers(app, lab, nodes):
