@@ -83,6 +83,33 @@ def orphans(now=None) -> list[MigrationTask]:
     return [t for t in rows + waiting if t.heartbeat_at is None or t.heartbeat_at < stale]
 
 
+def stalled_groups(now=None) -> list[MigrationGroup]:
+    """Running groups whose job was picked up by a worker that died before any task began.
+
+    Such a group has only pending tasks that never beat (run_task marks a
+    task the moment it begins), and its run_group job has been running for
+    longer than ORPHAN_AFTER with no other job for it queued. Nothing moved,
+    so queueing it again is safe.
+    """
+    now = now or utcnow()
+    stale = now - timedelta(seconds=current_app.config["ORPHAN_AFTER"])
+    jobs_by_group = {}
+    for job in db.session.scalars(db.select(Job).where(
+            Job.name == "run_group", Job.status.in_((status.JOB_PENDING, status.JOB_RUNNING)))):
+        jobs_by_group.setdefault((job.args or {}).get("group_id"), []).append(job)
+    found = []
+    for group_id, group_jobs in jobs_by_group.items():
+        if any(j.status == status.JOB_PENDING or j.started_at is None or j.started_at >= stale
+               for j in group_jobs):
+            continue  # queued, or picked up recently: its worker may be alive
+        group = db.session.get(MigrationGroup, group_id)
+        if group is not None and group.status == status.MIGRATION_RUNNING and all(
+                t.status == status.MIGRATION_PENDING and t.heartbeat_at is None
+                for t in group.tasks):
+            found.append(group)
+    return found
+
+
 def _places(task):
     """Ask both hosts where the task's domain is."""
     uuid = task.server.uuid
@@ -204,6 +231,10 @@ def reconcile(wait_s: float = 120.0) -> list[tuple[int, str]]:
         groups.add(task.group_id)
         log.warning("reconciled task %s: %s (%s)", task.id, verdict.outcome, verdict.reason)
     db.session.commit()
+    for group in stalled_groups():
+        done.append((None, f"group {group.id} requeued"))
+        groups.add(group.id)
+        log.warning("group %s: its job died before any task began; queued again", group.id)
     _close_dead_jobs(groups)
     for group_id in groups:
         group = db.session.get(MigrationGroup, group_id)

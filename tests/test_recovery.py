@@ -1,0 +1,51 @@
+"""Recovery of a group whose job died before any task began (no lab: nothing moved yet).
+
+The lab tests (test_engine_workers) kill a worker mid-migration; this covers
+the earlier instant, which leaves no task beating: the group is queued again.
+"""
+from datetime import timedelta
+
+import pytest
+
+from app import status
+from app.extensions import db
+from app.models import ComputeResource, Job, MigrationGroup, MigrationTask, utcnow
+from app.services import jobs, recovery
+
+
+@pytest.fixture
+def picked_group(app_context, redis_conn):
+    """A running group with one pending task whose run_group job a worker picked up `age` ago."""
+    def make(age_s):
+        node1, node2 = (ComputeResource(name=f"{n}-{age_s}", host="h", key_path="/k")
+                        for n in ("node1", "node2"))
+        task = MigrationTask(source=node1, destination=node2, mode=status.MODE_LIVE,
+                             status=status.MIGRATION_PENDING)
+        group = MigrationGroup(status=status.MIGRATION_RUNNING, options={}, tasks=[task])
+        db.session.add(group)
+        db.session.commit()
+        picked_at = utcnow() - timedelta(seconds=age_s)
+        db.session.add(Job(name="run_group", args={"group_id": group.id},
+                           status=status.JOB_RUNNING, started_at=picked_at))
+        db.session.commit()
+        return group.id
+    return make
+
+
+def test_it_queues_again_a_group_whose_worker_died_before_its_first_task(picked_group,
+                                                                          redis_conn):
+    group_id = picked_group(120)
+    assert [g.id for g in recovery.stalled_groups()] == [group_id]
+
+    assert recovery.reconcile() == [(None, f"group {group_id} requeued")]
+
+    rows = db.session.scalars(db.select(Job).order_by(Job.id)).all()
+    assert [(j.status, j.args) for j in rows] == [
+        (status.JOB_FAILED, {"group_id": group_id}), (status.JOB_PENDING, {"group_id": group_id})]
+    assert jobs.get_queue(jobs.QUEUE_MIGRATIONS, redis_conn).count == 1
+    assert recovery.stalled_groups() == []  # the new job is queued: not stalled twice
+
+
+def test_it_leaves_a_group_whose_worker_just_picked_it_up(picked_group):
+    picked_group(5)
+    assert recovery.stalled_groups() == [] and recovery.reconcile() == []
