@@ -54,7 +54,7 @@ MODES = (status.MODE_LIVE, status.MODE_OFFLINE)
 # Injection points are drawn uniformly from the start of the call to about the end of a
 # typical move on the lab (process start, preflight, the move itself), per mode.
 WINDOW_S = {status.MODE_LIVE: 9.0, status.MODE_OFFLINE: 8.0}
-SETTLE_S = 60  # orphan detection (10 s here) + recovery's wait for a p2p job + the move
+SETTLE_S = 45  # orphan detection (10 s here) + recovery's wait for a p2p job + the move
 ORPHAN_AFTER = 10
 FAULTS_DB = DATABASE_URL + "_faults"
 QUICK_PLAN = [("worker-kill", status.MODE_LIVE), ("destination-libvirtd-restart", status.MODE_OFFLINE),
@@ -342,6 +342,11 @@ class Suite:
         """Put things right for the next injection; every step is reported."""
         done = []
         name = server["name"]
+        if any(t["status"] == status.MIGRATION_RUNNING for t in entry["tasks"]):
+            # Its job hangs in the worker: free the worker for the next injection.
+            self.workers.kill(self.worker)
+            self.supervise()
+            done.append("killed the worker whose job hung; a new one started")
         with self.app.app_context():
             for task in entry["tasks"]:
                 row = db.session.get(MigrationTask, task["id"])
