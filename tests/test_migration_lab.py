@@ -14,7 +14,7 @@ from app.extensions import db
 from app.models import IpAddress, MigrationTask, Server
 from app.services import migration
 from tests.fixtures.fleet import (give_address, image_info, images, migrate, note, start, sync,
-                                  task_row, wait_until, where)
+                                  task_row, wait_until, where, why_unreachable)
 
 pytestmark = pytest.mark.lab
 
@@ -30,9 +30,8 @@ def test_it_moves_a_dirtying_server_live_and_keeps_its_ip(app, lab, lab_server, 
     assert task["status"] == status.MIGRATION_FINISHED, task
     assert where(lab, "live-dirty") == {"node2": "running"}
     # The bridges relearn the guest's MAC from QEMU's announcement after switch-over.
-    serial = "/var/log/libvirt/qemu/live-dirty-serial.log"
     wait_until(lambda: lab.ping(guest["ip"], count=1, timeout=1), 30,
-               lambda: "a ping answer: " + lab.exec("node2", "tail", "-20", serial).stdout)
+               lambda: "a ping answer:\n" + why_unreachable(lab, "node2", "live-dirty", guest["ip"]))
     assert task["downtime_ms"] is not None and task["downtime_ms"] >= 0
     assert task["bytes"] > 0 and task["total_ms"] > 0
     with app.app_context():
