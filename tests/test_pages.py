@@ -49,6 +49,31 @@ def test_it_serves_only_the_table_to_htmx(client, charlie, login, inventory):
     assert "<html" not in text and "<table" in text and "1 server" in text
 
 
+def test_it_pages_a_long_servers_list_and_finds_servers_by_name(app, client, charlie, login,
+                                                                 inventory):
+    from app.servers.views import PAGE_SIZE
+    with app.app_context():
+        node1 = db.session.get(ComputeResource, inventory["node1"])
+        db.session.add_all(Server(uuid=f"00000000-0000-4000-9000-{i:012d}", name=f"vm-{i:04d}",
+                                  compute_resource=node1, state=status.SERVER_RUNNING)
+                           for i in range(PAGE_SIZE + 30))
+        db.session.commit()
+    login(client, "charlie")
+
+    first = client.get("/servers/").get_data(as_text=True)
+    assert first.count("<tr data-server=") == PAGE_SIZE
+    assert f"1–{PAGE_SIZE} of {PAGE_SIZE + 32} servers" in first and 'rel="next"' in first
+    second = client.get("/servers/?page=2").get_data(as_text=True)
+    assert second.count("<tr data-server=") == 32 and 'rel="prev"' in second
+    assert 'rel="next"' not in second and "vm-0129" in second
+    assert client.get("/servers/?page=999").get_data(as_text=True).count("<tr data-server=") == 32
+
+    found = client.get("/servers/?q=0_2").get_data(as_text=True)  # "_" is a letter, not a wildcard
+    assert "0 servers" in found
+    found = client.get("/servers/?q=M-012").get_data(as_text=True)
+    assert found.count("<tr data-server=") == 10 and "1–10 of 10 servers" in found
+
+
 def test_it_shows_a_compute_resource(client, bob, login, inventory):
     login(client, "bob")
     page = client.get(f"/resources/{inventory['node1']}").get_data(as_text=True)

@@ -33,6 +33,27 @@ def test_it_shows_where_every_server_can_go(client, charlie, login, fleet_rows, 
     assert "runs centos" in page  # the reason, on hover
 
 
+def test_the_matrix_shows_a_window_of_a_large_inventory(app, client, charlie, login,  # noqa: F811
+                                                         fleet_rows):
+    from app.matrix.views import COLUMNS, ROWS
+    with app.app_context():
+        extra = [ComputeResource(name=f"zz{i:02d}", host="127.0.0.1", port=1, user="root",
+                                 key_path="/k") for i in range(COLUMNS)]
+        db.session.add_all(extra)
+        db.session.add_all(Server(uuid=f"00000000-0000-4000-a000-{i:012d}", name=f"many-{i:03d}",
+                                  compute_resource=extra[0], state=status.SERVER_STOPPED)
+                           for i in range(ROWS + 5))
+        db.session.commit()
+    login(client, "charlie")
+
+    page = client.get("/matrix/?q=many-").get_data(as_text=True)
+    assert page.count('<tr data-server="many-') == ROWS and "next servers" in page
+    assert page.count('<td class="cell') == ROWS * COLUMNS and "next resources" in page
+    last = client.get("/matrix/?q=many-&page=2&cols=2").get_data(as_text=True)
+    assert last.count('<tr data-server="many-') == 5 and "previous resources" in last
+    assert 'data-resource="zz11"' in last and 'data-resource="node1"' not in last
+
+
 def test_the_matrix_reads_what_sync_stores_now(app_context, fleet_rows):  # noqa: F811
     web = db.session.get(Server, fleet_rows["web-1"])
     node3 = db.session.get(ComputeResource, fleet_rows["node3"])

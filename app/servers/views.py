@@ -1,5 +1,6 @@
-"""Servers list: one URL for the page and the htmx table fragment."""
+"""Servers list: one URL for the page and the htmx table fragment, a page of rows at a time."""
 from flask import Blueprint, render_template, request
+from sqlalchemy.orm import selectinload
 
 from app import status
 from app.extensions import db
@@ -7,20 +8,39 @@ from app.models import ComputeResource, Server
 
 bp = Blueprint("servers", __name__, url_prefix="/servers")
 
+PAGE_SIZE = 100  # a rack has thousands of servers; nobody reads them all on one page
+
+
+def _like(text):
+    """A LIKE pattern that matches text literally anywhere in a name."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
 
 @bp.route("/")
 def index():
-    """All servers, filtered by ?state= and ?resource= (a compute resource id)."""
+    """Servers filtered by ?state=, ?resource= (an id) and ?q= (part of the name), ?page=N."""
     state = request.args.get("state", "")
     resource_id = request.args.get("resource", type=int)
-    query = db.select(Server).order_by(Server.name)
+    q = request.args.get("q", "").strip()[:100]
+    page = max(1, min(request.args.get("page", 1, type=int), 10**6))
+    query = db.select(Server)
     if state in status.SERVER_STATES:
         query = query.filter_by(state=state)
     if resource_id:
         query = query.filter_by(compute_resource_id=resource_id)
+    if q:
+        query = query.where(Server.name.ilike(_like(q.replace("\x00", "")), escape="\\"))
+    total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery()))
+    pages = max(1, -(-total // PAGE_SIZE))
+    page = min(page, pages)
+    servers = db.session.scalars(
+        query.options(selectinload(Server.compute_resource), selectinload(Server.disks))
+        .order_by(Server.name, Server.id).limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
     context = {
-        "servers": db.session.scalars(query).all(),
-        "state": state, "resource_id": resource_id,
+        "servers": servers, "total": total, "page": page, "pages": pages,
+        "first": (page - 1) * PAGE_SIZE + 1 if total else 0, "last": (page - 1) * PAGE_SIZE + len(servers),
+        "state": state, "resource_id": resource_id, "q": q,
         "resources": db.session.scalars(db.select(ComputeResource).order_by(ComputeResource.name)).all(),
     }
     # The filter form swaps only the table; a full load or a bookmark gets the page.
