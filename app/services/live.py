@@ -25,7 +25,7 @@ from app.infra import migration as mig
 from app.infra import ssh
 from app.infra.commands import storage
 from app.models import utcnow
-from app.services import estimation, ladder, resources
+from app.services import calibration, estimation, ladder, resources
 from app.services.migration import Cancelled, cancel_requested, event, finish_success
 
 POLL_S = 0.5
@@ -186,8 +186,13 @@ def _monitor(task, migration: mig.LiveMigration, settings: ladder.LadderSettings
                         eta = dict(task.eta or {})
                         # An estimate that will not converge is infinite: stored as null
                         # (JSON has no Infinity, and PostgreSQL refuses it).
-                        point = {"at_s": round(now - t0, 1), "remaining_s": _finite(live.seconds),
-                                 "low_s": _finite(live.low), "high_s": _finite(live.high),
+                        # What the model cannot see (libvirt's setup and finish) is learned
+                        # from recent moves; the raw figure is kept for that learning.
+                        tail = seen.setdefault("tail", calibration.live_tail()) or 0.0
+                        point = {"at_s": round(now - t0, 1),
+                                 "remaining_s": _finite(live.seconds + tail),
+                                 "model_remaining_s": _finite(live.seconds), "tail_s": tail,
+                                 "low_s": _finite(live.low + tail), "high_s": _finite(live.high + tail),
                                  "converges": live.converges, "percent": task.progress["percent"]}
                         eta["live"] = point
                         eta["history"] = (eta.get("history") or [])[-200:] + [point]

@@ -24,7 +24,7 @@ from app.infra import migration as lvm
 from app.infra import ssh
 from app.infra.commands import storage
 from app.models import IpAddress
-from app.services import estimation, inventory, resources
+from app.services import calibration, estimation, inventory, resources
 from app.services import preflight_checks as checks
 
 log = logging.getLogger("ferry.preflight")
@@ -178,6 +178,7 @@ def run(servers, destination, opts: dict) -> dict:
         resource_info(destination), options, probes, cpu_results)
     summary = checks.summarize(results)
     etas = {}
+    factor = calibration.start_factor() if options.live else None
     for server in servers:
         rate = throughput.get(server.compute_resource.name) if server.compute_resource else None
         if not rate:
@@ -194,7 +195,7 @@ def run(servers, destination, opts: dict) -> dict:
         # A guest that will not converge has an infinite estimate: JSON (and PostgreSQL)
         # cannot hold Infinity, so it is stored as null next to converges=False.
         etas[server.name] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                             for k, v in asdict(est).items()}
+                             for k, v in calibrated(asdict(est), factor).items()}
     return {
         "results": [asdict(r) for r in results],
         "summary": asdict(summary),
@@ -202,6 +203,22 @@ def run(servers, destination, opts: dict) -> dict:
         "dirty_rate_bps": dirty,
         "eta": etas,
     }
+
+
+def calibrated(eta: dict, factor: float | None) -> dict:
+    """A pre-start estimate corrected by what this fleet's recent migrations taught (see
+    services.calibration); the model's own figure stays in `model_s`.
+
+    >>> calibrated({"seconds": 4.0, "low": 3.0, "high": 6.0}, 1.5)["seconds"]
+    6.0
+    >>> calibrated({"seconds": 4.0, "low": 3.0, "high": 6.0}, None)["calibration"] is None
+    True
+    """
+    eta = dict(eta, model_s=eta["seconds"], calibration=factor)
+    if factor and all(math.isfinite(eta[k]) for k in ("seconds", "low", "high")):
+        for key in ("seconds", "low", "high"):
+            eta[key] = eta[key] * factor
+    return eta
 
 
 def allocate_address(server, destination) -> IpAddress | None:

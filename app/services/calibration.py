@@ -1,0 +1,97 @@
+"""ETA calibration: Ferry learns how far its model is off on this fleet, from its own history.
+
+The pre-copy model counts bytes over a probed bandwidth. What it cannot see
+varies by fleet and is stable within one: zero pages QEMU sends as a few
+bytes (a lightly used guest moves far less than its memory size), libvirt's
+peer-to-peer setup before its job clock starts (connection, Prepare, QEMU
+started on the destination) and its finish after the last byte (device
+state, Finish and Confirm over the tunnel). So every finished live task
+leaves two numbers behind, and the next estimate is corrected by their
+median over the recent tasks:
+
+* at start: actual time / the model's own prediction (a factor);
+* while running: actual end - (when a live estimate was made + what it
+  said was left) for the first estimate past 25 % (a tail in seconds).
+
+With fewer than MIN_SAMPLES finished tasks there is no correction. Raw
+model values are stored beside the calibrated ones (`model_s`,
+`model_remaining_s`), and the calibration learns only from raw ones, so it
+never feeds on itself.
+"""
+from __future__ import annotations
+
+from statistics import median
+
+from app import status
+from app.extensions import db
+from app.models import MigrationTask
+
+RECENT = 20
+MIN_SAMPLES = 3
+FACTOR_RANGE = (0.5, 3.0)
+TAIL_RANGE = (0.0, 120.0)
+
+
+def factor_from(pairs) -> float | None:
+    """Median actual / predicted over (predicted_s, actual_s) pairs, clamped; None if too few.
+
+    >>> factor_from([(10, 12), (10, 15), (8, 10)])
+    1.25
+    >>> factor_from([(10, 12)]) is None
+    True
+    """
+    ratios = [actual / predicted for predicted, actual in pairs if predicted and predicted > 0]
+    if len(ratios) < MIN_SAMPLES:
+        return None
+    return round(min(max(median(ratios), FACTOR_RANGE[0]), FACTOR_RANGE[1]), 3)
+
+
+def tail_from(points) -> float | None:
+    """Median seconds the run went past (at_s + model_remaining_s), over (at_s, remaining_s,
+    actual_s) triples, clamped; None if too few.
+
+    >>> tail_from([(3, 1, 7), (3, 0.5, 6), (2, 1, 5)])
+    2.5
+    """
+    tails = [actual - (at + remaining) for at, remaining, actual in points]
+    if len(tails) < MIN_SAMPLES:
+        return None
+    return round(min(max(median(tails), TAIL_RANGE[0]), TAIL_RANGE[1]), 2)
+
+
+def _recent_live():
+    """The latest finished live tasks with their result and ETA record."""
+    return db.session.scalars(
+        db.select(MigrationTask).where(MigrationTask.status == status.MIGRATION_FINISHED,
+                                       MigrationTask.mode == status.MODE_LIVE)
+        .order_by(MigrationTask.id.desc()).limit(RECENT)).all()
+
+
+def _actual_s(task):
+    return ((task.result or {}).get("wall_ms") or 0) / 1000 or None
+
+
+def start_factor() -> float | None:
+    """The correction for a pre-start live estimate, or None while there is too little history."""
+    pairs = []
+    for task in _recent_live():
+        predicted = ((task.eta or {}).get("preflight") or {})
+        raw = predicted.get("model_s", predicted.get("seconds"))
+        if _actual_s(task) and isinstance(raw, (int, float)):
+            pairs.append((raw, _actual_s(task)))
+    return factor_from(pairs)
+
+
+def live_tail() -> float | None:
+    """Seconds a live estimate leaves out (setup before the first byte counted, finish after the
+    last), or None while there is too little history."""
+    points = []
+    for task in _recent_live():
+        point = next((p for p in (task.eta or {}).get("history") or ()
+                      if (p.get("percent") or 0) >= 25), None)
+        if point is None or not _actual_s(task):
+            continue
+        remaining = point.get("model_remaining_s", point.get("remaining_s"))
+        if isinstance(remaining, (int, float)) and isinstance(point.get("at_s"), (int, float)):
+            points.append((point["at_s"], remaining, _actual_s(task)))
+    return tail_from(points)

@@ -1,0 +1,59 @@
+"""ETA calibration from finished live tasks (rows only), and the doctests of the pure parts."""
+import doctest
+
+import pytest
+
+from app import status
+from app.extensions import db
+from app.models import MigrationGroup, MigrationTask
+from app.services import calibration, preflight
+
+
+def test_the_pure_parts_hold_their_worked_examples():
+    for module in (calibration, preflight):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def finished(group, wall_s, model_s, at_s=None, model_remaining_s=None, mode=status.MODE_LIVE,
+             state=status.MIGRATION_FINISHED):
+    history = []
+    if at_s is not None:
+        history = [{"at_s": 0.5, "percent": 10, "model_remaining_s": 99},
+                   {"at_s": at_s, "percent": 40, "model_remaining_s": model_remaining_s}]
+    group.tasks.append(MigrationTask(
+        mode=mode, status=state, result={"wall_ms": int(wall_s * 1000)},
+        eta={"preflight": {"seconds": model_s * 2, "model_s": model_s}, "history": history}))
+
+
+def test_it_learns_nothing_from_too_little_history(app_context):
+    group = MigrationGroup()
+    for _ in range(calibration.MIN_SAMPLES - 1):
+        finished(group, 8, 4, at_s=3, model_remaining_s=1)
+    db.session.add(group)
+    db.session.commit()
+    assert calibration.start_factor() is None and calibration.live_tail() is None
+
+
+def test_it_learns_from_the_raw_model_figures_of_finished_live_moves(app_context):
+    group = MigrationGroup()
+    finished(group, 8, 4, at_s=3, model_remaining_s=1)      # factor 2.0, tail 4
+    finished(group, 9, 6, at_s=2, model_remaining_s=2)      # factor 1.5, tail 5
+    finished(group, 10, 4, at_s=4, model_remaining_s=3)     # factor 2.5, tail 3
+    finished(group, 99, 1, at_s=1, model_remaining_s=0, mode=status.MODE_OFFLINE)
+    finished(group, 99, 1, at_s=1, model_remaining_s=0, state=status.MIGRATION_FAILED)
+    db.session.add(group)
+    db.session.commit()
+
+    assert calibration.start_factor() == pytest.approx(2.0)
+    assert calibration.live_tail() == pytest.approx(4.0)
+
+
+def test_a_wild_history_is_clamped(app_context):
+    group = MigrationGroup()
+    for _ in range(3):
+        finished(group, 100, 1, at_s=1, model_remaining_s=0)
+    db.session.add(group)
+    db.session.commit()
+    assert calibration.start_factor() == calibration.FACTOR_RANGE[1]
+    assert calibration.live_tail() == 99
