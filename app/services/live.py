@@ -206,7 +206,7 @@ def _monitor(task, migration: mig.LiveMigration, settings: ladder.LadderSettings
             else:
                 migration.abort()
                 event(task, "abort", "Cancel: asked libvirt to abort the migration.")
-        time.sleep(POLL_S)
+        migration.wait(POLL_S)  # wakes as soon as libvirt returns, not at the next tick
     return seen
 
 
