@@ -26,7 +26,8 @@ from app.infra import ssh
 from app.infra.commands import storage
 from app.models import utcnow
 from app.services import calibration, estimation, ladder, resources
-from app.services.migration import Cancelled, cancel_requested, event, finish_success
+from app.services.migration import (Cancelled, NeedsAttention, cancel_requested, event,
+                                    finish_success)
 
 POLL_S = 0.5
 HISTORY_POINTS = 240
@@ -276,7 +277,15 @@ def run(task) -> None:
             remove_unless_defined(dst, dst_ssh, server.uuid, created, task)
             raise
 
-        at_src, at_dst = mig.where_is(src.conn, server.uuid), mig.where_is(dst.conn, server.uuid)
+        at_src, at_dst = settle(source, destination, server.uuid, src, dst)
+        if at_src.error or at_dst.error:
+            # Never decide on a host that did not answer: a killed libvirtd reads as "absent",
+            # and acting on that once deleted a source disk the source still used.
+            raise NeedsAttention(
+                f"Needs attention: after the migration call returned, "
+                f"{source.name if at_src.error else destination.name}'s libvirt did not answer "
+                f"for {SETTLE_S} s ({at_src.error or at_dst.error}). Nothing was removed on either "
+                f"side; recovery will ask again, or check both hosts.")
         if at_dst.running and not at_src.running:
             completed = mig.completed_stats(dst.conn, server.uuid)
             result = {
@@ -303,15 +312,46 @@ def run(task) -> None:
                                  f"running on {source.name}. libvirt: {reason}")
             raise FerryError(f"Migration failed, {server.name} keeps running on {source.name}: "
                              f"{reason}")
-        raise FerryError(
+        raise NeedsAttention(
             f"Needs attention: after the migration {source.name} reports "
             f"defined={at_src.defined} running={at_src.running} and {destination.name} reports "
             f"defined={at_dst.defined} running={at_dst.running}; libvirt said: {migration.error}")
 
 
+SETTLE_S = 30
+
+
+def settle(source, destination, uuid, src, dst, wait_s: float = SETTLE_S):
+    """Where the domain is after the call returned, from both hosts; a host whose libvirt does not
+    answer (killed, restarting) is asked again on a fresh connection until it does or wait_s ends.
+
+    Returns (source place, destination place); either may still carry an error, and then the
+    caller must not act on it.
+    """
+    at_src, at_dst = mig.where_is(src.conn, uuid), mig.where_is(dst.conn, uuid)
+    deadline = time.monotonic() + wait_s
+    while (at_src.error or at_dst.error) and time.monotonic() < deadline:
+        time.sleep(2)
+        try:
+            if at_src.error:
+                with resources.open_libvirt(source) as fresh:
+                    at_src = mig.where_is(fresh.conn, uuid)
+            if at_dst.error:
+                with resources.open_libvirt(destination) as fresh:
+                    at_dst = mig.where_is(fresh.conn, uuid)
+        except FerryError:
+            continue
+    return at_src, at_dst
+
+
 def remove_unless_defined(dst, dst_ssh, uuid, paths, task) -> None:
     """Remove disks pre-created on the destination, unless a domain there now uses them."""
-    if not paths or mig.where_is(dst.conn, uuid).defined:
+    place = mig.where_is(dst.conn, uuid)
+    if not paths or place.defined:
+        return
+    if place.error:  # a disk a running domain uses must never go: keep them, say so
+        event(task, "cleanup", "Kept the pre-created disks on the destination: its libvirt did "
+              f"not answer ({place.error}): " + ", ".join(paths))
         return
     allowed = {posixpath.dirname(p) for p in paths}
     for path in paths:
@@ -321,8 +361,10 @@ def remove_unless_defined(dst, dst_ssh, uuid, paths, task) -> None:
 
 def remove_source_disks(src, src_ssh, uuid, plan, source, task) -> None:
     """After success, delete the source's copies (libvirt never does), only if the source let go."""
-    if mig.where_is(src.conn, uuid).defined:
-        event(task, "cleanup", f"{source.name} still defines the domain: its disks were kept.")
+    place = mig.where_is(src.conn, uuid)
+    if place.defined or place.error:
+        event(task, "cleanup", f"{source.name} still defines the domain or could not say "
+              f"({place.error or 'defined'}): its disks were kept.")
         return
     allowed = [p.get("path") for p in (source.facts or {}).get("storage_pools", []) if p.get("path")]
     removed = []

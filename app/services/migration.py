@@ -34,6 +34,10 @@ class Cancelled(FerryError):
     """The user asked to cancel; the task was stopped and the server left on its source."""
 
 
+class NeedsAttention(FerryError):
+    """Ferry could not establish where the server is: nothing was removed, a person must look."""
+
+
 @dataclass(frozen=True)
 class Request:
     """What a user asked for when starting a migration group."""
@@ -293,6 +297,9 @@ def run_task(task) -> None:
             except Cancelled as exc:
                 db.session.rollback()
                 _finish(task, status.MIGRATION_CANCELLED, str(exc))
+            except NeedsAttention as exc:
+                db.session.rollback()
+                _finish(task, status.MIGRATION_ATTENTION, str(exc))
             except FerryError as exc:
                 db.session.rollback()
                 _finish(task, status.MIGRATION_FAILED, str(exc))
