@@ -9,7 +9,7 @@ import pytest
 
 from app import status
 from app.extensions import db
-from app.models import ComputeResource, Job, MigrationGroup, MigrationTask, utcnow
+from app.models import ComputeResource, Job, MigrationGroup, MigrationTask, Server, utcnow
 from app.services import jobs, recovery
 
 
@@ -49,3 +49,20 @@ def test_it_queues_again_a_group_whose_worker_died_before_its_first_task(picked_
 def test_it_leaves_a_group_whose_worker_just_picked_it_up(picked_group):
     picked_group(5)
     assert recovery.stalled_groups() == [] and recovery.reconcile() == []
+
+
+def test_a_group_abandoned_in_preflight_is_ended_and_frees_its_servers(app_context):
+    server = Server(uuid="00000000-0000-4000-8000-00000000abcd", name="stuck")
+    old = MigrationGroup(status=status.MIGRATION_PREFLIGHT,
+                         created_at=utcnow() - timedelta(seconds=recovery.PREFLIGHT_ABANDONED_S + 5))
+    old.tasks.append(MigrationTask(server=server, status=status.MIGRATION_PREFLIGHT, mode="live"))
+    fresh = MigrationGroup(status=status.MIGRATION_PREFLIGHT)
+    db.session.add_all([old, fresh])
+    db.session.commit()
+
+    assert recovery.abandoned_preflights() == [old]
+    recovery.reconcile(wait_s=0)
+
+    assert old.status == status.MIGRATION_FAILED and fresh.status == status.MIGRATION_PREFLIGHT
+    assert old.tasks[0].status == status.MIGRATION_FAILED
+    assert "preflight never finished" in old.tasks[0].error

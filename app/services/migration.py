@@ -152,12 +152,12 @@ def open_group(moves, options: dict, acknowledge_warnings: bool, user=None,
         failures += [r["message"] for r in report["results"] if r["status"] == checks.FAIL]
         unacknowledged |= bool(report["summary"]["needs_acknowledgement"])
     if failures:
-        return _refuse(group, "Preflight failed: " + " ".join(failures))
+        return refuse(group, "Preflight failed: " + " ".join(failures))
     if unacknowledged and not acknowledge_warnings:
-        return _refuse(group, "Preflight has warnings that were not acknowledged.")
+        return refuse(group, "Preflight has warnings that were not acknowledged.")
     if not limits.claim_group_slot(group.id):
         slots = current_app.config["MAX_PARALLEL_GROUPS"]
-        return _refuse(group, f"{slots} migration groups are already running, the most Ferry "
+        return refuse(group, f"{slots} migration groups are already running, the most Ferry "
                               "runs at once: start this group when one of them has finished.")
     group.status = status.MIGRATION_RUNNING
     group.started_at = utcnow()
@@ -169,7 +169,7 @@ def open_group(moves, options: dict, acknowledge_warnings: bool, user=None,
     return group
 
 
-def _refuse(group, reason: str) -> MigrationGroup:
+def refuse(group, reason: str) -> MigrationGroup:
     """End a group before it moved anything, with the reason on every task."""
     group.status = status.MIGRATION_FAILED
     group.finished_at = utcnow()

@@ -24,7 +24,7 @@ from app.infra import ssh
 from app.infra.commands import storage
 from app.models import Job, MigrationGroup, MigrationTask, utcnow
 from app.services import limits, resources
-from app.services.migration import enqueue_group, event
+from app.services.migration import enqueue_group, event, refuse
 
 log = logging.getLogger("ferry.recovery")
 
@@ -108,6 +108,19 @@ def stalled_groups(now=None) -> list[MigrationGroup]:
                 for t in group.tasks):
             found.append(group)
     return found
+
+
+# A preflight takes seconds to a minute; one older than this lost whoever ran it.
+PREFLIGHT_ABANDONED_S = 900
+
+
+def abandoned_preflights(now=None) -> list[MigrationGroup]:
+    """Groups still in preflight long after they were created: the web request, API call or CLI
+    that ran the preflight died (or hung on a node). Nothing moves before a preflight passes."""
+    now = now or utcnow()
+    return db.session.scalars(db.select(MigrationGroup).where(
+        MigrationGroup.status == status.MIGRATION_PREFLIGHT,
+        MigrationGroup.created_at < now - timedelta(seconds=PREFLIGHT_ABANDONED_S))).all()
 
 
 def _places(task):
@@ -235,6 +248,11 @@ def reconcile(wait_s: float = 120.0) -> list[tuple[int, str]]:
         done.append((None, f"group {group.id} requeued"))
         groups.add(group.id)
         log.warning("group %s: its job died before any task began; queued again", group.id)
+    for group in abandoned_preflights():
+        refuse(group, "The preflight never finished: whoever started it stopped, or a node "
+                       "stopped answering. Nothing moved; start the migration again.")
+        done.append((None, f"group {group.id} preflight abandoned"))
+        log.warning("group %s: abandoned in preflight; ended, nothing moved", group.id)
     _close_dead_jobs(groups)
     for group_id in groups:
         group = db.session.get(MigrationGroup, group_id)
