@@ -70,8 +70,12 @@ def where_is(conn, uuid: str) -> DomainPlace:
 class LiveMigration:
     """One p2p migrateToURI3 call running in a thread, with the controls nova's loop uses."""
 
-    def __init__(self, dom, dest_uri: str, params: dict, flags: int):
+    def __init__(self, dom, dest_uri: str, params: dict, flags: int, control=None):
         self.dom = dom
+        # The same domain on a second connection for stats and controls: on a saturated
+        # link a control call queued behind the migrateToURI3 call on one connection was
+        # seen blocking for minutes, while a fresh connection answered at once.
+        self.control = control if control is not None else dom
         self.dest_uri = dest_uri
         self.params = params
         self.flags = flags
@@ -105,22 +109,22 @@ class LiveMigration:
     def stats(self) -> dict:
         """The running job's statistics, or {} when libvirt has no job (anymore)."""
         try:
-            return self.dom.jobStats()
+            return self.control.jobStats()
         except libvirt.libvirtError:
             return {}
 
     def set_max_downtime(self, ms: int) -> None:
         """Raise (or lower) the downtime QEMU may take at switch-over."""
-        self.dom.migrateSetMaxDowntime(int(ms), 0)
+        self.control.migrateSetMaxDowntime(int(ms), 0)
 
     def start_postcopy(self) -> None:
         """Switch to post-copy (only valid when started with POSTCOPY and in the RAM phase)."""
-        self.dom.migrateStartPostCopy(0)
+        self.control.migrateStartPostCopy(0)
 
     def abort(self) -> None:
         """Ask libvirt to abort; the guest keeps running on the source."""
         try:
-            self.dom.abortJob()
+            self.control.abortJob()
         except libvirt.libvirtError as exc:
             # Already finished or never started: the outcome check tells the truth.
             self.error = self.error or f"abort: {exc}"

@@ -216,7 +216,8 @@ def run(task) -> None:
     server, source, destination = task.server, task.source, task.destination
     convert_to = task.group.options.get("convert_to")
     with resources.open_ssh(source) as src_ssh, resources.open_ssh(destination) as dst_ssh, \
-            resources.open_libvirt(source) as src, resources.open_libvirt(destination) as dst:
+            resources.open_libvirt(source) as src, resources.open_libvirt(destination) as dst, \
+            resources.open_libvirt(source) as control:
         try:
             dom = src.conn.lookupByUUIDString(server.uuid)
         except libvirt.libvirtError as exc:
@@ -255,7 +256,8 @@ def run(task) -> None:
             settings = settings_for(task)
             flags = mig.migration_flags(auto_converge=settings.auto_converge,
                                         postcopy=settings.postcopy)
-            migration = mig.LiveMigration(dom, peer_uri(destination), params, flags)
+            migration = mig.LiveMigration(dom, peer_uri(destination), params, flags,
+                                          control=control.conn.lookupByUUIDString(server.uuid))
             # The ladder's first, lowest downtime is set before the start: once the job runs,
             # libvirt takes the call only in the RAM phase (see _monitor).
             first_ms = ladder.downtime_steps(settings, server.memory_mib * 2**20)[0][1]
