@@ -5,7 +5,7 @@ import pytest
 
 from app import status
 from app.extensions import db
-from app.models import MigrationGroup, MigrationTask
+from app.models import MigrationGroup, MigrationTask, TaskEvent
 from app.services import calibration, preflight
 
 
@@ -45,6 +45,19 @@ def test_it_learns_from_the_raw_model_figures_of_finished_live_moves(app_context
     db.session.add(group)
     db.session.commit()
 
+    assert calibration.start_factor() == pytest.approx(2.0)
+    assert calibration.live_tail() == pytest.approx(4.0)
+
+
+def test_moves_the_ladder_had_to_push_teach_nothing(app_context):
+    group = MigrationGroup()
+    for _ in range(3):
+        finished(group, 8, 4, at_s=3, model_remaining_s=1)
+    for _ in range(3):
+        finished(group, 60, 4, at_s=3, model_remaining_s=1)
+        group.tasks[-1].events.append(TaskEvent(kind="auto-converge", message="on"))
+    db.session.add(group)
+    db.session.commit()
     assert calibration.start_factor() == pytest.approx(2.0)
     assert calibration.live_tail() == pytest.approx(4.0)
 

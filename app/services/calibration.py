@@ -13,7 +13,10 @@ median over the recent tasks:
 * while running: actual end - (when a live estimate was made + what it
   said was left) for the first estimate past 25 % (a tail in seconds).
 
-With fewer than MIN_SAMPLES finished tasks there is no correction. Raw
+Only plain moves teach: one the ladder had to push (auto-converge, a CPU
+throttle, post-copy, a warning that it would not converge) ran in another
+regime, and learning from it would skew the estimate of every plain move.
+With fewer than MIN_SAMPLES such tasks there is no correction. Raw
 model values are stored beside the calibrated ones (`model_s`,
 `model_remaining_s`), and the calibration learns only from raw ones, so it
 never feeds on itself.
@@ -24,7 +27,7 @@ from statistics import median
 
 from app import status
 from app.extensions import db
-from app.models import MigrationTask
+from app.models import MigrationTask, TaskEvent
 
 RECENT = 20
 MIN_SAMPLES = 3
@@ -59,11 +62,18 @@ def tail_from(points) -> float | None:
     return round(min(max(median(tails), TAIL_RANGE[0]), TAIL_RANGE[1]), 2)
 
 
+# Timeline kinds of a move the ladder had to push beyond raising the downtime.
+ESCALATED = frozenset({"auto-converge", "throttle", "postcopy", "postcopy-overdue",
+                       "not-converging"})
+
+
 def _recent_live():
-    """The latest finished live tasks with their result and ETA record."""
+    """The latest finished plain live moves (see above) with their result and ETA record."""
+    escalated = db.select(TaskEvent.task_id).where(TaskEvent.kind.in_(ESCALATED))
     return db.session.scalars(
         db.select(MigrationTask).where(MigrationTask.status == status.MIGRATION_FINISHED,
-                                       MigrationTask.mode == status.MODE_LIVE)
+                                       MigrationTask.mode == status.MODE_LIVE,
+                                       MigrationTask.id.not_in(escalated))
         .order_by(MigrationTask.id.desc()).limit(RECENT)).all()
 
 
