@@ -53,16 +53,21 @@ def test_it_leaves_a_group_whose_worker_just_picked_it_up(picked_group):
 
 def test_a_group_abandoned_in_preflight_is_ended_and_frees_its_servers(app_context):
     server = Server(uuid="00000000-0000-4000-8000-00000000abcd", name="stuck")
-    old = MigrationGroup(status=status.MIGRATION_PREFLIGHT,
-                         created_at=utcnow() - timedelta(seconds=recovery.PREFLIGHT_ABANDONED_S + 5))
-    old.tasks.append(MigrationTask(server=server, status=status.MIGRATION_PREFLIGHT, mode="live"))
+    long_ago = utcnow() - timedelta(seconds=app_context.config["ORPHAN_AFTER"] + 5)
+    old = MigrationGroup(status=status.MIGRATION_PREFLIGHT, created_at=long_ago)
+    old.tasks.append(MigrationTask(server=server, status=status.MIGRATION_PREFLIGHT, mode="live",
+                                   heartbeat_at=long_ago))
+    beating = MigrationGroup(status=status.MIGRATION_PREFLIGHT, created_at=long_ago)
+    beating.tasks.append(MigrationTask(status=status.MIGRATION_PREFLIGHT, mode="live",
+                                       heartbeat_at=utcnow()))
     fresh = MigrationGroup(status=status.MIGRATION_PREFLIGHT)
-    db.session.add_all([old, fresh])
+    db.session.add_all([old, beating, fresh])
     db.session.commit()
 
     assert recovery.abandoned_preflights() == [old]
     recovery.reconcile(wait_s=0)
 
     assert old.status == status.MIGRATION_FAILED and fresh.status == status.MIGRATION_PREFLIGHT
+    assert beating.status == status.MIGRATION_PREFLIGHT
     assert old.tasks[0].status == status.MIGRATION_FAILED
     assert "preflight never finished" in old.tasks[0].error

@@ -57,7 +57,8 @@ def reconcile_tick(app, now=None):
     from app.services import jobs, recovery
     now = now or utcnow()
     with app.app_context():
-        if not recovery.orphans(now) and not recovery.stalled_groups(now):
+        if not recovery.orphans(now) and not recovery.stalled_groups(now) \
+                and not recovery.abandoned_preflights(now):
             return None  # the usual case: no Job row every ORPHAN_AFTER seconds
         busy = db.session.scalar(db.select(Job.id).where(
             Job.name == "reconcile", Job.status.in_((status.JOB_PENDING, status.JOB_RUNNING)),

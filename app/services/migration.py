@@ -143,14 +143,21 @@ def open_group(moves, options: dict, acknowledge_warnings: bool, user=None,
     for task in group.tasks:
         parts.setdefault((task.destination_id, task.mode), []).append(task)
     failures, unacknowledged = [], False
-    for (_, mode), tasks in parts.items():
-        report = preflight.run([t.server for t in tasks], tasks[0].destination,
-                               dict(options, mode=mode))
-        for task in tasks:
-            task.preflight = report
-            task.eta = {"preflight": report["eta"].get(task.server.name), "history": []}
-        failures += [r["message"] for r in report["results"] if r["status"] == checks.FAIL]
-        unacknowledged |= bool(report["summary"]["needs_acknowledgement"])
+    # The preflight beats like a running task: if whoever runs it dies (a web worker, a
+    # CLI), recovery ends the group once the beat stops, and its servers are free again.
+    with Heartbeat(None, db.engine, group_id=group.id):
+        for (_, mode), tasks in parts.items():
+            report = preflight.run([t.server for t in tasks], tasks[0].destination,
+                                   dict(options, mode=mode))
+            for task in tasks:
+                task.preflight = report
+                task.eta = {"preflight": report["eta"].get(task.server.name), "history": []}
+            failures += [r["message"] for r in report["results"] if r["status"] == checks.FAIL]
+            unacknowledged |= bool(report["summary"]["needs_acknowledgement"])
+    db.session.commit()
+    db.session.refresh(group)
+    if group.status != status.MIGRATION_PREFLIGHT:  # recovery ended it meanwhile: keep that
+        return group
     if failures:
         return refuse(group, "Preflight failed: " + " ".join(failures))
     if unacknowledged and not acknowledge_warnings:
@@ -208,18 +215,21 @@ def cancel_requested(task_id: int) -> bool:
 
 
 class Heartbeat:
-    """Touch task.heartbeat_at every few seconds from a thread, on its own connection."""
+    """Touch heartbeat_at of a task (or of every task of a group) every few seconds from a
+    thread, on its own connection."""
 
-    def __init__(self, task_id: int, engine):
-        self.task_id, self.engine = task_id, engine
+    def __init__(self, task_id: int | None, engine, group_id: int | None = None):
+        self.task_id, self.group_id, self.engine = task_id, group_id, engine
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{task_id}")
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name=f"heartbeat-{task_id or f'group-{group_id}'}")
 
     def _beat(self):
+        which = (MigrationTask.id == self.task_id if self.task_id is not None
+                 else MigrationTask.group_id == self.group_id)
         while True:
             with self.engine.begin() as conn:
-                conn.execute(update(MigrationTask).where(MigrationTask.id == self.task_id)
-                             .values(heartbeat_at=utcnow()))
+                conn.execute(update(MigrationTask).where(which).values(heartbeat_at=utcnow()))
             if self._stop.wait(HEARTBEAT_S):
                 return
 

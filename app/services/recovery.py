@@ -110,17 +110,16 @@ def stalled_groups(now=None) -> list[MigrationGroup]:
     return found
 
 
-# A preflight takes seconds to a minute; one older than this lost whoever ran it.
-PREFLIGHT_ABANDONED_S = 900
-
-
 def abandoned_preflights(now=None) -> list[MigrationGroup]:
-    """Groups still in preflight long after they were created: the web request, API call or CLI
-    that ran the preflight died (or hung on a node). Nothing moves before a preflight passes."""
+    """Groups in preflight whose tasks stopped beating: the web request, API call or CLI that ran
+    the preflight died. Nothing moves before a preflight passes, so ending them is safe."""
     now = now or utcnow()
-    return db.session.scalars(db.select(MigrationGroup).where(
+    stale = now - timedelta(seconds=current_app.config["ORPHAN_AFTER"])
+    groups = db.session.scalars(db.select(MigrationGroup).where(
         MigrationGroup.status == status.MIGRATION_PREFLIGHT,
-        MigrationGroup.created_at < now - timedelta(seconds=PREFLIGHT_ABANDONED_S))).all()
+        MigrationGroup.created_at < stale)).all()
+    return [g for g in groups
+            if all(t.heartbeat_at is None or t.heartbeat_at < stale for t in g.tasks)]
 
 
 def _places(task):
