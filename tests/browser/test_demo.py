@@ -90,7 +90,7 @@ def test_it_signs_in_and_shows_every_compute_resource_and_server(demo, lab):
 
         # The filter swaps the table through htmx and keeps the URL bookmarkable.
         page.select_option("select[name=state]", "stopped")
-        expect(page).to_have_url(f"{demo}/servers/?state=stopped&resource=")
+        expect(page).to_have_url(f"{demo}/servers/?q=&state=stopped&resource=")
         expect(page.locator("tr[data-server][data-state='running']")).to_have_count(0)
         expect(page.locator("tr[data-server='mail-1']")).to_have_attribute("data-state", "stopped")
 
