@@ -278,6 +278,11 @@ class MigrationGroup(db.Model):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    # Ownership of the group's job (services.lease), like a task's.
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_job: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
     created_by: Mapped[User | None] = relationship()
     tasks: Mapped[list["MigrationTask"]] = relationship(back_populates="group",
                                                         order_by="MigrationTask.id",
@@ -306,6 +311,13 @@ class MigrationTask(db.Model):
     # The running job touches this every poll; a task claiming to run with a stale
     # heartbeat has no live job, and recovery asks libvirt what really happened.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Ownership (services.lease): taken by compare-and-set, renewed while working.
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_job: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The server's persistent definition as it was before the move: kept with the task so
+    # that no failure can leave the server defined nowhere.
+    domain_xml: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -318,6 +330,51 @@ class MigrationTask(db.Model):
     events: Mapped[list["TaskEvent"]] = relationship(back_populates="task",
                                                      order_by="TaskEvent.id",
                                                      cascade="all, delete-orphan")
+    steps: Mapped[list["MigrationStep"]] = relationship(back_populates="task",
+                                                        order_by="MigrationStep.seq",
+                                                        cascade="all, delete-orphan")
+
+
+class MigrationStep(db.Model):
+    """One step of a task's journal: its intent and every name it will create, committed before
+    it touches a node; its outcome after. Recovery removes only what these rows name."""
+
+    __tablename__ = "migration_step"
+    __table_args__ = (UniqueConstraint("task_id", "seq"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("migration_task.id", ondelete="CASCADE"),
+                                         index=True)
+    seq: Mapped[int] = mapped_column()
+    name: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20), default=status.STEP_INTENT)
+    owner: Mapped[str | None] = mapped_column(String(200))  # the lease owner that ran it
+    # What the step creates on which node: {"node": "destination", "paths": [...], ...}
+    names: Mapped[dict] = mapped_column(JSON, default=dict)
+    data: Mapped[dict | None] = mapped_column(JSON)  # what it saw, its outcome's details
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    task: Mapped["MigrationTask"] = relationship(back_populates="steps")
+
+
+class Outbox(db.Model):
+    """A job to enqueue, written in the transaction that needs it; a scheduler tick sends it.
+
+    A Redis failure between commit and enqueue then only delays the job."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))  # the entry point in worker.jobs
+    args: Mapped[dict] = mapped_column(JSON, default=dict)
+    queue: Mapped[str] = mapped_column(String(50))
+    timeout: Mapped[int | None] = mapped_column()
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    job_id: Mapped[int | None] = mapped_column()  # the Job row made when it was sent
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class TaskEvent(db.Model):

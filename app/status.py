@@ -52,6 +52,12 @@ MIGRATION_ATTENTION = "needs-attention"  # Ferry could not establish the truth: 
 MIGRATION_DONE = (MIGRATION_FINISHED, MIGRATION_FAILED, MIGRATION_CANCELLED, MIGRATION_ATTENTION)
 MIGRATION_ACTIVE = (MIGRATION_PENDING, MIGRATION_PREFLIGHT, MIGRATION_RUNNING)
 
+# Journal steps (models.MigrationStep)
+STEP_INTENT = "intent"  # committed before the step touches a node
+STEP_DONE = "done"
+STEP_FAILED = "failed"  # it did not happen, or was undone: what it named is gone
+STEP_ATTENTION = "needs-attention"  # what it did could not be established
+
 MODE_LIVE = "live"
 MODE_OFFLINE = "offline"
 
