@@ -26,8 +26,8 @@ from app.infra import ssh
 from app.infra.commands import storage
 from app.models import utcnow
 from app.services import calibration, estimation, ladder, resources
-from app.services.migration import (Cancelled, NeedsAttention, cancel_requested, event,
-                                    finish_success)
+from app.services.timeline import (Cancelled, NeedsAttention, cancel_requested, event,
+                                   finish_success)
 
 POLL_S = 0.5
 HISTORY_POINTS = 240

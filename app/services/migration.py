@@ -18,9 +18,10 @@ from sqlalchemy import update
 from app import status
 from app.errors import FerryError
 from app.extensions import db
-from app.models import ComputeResource, MigrationGroup, MigrationTask, Server, TaskEvent, utcnow
-from app.services import jobs, limits, preflight
+from app.models import ComputeResource, MigrationGroup, MigrationTask, Server, utcnow
+from app.services import jobs, limits, preflight, timeline
 from app.services import preflight_checks as checks
+from app.services.timeline import Cancelled, NeedsAttention, cancel_requested, event
 
 log = logging.getLogger("ferry.migration")
 
@@ -28,14 +29,6 @@ CONVERSIONS = (status.STORAGE_FILE_RAW, status.STORAGE_FILE_QCOW2, status.STORAG
                status.STORAGE_THINLVM)
 HEARTBEAT_S = 5
 GROUP_JOB_TIMEOUT = 24 * 3600  # deadlines live in the ladder, not in RQ
-
-
-class Cancelled(FerryError):
-    """The user asked to cancel; the task was stopped and the server left on its source."""
-
-
-class NeedsAttention(FerryError):
-    """Ferry could not establish where the server is: nothing was removed, a person must look."""
 
 
 @dataclass(frozen=True)
@@ -56,14 +49,6 @@ class Request:
                 "preserve_ip": self.preserve_ip, "convert_to": self.convert_to,
                 "allow_postcopy": self.allow_postcopy, "destination_id": self.destination_id,
                 "acknowledged": self.acknowledge_warnings}
-
-
-def event(task, kind: str, message: str, data: dict | None = None, commit: bool = True):
-    """Add a line to a task's timeline (committed at once so pages and the API see it)."""
-    db.session.add(TaskEvent(task=task, kind=kind, message=message, data=data))
-    log.info("task %s %s: %s", task.id, kind, message)
-    if commit:
-        db.session.commit()
 
 
 def _load(request: Request):
@@ -208,12 +193,6 @@ def request_cancel(task_id: int, user=None) -> MigrationTask:
     return task
 
 
-def cancel_requested(task_id: int) -> bool:
-    """Read the cancel flag straight from the database (another process may have set it)."""
-    return bool(db.session.execute(db.select(MigrationTask.cancel_requested)
-                                   .where(MigrationTask.id == task_id)).scalar())
-
-
 class Heartbeat:
     """Touch heartbeat_at of a task (or of every task of a group) every few seconds from a
     thread, on its own connection."""
@@ -276,7 +255,7 @@ def run_task(task) -> None:
     from app.services import live, offline
 
     if task.cancel_requested:
-        _finish(task, status.MIGRATION_CANCELLED, "Cancelled before it started.")
+        timeline.finish(task, status.MIGRATION_CANCELLED, "Cancelled before it started.")
         return
     hosts = [task.source_id, task.destination_id]
     task.phase = "waiting"
@@ -291,7 +270,7 @@ def run_task(task) -> None:
                                        "is busy with another migration task.")
                 noted = True
             if cancel_requested(task.id):
-                _finish(task, status.MIGRATION_CANCELLED, "Cancelled while waiting.")
+                timeline.finish(task, status.MIGRATION_CANCELLED, "Cancelled while waiting.")
                 return
             time.sleep(1)
         try:
@@ -306,44 +285,22 @@ def run_task(task) -> None:
                 runner(task)
             except Cancelled as exc:
                 db.session.rollback()
-                _finish(task, status.MIGRATION_CANCELLED, str(exc))
+                timeline.finish(task, status.MIGRATION_CANCELLED, str(exc))
             except NeedsAttention as exc:
                 db.session.rollback()
-                _finish(task, status.MIGRATION_ATTENTION, str(exc))
+                timeline.finish(task, status.MIGRATION_ATTENTION, str(exc))
             except FerryError as exc:
                 db.session.rollback()
-                _finish(task, status.MIGRATION_FAILED, str(exc))
+                timeline.finish(task, status.MIGRATION_FAILED, str(exc))
             except Exception as exc:  # noqa: BLE001 - a task must always end with its truth
                 db.session.rollback()
                 log.exception("task %s errored", task.id)
-                _finish(task, status.MIGRATION_ATTENTION,
+                timeline.finish(task, status.MIGRATION_ATTENTION,
                         f"Unexpected error: {type(exc).__name__}: {exc}. "
                         "Ferry did not verify where the server is: check both hosts.")
         finally:
             db.session.rollback()
             limits.release_resources(task.id)
-
-
-def _finish(task, outcome: str, message: str) -> None:
-    """Record how a task ended (idempotent for outcomes already written by a runner)."""
-    task = db.session.get(MigrationTask, task.id)
-    if task.status in status.MIGRATION_DONE and outcome != task.status:
-        return
-    task.status = outcome
-    task.phase = None
-    task.finished_at = task.finished_at or utcnow()
-    if outcome != status.MIGRATION_FINISHED:
-        task.error = message
-    event(task, outcome, message)
-
-
-def finish_success(task, message: str, result: dict) -> None:
-    """A runner's success: result recorded, server now on the destination."""
-    task.result = result
-    task.status = status.MIGRATION_FINISHED
-    task.phase = None
-    task.finished_at = utcnow()
-    event(task, status.MIGRATION_FINISHED, message, data=result)
 
 
 def group_report(group) -> dict:

@@ -25,7 +25,7 @@ from app.infra import ssh
 from app.infra.commands import storage
 from app.services import preflight, resources
 from app.services.live import disk_plan, record_moved
-from app.services.migration import Cancelled, cancel_requested, event, finish_success
+from app.services.timeline import Cancelled, cancel_requested, event, finish_success
 
 FILE_FORMATS = {status.STORAGE_FILE_RAW: "raw", status.STORAGE_FILE_QCOW2: "qcow2"}
 

@@ -24,7 +24,8 @@ from app.infra import ssh
 from app.infra.commands import storage
 from app.models import Job, MigrationGroup, MigrationTask, utcnow
 from app.services import limits, resources
-from app.services.migration import enqueue_group, event, refuse
+from app.services.migration import enqueue_group, refuse
+from app.services.timeline import event
 
 log = logging.getLogger("ferry.recovery")
 
