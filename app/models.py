@@ -450,6 +450,27 @@ class WebhookSource(db.Model):
     host_labels: Mapped[list] = mapped_column(JSON, default=lambda: ["instance", "host"])
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Guardrails: one leaked token must not be able to empty the whole fleet.
+    # The compute resources (by name, or by a storage tag they carry) this source may act
+    # on; both empty means any.
+    allowed_resources: Mapped[list | None] = mapped_column(JSON)
+    allowed_tags: Mapped[list | None] = mapped_column(JSON)
+    # Evacuations it may start in any hour; beyond that they are only planned. None: no cap.
+    max_starts_per_hour: Mapped[int | None] = mapped_column()
+    # A signed timestamp (Grafana's) further than this from now is refused; 0 checks none.
+    signature_max_age_s: Mapped[int] = mapped_column(default=300, server_default="300")
+
+    @property
+    def allowlist(self):
+        """The allowlist for people: resource names, then "tag:<storage tag>"; empty: any."""
+        return [*(self.allowed_resources or ()), *(f"tag:{t}" for t in self.allowed_tags or ())]
+
+    def may_act_on(self, name, storage_tags):
+        """True when the allowlist lets this source act on a resource with this name and tags."""
+        names, tags = self.allowed_resources or [], self.allowed_tags or []
+        if not names and not tags:
+            return True
+        return name in names or any(tag in tags for tag in storage_tags or ())
 
 
 class WebhookEvent(db.Model):

@@ -88,5 +88,6 @@ WEBHOOK_DUPLICATE = "duplicate"  # the same alert again: nothing started
 WEBHOOK_RESOLVED = "resolved"  # a resolved alert: nothing started
 WEBHOOK_UNKNOWN_HOST = "unknown-host"
 WEBHOOK_IGNORED = "ignored"  # e.g. the host is already being evacuated
+WEBHOOK_REFUSED = "refused"  # the host is outside the source's allowlist
 WEBHOOK_ACTIONS = (WEBHOOK_PLANNED, WEBHOOK_EVACUATING, WEBHOOK_DUPLICATE, WEBHOOK_RESOLVED,
-                   WEBHOOK_UNKNOWN_HOST, WEBHOOK_IGNORED)
+                   WEBHOOK_UNKNOWN_HOST, WEBHOOK_IGNORED, WEBHOOK_REFUSED)
