@@ -7,10 +7,14 @@ import os
 
 from app.errors import ConfigError
 
+DEFAULT_SECRET_KEY = "dev-only-change-me"
+MIN_SECRET_KEY_LENGTH = 32  # characters; anyone who guesses the key can sign an admin's session
+
 DEFAULTS = {
-    "SECRET_KEY": "dev-only-change-me",
+    "SECRET_KEY": DEFAULT_SECRET_KEY,
     "SQLALCHEMY_DATABASE_URI": None,  # None: SQLite file in the instance folder
     "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "LOG_FORMAT": "text",  # or "json": one object per line, with task, group, server and node
     "SYNC_INTERVAL": 300,  # seconds between scheduled inventory syncs; 0 turns it off
     "SSH_TIMEOUT": 10,  # seconds to connect to a compute resource
     "COMMAND_TIMEOUT": 60,  # seconds for one inventory command on a node
@@ -27,6 +31,15 @@ DEFAULTS = {
     "PROGRESS_TIMEOUT": 150,  # seconds without progress before a live migration is aborted
     "COMPLETION_TIMEOUT_PER_GIB": 150,  # seconds per GiB of data before it is aborted
     "ORPHAN_AFTER": 30,  # seconds without heartbeat after which a running task is reconciled  # libssh2 or libssh: both verify the pinned key
+    # None: the session cookie is Secure when the request came over HTTPS (as ProxyFix sees it);
+    # True for a proxy that terminates TLS but sends no X-Forwarded-Proto.
+    "SESSION_COOKIE_SECURE": None,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    "TRUSTED_PROXIES": 0,  # reverse proxies in front whose X-Forwarded-* headers are believed
+    "MAX_CONTENT_LENGTH": 1024 * 1024,  # bytes of a request body on every route
+    "LOGIN_MAX_FAILURES_PER_ACCOUNT": 10,  # failed sign-ins in LOGIN_FAILURE_WINDOW, then 429
+    "LOGIN_MAX_FAILURES_PER_ADDRESS": 30,
+    "LOGIN_FAILURE_WINDOW": 900,  # seconds
 }
 
 
@@ -83,6 +96,7 @@ ENVIRONMENT = {
     "FERRY_SECRET_KEY": ("SECRET_KEY", _to_str),
     "FERRY_DATABASE_URL": ("SQLALCHEMY_DATABASE_URI", _to_url(["sqlite", "postgresql"])),
     "FERRY_REDIS_URL": ("REDIS_URL", _to_url(["redis", "rediss", "unix"])),
+    "FERRY_LOG_FORMAT": ("LOG_FORMAT", _to_choice("text", "json")),
     "FERRY_SYNC_INTERVAL": ("SYNC_INTERVAL", _to_int),
     "FERRY_SSH_TIMEOUT": ("SSH_TIMEOUT", _to_int),
     "FERRY_COMMAND_TIMEOUT": ("COMMAND_TIMEOUT", _to_int),
@@ -96,6 +110,12 @@ ENVIRONMENT = {
     "FERRY_PROGRESS_TIMEOUT": ("PROGRESS_TIMEOUT", _to_int),
     "FERRY_COMPLETION_TIMEOUT_PER_GIB": ("COMPLETION_TIMEOUT_PER_GIB", _to_int),
     "FERRY_ORPHAN_AFTER": ("ORPHAN_AFTER", _to_int),
+    "FERRY_SESSION_COOKIE_SECURE": ("SESSION_COOKIE_SECURE", _to_bool),
+    "FERRY_TRUSTED_PROXIES": ("TRUSTED_PROXIES", _to_int),
+    "FERRY_MAX_CONTENT_LENGTH": ("MAX_CONTENT_LENGTH", _to_int),
+    "FERRY_LOGIN_MAX_FAILURES_PER_ACCOUNT": ("LOGIN_MAX_FAILURES_PER_ACCOUNT", _to_int),
+    "FERRY_LOGIN_MAX_FAILURES_PER_ADDRESS": ("LOGIN_MAX_FAILURES_PER_ADDRESS", _to_int),
+    "FERRY_LOGIN_FAILURE_WINDOW": ("LOGIN_FAILURE_WINDOW", _to_int),
 }
 
 
@@ -118,3 +138,15 @@ def load(app, test_config=None, environ=None):
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
     # The auth guard checks CSRF itself, after it knows whether an API token signed the request.
     app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
+    if not (app.config.get("DEBUG") or app.config.get("TESTING")):
+        check_secret_key(app.config["SECRET_KEY"])
+
+
+def check_secret_key(key):
+    """Refuse the public default or a short key: whoever knows it can sign an admin's session."""
+    hint = ("set FERRY_SECRET_KEY (or SECRET_KEY in instance/config.py) to a random value, "
+            'e.g. python3 -c "import secrets; print(secrets.token_urlsafe(48))"')
+    if key == DEFAULT_SECRET_KEY:
+        raise ConfigError(f"FERRY_SECRET_KEY is not set and the built-in default is public: {hint}")
+    if not isinstance(key, (str, bytes)) or len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError(f"FERRY_SECRET_KEY is shorter than {MIN_SECRET_KEY_LENGTH} characters: {hint}")

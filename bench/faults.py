@@ -43,8 +43,8 @@ from app.models import MigrationGroup, MigrationTask, Server
 from app.services import limits, recovery
 from bench import ROOT, fuzz, report
 from bench.scale import free_port
-from bench.stage import (DATABASE_URL, PREFIX, bring_up_lab, fresh_database, make_app,
-                         register, remove_leftover_servers)
+from bench.stage import (BENCH_SECRET_KEY, DATABASE_URL, PREFIX, bring_up_lab, fresh_database,
+                         make_app, register, remove_leftover_servers)
 from tests.fixtures.fleet import Workers, images, sync, where
 
 FAULTS = ("worker-kill", "web-kill", "redis-restart", "source-libvirtd-restart",
@@ -119,7 +119,7 @@ class Suite:
                             ORPHAN_AFTER=ORPHAN_AFTER)
         self.fleet = register(self.app, self.lab)
         self.env = dict(os.environ, FERRY_DATABASE_URL=FAULTS_DB, FERRY_REDIS_URL=self.redis_url,
-                        FERRY_INSTANCE_PATH=self.instance, FERRY_SECRET_KEY="faults",
+                        FERRY_INSTANCE_PATH=self.instance, FERRY_SECRET_KEY=BENCH_SECRET_KEY,
                         FERRY_SYNC_INTERVAL="0", FERRY_ORPHAN_AFTER=str(ORPHAN_AFTER))
         self.redis = Daemon("redis", ["redis-server", "--port", str(redis_port), "--bind",
                                       "127.0.0.1", "--save", "", "--appendonly", "no"],

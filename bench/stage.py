@@ -71,9 +71,13 @@ def fresh_database(url: str) -> None:
     engine.dispose()
 
 
+# The app refuses a short secret key outside tests; the bench's apps are thrown away after.
+BENCH_SECRET_KEY = "ferry-bench-throwaway-secret-key-" + "0" * 16
+
+
 def make_app(database_url: str, instance_path: str, **config):
     """A Ferry app on database_url with its schema migrated; config overrides the defaults."""
-    app = create_app({"SECRET_KEY": "bench", "SQLALCHEMY_DATABASE_URI": database_url,
+    app = create_app({"SECRET_KEY": BENCH_SECRET_KEY, "SQLALCHEMY_DATABASE_URI": database_url,
                       "REDIS_URL": REDIS_URL, "INSTANCE_PATH": instance_path,
                       "SSH_TIMEOUT": 10, **config})
     upgrade_database(app)

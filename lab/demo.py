@@ -9,6 +9,7 @@ lab-down` removes it).
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -93,6 +94,21 @@ def register(app, status):
         db.session.commit()
 
 
+def demo_secret_key(instance):
+    """The demo's session-signing key: made once in the instance folder (mode 0600), then reused.
+
+    Ferry refuses its public default key; reusing the file keeps demo sessions valid across runs.
+    """
+    path = os.path.join(instance, "demo-secret-key")
+    if not os.path.exists(path):
+        os.makedirs(instance, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    with open(path) as handle:
+        return handle.read().strip()
+
+
 def wait_for_http(url, timeout=30):
     """Wait until the app answers."""
     deadline = time.time() + timeout
@@ -149,10 +165,11 @@ def main(argv=None):
     parser.add_argument("--no-serve", action="store_true", help="set everything up, then exit")
     args = parser.parse_args(argv)
 
-    env = dict(os.environ, FERRY_INSTANCE_PATH=os.path.abspath(args.instance),
-               FERRY_REDIS_URL=args.redis_url)
+    instance = os.path.abspath(args.instance)
+    env = dict(os.environ, FERRY_INSTANCE_PATH=instance, FERRY_REDIS_URL=args.redis_url,
+               FERRY_SECRET_KEY=os.environ.get("FERRY_SECRET_KEY") or demo_secret_key(instance))
     env.pop("FERRY_LAB_NAME", None)  # the app never needs the lab; keep the two apart
-    os.environ.update({k: env[k] for k in ("FERRY_INSTANCE_PATH", "FERRY_REDIS_URL")})
+    os.environ.update({k: env[k] for k in ("FERRY_INSTANCE_PATH", "FERRY_REDIS_URL", "FERRY_SECRET_KEY")})
     sys.path.insert(0, ROOT)
 
     status = bring_up_lab(args)
