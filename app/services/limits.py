@@ -9,25 +9,99 @@ Kinds:
 - ``group``: key ``*``, FERRY_MAX_PARALLEL_GROUPS slots, held by a running group.
 - ``resource``: key = compute resource id, FERRY_TASKS_PER_RESOURCE slots, held
   by a migration task for its source and its destination together.
+- ``server``: key = server id, one slot: a server is in one running task at most.
+- ``port``: key = compute resource id, slot = the TCP port an offline copy exports
+  its disks on, so two copies from one source never share a port.
+
+A task's claims are taken in one transaction, all or nothing. On SQLite that
+needs care: pysqlite starts transactions itself and lets a released SAVEPOINT
+commit, so a failed second claim left the first one behind. A claim
+transaction therefore runs as ``BEGIN IMMEDIATE`` on a connection whose
+pysqlite transaction handling is off for that transaction (SQLAlchemy's
+pysqlite recipe, applied to claim transactions only: an immediate or even a
+deferred BEGIN on every read would hold SQLite's lock across the runners'
+long reads and block the lease renewals' writes).
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from contextlib import contextmanager
 
 from flask import current_app
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import Pool
 
+from app.errors import FerryError
 from app.extensions import db
 from app.models import Claim
 
+log = logging.getLogger("ferry.limits")
+
 GROUP = "group"
 RESOURCE = "resource"
+SERVER = "server"
+PORT = "port"
+TASK_KINDS = (RESOURCE, SERVER, PORT)  # everything a task holds, freed together
+
+EXPORT_PORT_FIRST, EXPORT_PORT_COUNT = 8081, 64
+_SQLITE_BEGIN = "ferry_sqlite_begin"  # execution option: how a claim transaction begins
 
 
-def _try_insert(kind: str, key: str, slots: int, holder: str) -> int | None:
-    """Take the first free slot of (kind, key) inside a savepoint; None when all are taken."""
-    for slot in range(slots):
+@event.listens_for(Engine, "begin")
+def _begin_sqlite_claim(conn):
+    """Begin a claim transaction on SQLite ourselves, as BEGIN IMMEDIATE."""
+    mode = conn.get_execution_options().get(_SQLITE_BEGIN)
+    if mode and conn.dialect.name == "sqlite":
+        raw = conn.connection.dbapi_connection
+        raw.isolation_level = None  # pysqlite: no implicit BEGIN, no commit on RELEASE
+        conn.connection.info[_SQLITE_BEGIN] = True
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+@event.listens_for(Engine, "commit")
+@event.listens_for(Engine, "rollback")
+def _end_sqlite_claim(conn):
+    """Give the connection back its usual pysqlite handling once the claim transaction ends.
+
+    Runs just before the COMMIT/ROLLBACK, which pysqlite still issues: it asks SQLite
+    whether a transaction is open, not its own setting.
+    """
+    if conn.connection.info.pop(_SQLITE_BEGIN, False):
+        conn.connection.dbapi_connection.isolation_level = ""
+
+
+@event.listens_for(Pool, "checkin")
+def _reset_sqlite_claim(dbapi_connection, record):
+    """A claim connection returned without commit or rollback (an error) gets its handling back."""
+    if record is not None and record.info.pop(_SQLITE_BEGIN, False):
+        dbapi_connection.isolation_level = ""
+
+
+@contextmanager
+def _claim_transaction():
+    """A transaction of db.session for claims: BEGIN IMMEDIATE on SQLite, committed at the end.
+
+    The session is committed first (as every claim function always did), so the claim
+    begins on a fresh connection; on any error the whole transaction rolls back.
+    """
+    db.session.commit()
+    db.session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+    try:
+        yield
+    except BaseException:
+        db.session.rollback()
+        raise
+    db.session.commit()
+
+
+def _try_insert(kind: str, key: str, slots, holder: str) -> int | None:
+    """Take the first free slot of (kind, key) among `slots`, each inside a savepoint; None when
+    all are taken."""
+    for slot in slots:
         try:
             with db.session.begin_nested():
                 db.session.add(Claim(kind=kind, key=key, slot=slot, holder=holder))
@@ -40,9 +114,8 @@ def _try_insert(kind: str, key: str, slots: int, holder: str) -> int | None:
 def claim_group_slot(group_id: int) -> bool:
     """Take one of the parallel-group slots for a group; False when all are in use."""
     slots = current_app.config["MAX_PARALLEL_GROUPS"]
-    taken = _try_insert(GROUP, "*", slots, f"group:{group_id}") is not None
-    db.session.commit()
-    return taken
+    with _claim_transaction():
+        return _try_insert(GROUP, "*", range(slots), f"group:{group_id}") is not None
 
 
 def release_group_slot(group_id: int) -> None:
@@ -51,16 +124,42 @@ def release_group_slot(group_id: int) -> None:
     db.session.commit()
 
 
-def claim_resources(task_id: int, resource_ids: list[int]) -> bool:
-    """Take a task slot on every given compute resource at once, or none of them."""
-    slots = current_app.config["TASKS_PER_RESOURCE"]
+class _Busy(Exception):
+    """One of the claims of an all-or-nothing set is held by someone else."""
+
+
+def claim_resources(task_id: int, resource_ids: list[int], server_id: int | None = None) -> bool:
+    """Take a task slot on every given compute resource and the server's own slot at once, or
+    none of them; False when one is busy (or the database would not take the claim now)."""
+    slots = range(current_app.config["TASKS_PER_RESOURCE"])
     holder = f"task:{task_id}"
-    for resource_id in sorted(set(resource_ids)):
-        if _try_insert(RESOURCE, str(resource_id), slots, holder) is None:
-            db.session.rollback()
-            return False
-    db.session.commit()
+    wanted = [(RESOURCE, str(r), slots) for r in sorted(set(resource_ids))]
+    if server_id is not None:
+        wanted.append((SERVER, str(server_id), range(1)))
+    try:
+        with _claim_transaction():
+            for kind, key, kind_slots in wanted:
+                if _try_insert(kind, key, kind_slots, holder) is None:
+                    raise _Busy(kind, key)
+    except _Busy:
+        return False
+    except OperationalError as exc:  # SQLite busy past its timeout, PostgreSQL gone: try later
+        log.warning("task %s could not claim its nodes now: %s", task_id, exc.orig)
+        return False
     return True
+
+
+def blockers(task_id: int, resource_ids: list[int], server_id: int | None = None) -> dict:
+    """Who holds what a task waits for: {"resource:<id>" or "server:<id>": holding task id}."""
+    keys = [(RESOURCE, str(r)) for r in resource_ids]
+    if server_id is not None:
+        keys.append((SERVER, str(server_id)))
+    found = {}
+    for claim in db.session.scalars(db.select(Claim).where(
+            Claim.kind.in_((RESOURCE, SERVER)), Claim.holder != f"task:{task_id}")):
+        if (claim.kind, claim.key) in keys and claim.holder.startswith("task:"):
+            found[f"{claim.kind}:{claim.key}"] = int(claim.holder.split(":", 1)[1])
+    return found
 
 
 def wait_for_resources(task_id: int, resource_ids: list[int], should_stop, poll: float = 1.0) -> bool:
@@ -72,9 +171,26 @@ def wait_for_resources(task_id: int, resource_ids: list[int], should_stop, poll:
     return True
 
 
+def claim_export_port(task_id: int, resource_id: int, first: int = EXPORT_PORT_FIRST,
+                      count: int = EXPORT_PORT_COUNT) -> int:
+    """The TCP port this task's offline copy exports on from `resource_id`: the lowest free one
+    of [first, first + count), the same one when asked again; freed by release_resources."""
+    holder = f"task:{task_id}"
+    mine = db.session.scalar(db.select(Claim.slot).filter_by(
+        kind=PORT, key=str(resource_id), holder=holder).order_by(Claim.slot))
+    if mine is not None:
+        return mine
+    with _claim_transaction():
+        port = _try_insert(PORT, str(resource_id), range(first, first + count), holder)
+    if port is None:
+        raise FerryError(f"no free export port on compute resource {resource_id}: ports "
+                         f"{first}-{first + count - 1} are all used by other copies")
+    return port
+
+
 def release_resources(task_id: int) -> None:
-    """Free every resource slot a task holds (idempotent)."""
-    Claim.query.filter_by(kind=RESOURCE, holder=f"task:{task_id}").delete()
+    """Free every slot a task holds: its nodes, its server, its export ports (idempotent)."""
+    Claim.query.filter(Claim.kind.in_(TASK_KINDS), Claim.holder == f"task:{task_id}").delete()
     db.session.commit()
 
 
