@@ -30,7 +30,17 @@ DEFAULTS = {
     "DOWNTIME_TARGET_MS": 300,  # the ladder raises allowed downtime up to this
     "PROGRESS_TIMEOUT": 150,  # seconds without progress before a live migration is aborted
     "COMPLETION_TIMEOUT_PER_GIB": 150,  # seconds per GiB of data before it is aborted
+    # A preflight younger than this (seconds) whose nodes have not changed since stands in
+    # for a fresh one (the dialog's Check, then Start); 0 always asks the nodes again.
+    "PREFLIGHT_REUSE_S": 10,
+    # Throughput of finished moves between two nodes younger than this (seconds) replaces the
+    # preflight's link probe; 0 always probes.
+    "THROUGHPUT_MAX_AGE": 3600,
     "ORPHAN_AFTER": 30,  # seconds without heartbeat after which a running task is reconciled  # libssh2 or libssh: both verify the pinned key
+    # Seconds a task's or group's owner may go silent before another may take it over
+    # (services.lease); 0: ORPHAN_AFTER, so that one setting says how soon recovery steps in.
+    "LEASE_TTL": 0,
+    "NODE_WAIT_TIMEOUT": 3600,  # seconds a task waits for a busy node before it fails, unmoved
     # None: the session cookie is Secure when the request came over HTTPS (as ProxyFix sees it);
     # True for a proxy that terminates TLS but sends no X-Forwarded-Proto.
     "SESSION_COOKIE_SECURE": None,
@@ -110,6 +120,10 @@ ENVIRONMENT = {
     "FERRY_PROGRESS_TIMEOUT": ("PROGRESS_TIMEOUT", _to_int),
     "FERRY_COMPLETION_TIMEOUT_PER_GIB": ("COMPLETION_TIMEOUT_PER_GIB", _to_int),
     "FERRY_ORPHAN_AFTER": ("ORPHAN_AFTER", _to_int),
+    "FERRY_PREFLIGHT_REUSE_S": ("PREFLIGHT_REUSE_S", _to_int),
+    "FERRY_THROUGHPUT_MAX_AGE": ("THROUGHPUT_MAX_AGE", _to_int),
+    "FERRY_LEASE_TTL": ("LEASE_TTL", _to_int),
+    "FERRY_NODE_WAIT_TIMEOUT": ("NODE_WAIT_TIMEOUT", _to_int),
     "FERRY_SESSION_COOKIE_SECURE": ("SESSION_COOKIE_SECURE", _to_bool),
     "FERRY_TRUSTED_PROXIES": ("TRUSTED_PROXIES", _to_int),
     "FERRY_MAX_CONTENT_LENGTH": ("MAX_CONTENT_LENGTH", _to_int),
