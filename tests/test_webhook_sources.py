@@ -1,5 +1,6 @@
 """Monitoring payloads → NormalizedAlert, auth helpers, host matching (pure; no app, no I/O but fixture files)."""
 
+import doctest
 import hashlib
 import hmac
 import json
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.webhooks import sources
 from app.webhooks.sources import (
     SOURCES,
     BadPayload,
@@ -18,6 +20,7 @@ from app.webhooks.sources import (
     normalize_host,
     parse_body,
     parse_payload,
+    stale_timestamp,
     verify_bearer,
     verify_signature,
 )
@@ -458,3 +461,20 @@ def test_it_verifies_grafanas_timestamped_signature():
     assert verify_signature("topsecret", raw, digest, timestamp="1714643463")
     assert not verify_signature("topsecret", raw, digest)
     assert not verify_signature("topsecret", raw, digest, timestamp="1714643464")
+
+
+def test_the_timestamp_window_holds_its_worked_examples():
+    result = doctest.testmod(sources)
+    assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("stamp", ["", " ", "-5", "+5", "1.5", "١٧١٤٦٤٣٤٦٣", "9" * 13, "0x10"])
+def test_it_takes_only_plain_unix_seconds_for_a_signed_timestamp(stamp):
+    assert stale_timestamp(stamp, 1714643463, 300) == \
+        "the signed timestamp is not a Unix time in seconds"
+
+
+def test_it_accepts_a_timestamp_at_the_edge_of_the_window():
+    assert stale_timestamp("1000", 1300, 300) is None
+    assert stale_timestamp("1300", 1000, 300) is None
+    assert stale_timestamp("999", 1300, 300) is not None

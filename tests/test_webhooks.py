@@ -11,14 +11,17 @@ import hmac
 import json
 import re
 import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from app import status
 from app.extensions import db
-from app.models import Claim, ComputeResource, Evacuation, Job, WebhookEvent, WebhookSource
-from tests.fixtures.rack import ADDRESSES, rack  # noqa: F401 - a fixture
+from app.models import (Claim, ComputeResource, Evacuation, IpBlock, Job, WebhookEvent,
+                        WebhookSource)
+from tests.fixtures.rack import ADDRESSES, add_server, rack  # noqa: F401 - a fixture
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
 
@@ -323,16 +326,58 @@ def test_it_requires_the_hmac_signature_when_the_source_has_a_secret(
     assert signed.status_code == 202
 
 
+def _grafana_headers(secret, body, timestamp):
+    return {"X-Grafana-Alerting-Signature": _sign(secret, body, str(timestamp)),
+            "X-Grafana-Alerting-Signature-Timestamp": str(timestamp)}
+
+
 def test_it_checks_grafanas_own_signature_header_with_its_timestamp(
         app, client, rack, add_source):
     token, secret = add_source("graf", "grafana", "plan", "--hmac")
     body = payload("grafana_firing.json")
-    headers = {"X-Grafana-Alerting-Signature": _sign(secret, body, "1714636263"),
-               "X-Grafana-Alerting-Signature-Timestamp": "1714636263"}
+    now = int(time.time())
+    headers = _grafana_headers(secret, body, now)
 
     assert post(client, "graf", body, token, **headers).status_code == 202
-    headers["X-Grafana-Alerting-Signature-Timestamp"] = "1714636264"  # replayed later
+    headers["X-Grafana-Alerting-Signature-Timestamp"] = str(now + 1)  # not what was signed
     assert post(client, "graf", body, token, **headers).status_code == 403
+
+
+@pytest.mark.parametrize("offset,words", [(-400, "s old"), (3600, "s in the future")])
+def test_it_refuses_a_signed_timestamp_outside_the_sources_window(
+        app, client, rack, add_source, offset, words):
+    token, secret = add_source("graf", "grafana", "plan", "--hmac")
+    body = payload("grafana_firing.json")
+
+    # Correctly signed, but with a timestamp from another time: a replayed capture.
+    answer = post(client, "graf", body, token,
+                  **_grafana_headers(secret, body, int(time.time()) + offset))
+
+    assert answer.status_code == 403
+    message = answer.get_json()["error"]["message"]
+    assert words in message and "at most 300 s" in message
+    assert count(app, WebhookEvent) == 0 and count(app, Evacuation) == 0
+
+
+def test_it_takes_the_window_the_source_was_given_and_0_turns_the_check_off(
+        app, client, runner, rack, add_source):
+    token, secret = add_source("graf", "grafana", "plan", "--hmac", "--max-signature-age", "30")
+    body = payload("grafana_firing.json")
+    a_minute_ago = _grafana_headers(secret, body, int(time.time()) - 60)
+
+    assert post(client, "graf", body, token, **a_minute_ago).status_code == 403
+    assert runner.invoke(args=["hooks", "set", "graf", "--max-signature-age", "0"]).exit_code == 0
+    assert post(client, "graf", body, token, **a_minute_ago).status_code == 202
+
+
+def test_it_refuses_a_signed_timestamp_that_is_not_unix_seconds(app, client, rack, add_source):
+    token, secret = add_source("graf", "grafana", "plan", "--hmac")
+    body = payload("grafana_firing.json")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    answer = post(client, "graf", body, token, **_grafana_headers(secret, body, stamp))
+
+    assert answer.status_code == 403 and "not a Unix time" in answer.get_json()["error"]["message"]
 
 
 def test_it_refuses_a_disabled_source_until_it_is_enabled_again(
@@ -348,15 +393,129 @@ def test_it_refuses_a_disabled_source_until_it_is_enabled_again(
     assert post(client, "am", payload("alertmanager_firing.json"), token).status_code == 202
 
 
-def test_it_answers_an_unknown_source_with_a_json_404(client, rack):
-    answer = post(client, "nobody", "{}", "fwh_x")
-    assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "not_found"
+def test_it_answers_an_unknown_source_exactly_like_a_wrong_token(client, rack, add_source):
+    # Otherwise a 404 tells whoever probes which source names exist.
+    add_source("am", "alertmanager")
+    body = payload("alertmanager_firing.json")
+
+    for token in ("fwh_x", None):
+        known, unknown = post(client, "am", body, token), post(client, "nobody", body, token)
+        assert unknown.status_code == known.status_code == (403 if token else 401)
+        assert unknown.get_data() == known.get_data()
+        assert "nobody" not in unknown.get_data(as_text=True)
 
 
 def test_it_allows_only_post(client, rack, add_source):
     add_source("am", "alertmanager")
     answer = client.get("/hooks/am")
     assert answer.status_code == 405 and answer.get_json()["error"]["code"] == "method_not_allowed"
+
+
+# --- guardrails: allowlist, hourly start cap ----------------------------------------
+
+
+def generic(host, alert="NodeDown"):
+    return json.dumps({"host": host, "status": "firing", "alert": alert})
+
+
+def put_servers_on(app, node_id, *names):
+    """Give a rack node servers of its own (numbers after the rack's), so its plan moves some."""
+    with app.app_context():
+        node = db.session.get(ComputeResource, node_id)
+        block = db.session.scalar(db.select(IpBlock))
+        for i, name in enumerate(names):
+            add_server(node, block, 10 + node_id * 10 + i, name, 256, status.SERVER_RUNNING)
+        db.session.commit()
+
+
+def test_it_refuses_a_host_outside_the_sources_allowlist_and_plans_nothing(
+        app, client, rack, add_source):
+    nodes, _ = rack
+    token, _ = add_source("gen", "generic", "evacuate", "--allow", "node2")
+
+    answer = post(client, "gen", generic("node1"), token)
+
+    assert answer.status_code == 200
+    [alert] = answer.get_json()["alerts"]
+    assert alert["action"] == status.WEBHOOK_REFUSED
+    assert alert["compute_resource"] == nodes["node1"]
+    assert "node1 is outside what source gen may act on (node2)" in alert["reason"]
+    assert count(app, Evacuation) == 0 and count(app, Job) == 0
+    assert events(app) == [(status.WEBHOOK_REFUSED, None)]
+
+
+def test_it_acts_on_a_resource_named_in_the_allowlist_or_carrying_an_allowed_tag(
+        app, client, rack, add_source):
+    nodes, _ = rack
+    with app.app_context():
+        db.session.get(ComputeResource, nodes["node3"]).storage_tags = ["ssd", "rack-b"]
+        db.session.commit()
+    token, _ = add_source("gen", "generic", "plan", "--allow", "node1", "--allow-tag", "rack-b")
+
+    actions = [post(client, "gen", generic(node), token).get_json()["alerts"][0]["action"]
+               for node in ("node1", "node2", "node3")]
+
+    assert actions == [status.WEBHOOK_PLANNED, status.WEBHOOK_REFUSED, status.WEBHOOK_PLANNED]
+
+
+def test_it_starts_no_more_evacuations_per_hour_than_the_cap_and_plans_the_rest(
+        app, client, rack, add_source, redis_conn):
+    nodes, _ = rack
+    put_servers_on(app, nodes["node2"], "mail")
+    token, _ = add_source("gen", "generic", "evacuate", "--max-starts-per-hour", "1")
+
+    first = post(client, "gen", generic("node1"), token).get_json()["alerts"][0]
+    second = post(client, "gen", generic("node2"), token).get_json()["alerts"][0]
+
+    assert first["action"] == status.WEBHOOK_EVACUATING
+    assert second["action"] == status.WEBHOOK_PLANNED
+    assert ("did not start it: source gen may start 1 evacuation(s) per hour and has started 1 "
+            "in the last hour. Waiting for approval.") in second["reason"]
+    with app.app_context():
+        assert [j.args["evacuation_id"] for j in db.session.scalars(db.select(Job))] == \
+            [first["evacuation"]]
+        assert db.session.get(Evacuation, second["evacuation"]).status == \
+            status.EVACUATION_PLANNED
+        # An hour later the start no longer counts.
+        for claim in db.session.scalars(db.select(Claim).filter_by(kind="webhook-start")):
+            claim.at -= timedelta(minutes=61)
+        db.session.commit()
+
+    later = post(client, "gen", generic("node2", "DiskFailing"), token).get_json()["alerts"][0]
+    assert later["action"] == status.WEBHOOK_EVACUATING
+    assert count(app, Job) == 2
+
+
+def test_it_plans_everything_with_a_cap_of_0(app, client, rack, add_source, redis_conn):
+    token, _ = add_source("gen", "generic", "evacuate", "--max-starts-per-hour", "0")
+
+    answer = post(client, "gen", generic("node1"), token).get_json()["alerts"][0]
+
+    assert answer["action"] == status.WEBHOOK_PLANNED and "may start 0" in answer["reason"]
+    assert count(app, Job) == 0
+
+
+def test_it_keeps_the_cap_when_alerts_about_two_hosts_arrive_at_the_same_instant(
+        app, rack, add_source, redis_conn):
+    nodes, _ = rack
+    put_servers_on(app, nodes["node2"], "mail")
+    token, _ = add_source("gen", "generic", "evacuate", "--max-starts-per-hour", "1")
+    barrier = threading.Barrier(2)
+    actions = []
+
+    def deliver(host):
+        client = app.test_client()
+        barrier.wait()
+        actions.append(post(client, "gen", generic(host), token).get_json()["alerts"][0]["action"])
+
+    threads = [threading.Thread(target=deliver, args=(host,)) for host in ("node1", "node2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert sorted(actions) == [status.WEBHOOK_EVACUATING, status.WEBHOOK_PLANNED]
+    assert count(app, Job) == 1 and count(app, Claim, kind="webhook-start") == 1
 
 
 # --- bad bodies -----------------------------------------------------------------------
@@ -421,8 +580,48 @@ def test_it_adds_lists_and_removes_sources_from_the_cli(app, runner, rack, add_s
     assert "am\talertmanager\tevacuate\tlabels=node\thmac=yes\tenabled" in listed.output
     assert token not in listed.output
 
+    assert "allow=any\tstarts/h=any\tmax-age=300s" in listed.output
+
     duplicate = runner.invoke(args=["hooks", "add", "am", "--kind", "generic"])
     assert duplicate.exit_code != 0 and "already exists" in duplicate.output
     assert runner.invoke(args=["hooks", "remove", "am"]).exit_code == 0
     assert count(app, WebhookSource) == 0
     assert runner.invoke(args=["hooks", "remove", "am"]).exit_code != 0
+
+
+def test_it_sets_and_lists_the_guardrails_from_the_cli(app, runner, rack, add_source):
+    add_source("am", "alertmanager", "evacuate", "--allow", "node1", "--allow-tag", "ssd",
+               "--max-starts-per-hour", "2", "--max-signature-age", "60")
+    listed = runner.invoke(args=["hooks", "list"]).output
+    assert "allow=node1,tag:ssd\tstarts/h=2\tmax-age=60s" in listed
+
+    changed = runner.invoke(args=["hooks", "set", "am", "--allow", "node2", "--allow", "node3",
+                                  "--no-cap", "--max-signature-age", "0"])
+    assert changed.exit_code == 0, changed.output
+    listed = runner.invoke(args=["hooks", "list"]).output
+    assert "allow=node2,node3,tag:ssd\tstarts/h=any\tmax-age=off" in listed
+
+    assert runner.invoke(args=["hooks", "set", "am", "--allow-any"]).exit_code == 0
+    with app.app_context():
+        source = db.session.scalar(db.select(WebhookSource))
+        assert source.allowlist == [] and source.max_starts_per_hour is None
+
+
+@pytest.mark.parametrize("args,words", [
+    (["hooks", "set", "am", "--allow", "node9"], "no compute resource named node9"),
+    (["hooks", "set", "am", "--allow-any", "--allow", "node1"], "--allow-any drops"),
+    (["hooks", "set", "am", "--no-cap", "--max-starts-per-hour", "3"], "--no-cap drops"),
+    (["hooks", "set", "am"], "nothing to change"),
+    (["hooks", "set", "am", "--max-starts-per-hour", "-1"], "-1"),
+    (["hooks", "set", "nobody", "--no-cap"], "no webhook source named 'nobody'"),
+    (["hooks", "add", "new", "--kind", "generic", "--allow", "node9"], "no compute resource"),
+])
+def test_it_refuses_bad_guardrails_and_changes_nothing(app, runner, rack, add_source, args, words):
+    add_source("am", "alertmanager", "evacuate", "--max-starts-per-hour", "2")
+
+    result = runner.invoke(args=args)
+
+    assert result.exit_code != 0 and words in result.output
+    with app.app_context():
+        [source] = db.session.scalars(db.select(WebhookSource)).all()
+        assert source.allowlist == [] and source.max_starts_per_hour == 2

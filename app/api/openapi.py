@@ -97,7 +97,8 @@ SCHEMAS = {
     "WebhookSource": obj({
         "id": I, "name": S, "kind": enum(status.WEBHOOK_KINDS),
         "policy": enum(status.WEBHOOK_POLICIES), "host_labels": arr(S), "hmac": B,
-        "enabled": B, "created_at": TIME}),
+        "enabled": B, "created_at": TIME, "allowlist": arr(S), "max_starts_per_hour": n(I),
+        "signature_max_age_s": I}),
     "MigrationRequest": obj({
         "server_ids": {**arr(ID), "minItems": 1, "uniqueItems": True}, "destination_id": ID,
         "live": B,

@@ -82,7 +82,10 @@ def webhook_source(s):
     """A webhook source, never its token or secret."""
     return {"id": s.id, "name": s.name, "kind": s.kind, "policy": s.policy,
             "host_labels": list(s.host_labels or []), "hmac": bool(s.hmac_secret),
-            "enabled": bool(s.enabled), "created_at": iso(s.created_at)}
+            "enabled": bool(s.enabled), "created_at": iso(s.created_at),
+            # Empty: any compute resource; "tag:<t>" entries match a storage tag.
+            "allowlist": s.allowlist, "max_starts_per_hour": s.max_starts_per_hour,
+            "signature_max_age_s": s.signature_max_age_s}
 
 
 def job(j):

@@ -4,18 +4,21 @@ Rules, in order, for every alert:
 
 - resolved: recorded, nothing started (Ferry never moves servers back by itself);
 - no compute resource matches its host: recorded as unknown-host, with why;
+- the host is outside the source's allowlist: recorded as refused, with why;
 - the same alert again (same dedup key, as Alertmanager HA peers and repeat
   notifications send it): recorded as duplicate, nothing started;
 - the host is already being evacuated (or another alert about it is being
   handled this very moment): recorded as ignored;
 - otherwise a plan is made; with the source's "evacuate" policy its approval is
   queued as a job, so the monitoring tool gets its answer at once while the
-  preflight runs in the worker.
+  preflight runs in the worker, unless the source has started as many evacuations
+  in the last hour as its cap allows: then the plan waits for a person.
 
 Both "only once" rules hold across processes because they are rows, not memory:
 a claim (see services.limits) per dedup key, kept, and a claim per compute
 resource held while one delivery decides about it. Two Alertmanagers posting the
-same group at the same instant race for one INSERT; exactly one wins.
+same group at the same instant race for one INSERT; exactly one wins. The hourly
+cap is numbered claims too, one per start, dropped when an hour old.
 """
 import logging
 from dataclasses import asdict
@@ -36,13 +39,16 @@ DEDUP = "webhook"  # claim kind: one row per dedup key Ferry acted on, never rel
 HOST_LOCK = "webhook-host"  # claim kind: held while a delivery decides about one resource
 # A host lock older than this was left by a process that died mid-request.
 HOST_LOCK_STALE = timedelta(minutes=5)
+START = "webhook-start"  # claim kind: one numbered slot per evacuation a source started
+START_WINDOW = timedelta(hours=1)
 ACTED = (status.WEBHOOK_PLANNED, status.WEBHOOK_EVACUATING, status.WEBHOOK_IGNORED)
 
 
 def handle(source, alerts):
     """Decide and record what to do about each alert; returns the stored WebhookEvents."""
-    resources = db.session.execute(
-        db.select(ComputeResource.id, ComputeResource.name, ComputeResource.host)).all()
+    resources = db.session.execute(db.select(ComputeResource.id, ComputeResource.name,
+                                             ComputeResource.host,
+                                             ComputeResource.storage_tags)).all()
     return [_handle_one(source, alert, resources) for alert in alerts]
 
 
@@ -58,6 +64,8 @@ def _handle_one(source, alert, resources):
                        "A resolved alert starts nothing; servers are moved back only on request.")
     if match is None:
         return _record(event, status.WEBHOOK_UNKNOWN_HOST, _unknown_reason(source, alert))
+    if not source.may_act_on(match[1], match[3]):
+        return _record(event, status.WEBHOOK_REFUSED, _refused_reason(source, match[1]))
     if not _claim(DEDUP, alert.dedup_key, f"source:{source.id}"):
         return _record(event, status.WEBHOOK_DUPLICATE, _duplicate_reason(alert))
     resource_id, name = match[0], match[1]
@@ -106,8 +114,20 @@ def _act(source, event, resource):
         return _record(event, status.WEBHOOK_PLANNED,
                        f"Planned evacuation {evac.id} of {resource.name}, but it moves no server "
                        f"({summary}), so nothing was started.")
-    job = jobs.enqueue("approve_evacuation", {"evacuation_id": evac.id},
-                       module="app.webhooks.jobs")
+    over_cap = _take_start_slot(source, evac)
+    if over_cap:
+        return _record(event, status.WEBHOOK_PLANNED,
+                       f"Planned evacuation {evac.id} of {resource.name} ({summary}) but did not "
+                       f"start it: {over_cap}. Waiting for approval.")
+    try:
+        job = jobs.enqueue("approve_evacuation", {"evacuation_id": evac.id},
+                           module="app.webhooks.jobs")
+    except Exception:
+        # Nothing started: the slot is given back so the cap counts only real starts.
+        db.session.rollback()
+        db.session.execute(db.delete(Claim).filter_by(kind=START, holder=f"evacuation:{evac.id}"))
+        db.session.commit()
+        raise
     return _record(event, status.WEBHOOK_EVACUATING,
                    f"Evacuating {resource.name}: evacuation {evac.id} ({summary}) approved by the "
                    f"{source.name} policy; job {job.id} runs its preflight and starts it.")
@@ -135,6 +155,33 @@ def _unknown_reason(source, alert):
     return f"No compute resource is named {alert.host!r} or has that address."
 
 
+def _refused_reason(source, name):
+    return (f"{name} is outside what source {source.name} may act on "
+            f"({', '.join(source.allowlist)}): nothing planned.")
+
+
+def _take_start_slot(source, evac):
+    """Take one of the source's start slots for this hour; None when taken, else why not."""
+    cap = source.max_starts_per_hour
+    if cap is None:
+        return None
+    key = str(source.id)
+    db.session.execute(db.delete(Claim).filter_by(kind=START, key=key)
+                       .where(Claim.at < utcnow() - START_WINDOW))
+    db.session.commit()
+    # Counted first: slots above a cap that was lowered since are still starts.
+    if _starts(key) < cap and any(_claim(START, key, f"evacuation:{evac.id}", slot)
+                                  for slot in range(cap)):
+        return None
+    return (f"source {source.name} may start {cap} evacuation(s) per hour and has started "
+            f"{_starts(key)} in the last hour")
+
+
+def _starts(key):
+    return db.session.scalar(db.select(db.func.count()).select_from(Claim)
+                             .filter_by(kind=START, key=key))
+
+
 def _duplicate_reason(alert):
     first = db.session.scalar(db.select(WebhookEvent).filter_by(dedup_key=alert.dedup_key)
                               .where(WebhookEvent.action.in_(ACTED)).order_by(WebhookEvent.id))
@@ -142,11 +189,11 @@ def _duplicate_reason(alert):
     return f"The same alert was already received{where}: nothing started."
 
 
-def _claim(kind, key, holder):
-    """INSERT the one row of (kind, key); False when another delivery holds it already."""
+def _claim(kind, key, holder, slot=0):
+    """INSERT the row of (kind, key, slot); False when another delivery holds it already."""
     try:
         with db.session.begin_nested():
-            db.session.add(Claim(kind=kind, key=key, slot=0, holder=holder))
+            db.session.add(Claim(kind=kind, key=key, slot=slot, holder=holder))
     except IntegrityError:
         db.session.rollback()
         return False

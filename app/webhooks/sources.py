@@ -385,6 +385,36 @@ def verify_signature(secret, raw_body, header_value, timestamp=None):
     return hmac.compare_digest(given.lower().encode("utf-8", "surrogatepass"), expected.encode())
 
 
+def stale_timestamp(timestamp, now, max_age):
+    """Why a signed Unix timestamp (seconds, as Grafana sends it) is refused; None if it is fresh.
+
+    A captured delivery replayed later carries its old timestamp, and the signature
+    covers it, so it cannot be renewed without the secret. A clock a little ahead is
+    as wrong as one behind: both are bounded by `max_age`; 0 checks nothing.
+
+    >>> stale_timestamp("1000", 1200, 300) is None
+    True
+    >>> stale_timestamp("1000", 1301, 300)
+    'the signed timestamp is 301 s old; this source accepts at most 300 s'
+    >>> stale_timestamp("2000", 1000, 300)
+    'the signed timestamp is 1000 s in the future; this source accepts at most 300 s'
+    >>> stale_timestamp("1e9", 1000, 300)
+    'the signed timestamp is not a Unix time in seconds'
+    >>> stale_timestamp("5", 10**9, 0) is None
+    True
+    """
+    if not max_age:
+        return None
+    text = str(timestamp).strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):
+        return "the signed timestamp is not a Unix time in seconds"
+    age = int(now) - int(text)
+    if abs(age) <= max_age:
+        return None
+    when = f"{age} s old" if age > 0 else f"{-age} s in the future"
+    return f"the signed timestamp is {when}; this source accepts at most {max_age} s"
+
+
 # --- helpers ----------------------------------------------------------------
 
 

@@ -2,11 +2,13 @@
 
 Answers: 202 when an evacuation was planned or started (its id and URL), 200 when
 nothing was (each alert says why), 401 without a bearer token, 403 for a wrong token
-or signature, 400 for a body the source would never send, 413 for a huge one. Bad
+(or a name that is no source: the same answer), a wrong signature or a stale signed
+timestamp, 400 for a body the source would never send, 413 for a huge one. Bad
 input never becomes a 5xx: Alertmanager retries those, and a body that was bad once
 is bad every time.
 """
 import hashlib
+import time
 
 from flask import Blueprint, jsonify, request, url_for
 
@@ -15,7 +17,8 @@ from app.api.errors import ApiError, error_response, register
 from app.extensions import db
 from app.models import WebhookEvent, WebhookSource
 from app.webhooks import receive
-from app.webhooks.sources import MAX_BODY_BYTES, BadPayload, parse_body, verify_bearer, verify_signature
+from app.webhooks.sources import (MAX_BODY_BYTES, BadPayload, parse_body, stale_timestamp,
+                                  verify_bearer, verify_signature)
 
 bp = Blueprint("hooks", __name__, url_prefix="/hooks")
 register(bp, ("/hooks/",))
@@ -25,6 +28,8 @@ register(bp, ("/hooks/",))
 SIGNATURE_HEADERS = ("X-Ferry-Signature", "X-Grafana-Alerting-Signature")
 TIMESTAMP_HEADER = "X-Grafana-Alerting-Signature-Timestamp"
 STARTED = (status.WEBHOOK_PLANNED, status.WEBHOOK_EVACUATING)
+# Compared against when the name is unknown: the SHA-256 of no token anyone holds.
+UNKNOWN_SOURCE_HASH = hashlib.sha256(b"no such webhook source").hexdigest()
 
 
 @bp.errorhandler(413)
@@ -36,23 +41,22 @@ def too_large(error):
 @bp.route("/<name>", methods=["POST"])
 def receive_alerts(name):
     """Authenticate the delivery, parse it as its source's kind, act on every alert."""
-    # PostgreSQL cannot even compare a string holding NUL: no source has such a name.
-    source = None if "\x00" in name else db.session.scalar(
-        db.select(WebhookSource).filter_by(name=name))
-    if source is None:
-        raise ApiError(404, f"no webhook source named {name!r}")
     header = request.headers.get("Authorization", "")
     if not header.lower().startswith("bearer "):
         raise ApiError(401, "send the source's token as Authorization: Bearer <token>")
-    if not _bearer_ok(header, source.token_hash):
+    # PostgreSQL cannot even compare a string holding NUL: no source has such a name.
+    source = None if "\x00" in name else db.session.scalar(
+        db.select(WebhookSource).filter_by(name=name))
+    # An unknown name answers exactly like a wrong token, after the same work, so that
+    # source names cannot be found by trying them.
+    if not _bearer_ok(header, source.token_hash if source is not None else UNKNOWN_SOURCE_HASH):
         raise ApiError(403, "the token is not this source's")
     if not source.enabled:
         raise ApiError(403, f"webhook source {name!r} is disabled")
     request.max_content_length = MAX_BODY_BYTES
     raw = request.get_data(cache=True)
-    if source.hmac_secret and not _signature_ok(source.hmac_secret, raw):
-        raise ApiError(403, "the signature does not match the body "
-                            f"(expected {SIGNATURE_HEADERS[0]}: sha256=<hex HMAC-SHA256>)")
+    if source.hmac_secret:
+        _check_signature(source, raw)
     try:
         alerts = parse_body(source.kind, raw, source.host_labels or ("instance", "host"))
     except BadPayload as exc:
@@ -88,9 +92,18 @@ def _bearer_ok(header, token_hash):
     return verify_bearer(f"{scheme} {digest}", token_hash)
 
 
-def _signature_ok(secret, raw):
+def _check_signature(source, raw):
+    """403 unless the body is signed with the source's secret, and a signed timestamp is fresh."""
     given = next((request.headers[h] for h in SIGNATURE_HEADERS if h in request.headers), None)
-    return verify_signature(secret, raw, given, request.headers.get(TIMESTAMP_HEADER))
+    timestamp = request.headers.get(TIMESTAMP_HEADER)
+    if not verify_signature(source.hmac_secret, raw, given, timestamp):
+        raise ApiError(403, "the signature does not match the body "
+                            f"(expected {SIGNATURE_HEADERS[0]}: sha256=<hex HMAC-SHA256>)")
+    # Judged only once the signature holds: an unsigned timestamp proves nothing.
+    stale = timestamp is not None and stale_timestamp(timestamp, time.time(),
+                                                      source.signature_max_age_s)
+    if stale:
+        raise ApiError(403, f"{stale} (a replayed delivery?); check the sender's clock")
 
 
 def _outcome(event):
