@@ -4,6 +4,8 @@ On SQLite and PostgreSQL. One test lets a real forked RQ worker record a failed
 sync and reads it from the web app's /metrics: the numbers live in the
 database, so every process tells the same story.
 """
+import logging
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -154,10 +156,24 @@ def test_it_is_unhealthy_with_503_and_says_what_failed(tmp_path, redis_conn):
     answer = broken.test_client().get("/healthz")
 
     assert answer.status_code == 503
-    body = answer.get_json()
-    assert body["status"] == "failing"
-    assert body["database"]["ok"] is False and "OperationalError" in body["database"]["error"]
-    assert body["redis"]["ok"] is False and "ConnectionError" in body["redis"]["error"]
+    assert answer.get_json() == {"status": "failing", "failing": ["database", "redis"],
+                                 "database": {"ok": False}, "redis": {"ok": False}}
+
+
+def test_it_names_a_failing_redis_without_its_exception_and_logs_the_exception(
+        tmp_path, caplog):
+    # Port 1 on loopback refuses at once; the URL carries a password: nothing of it may leak.
+    broken = _app_with(tmp_path, REDIS_URL="redis://:hunter2@127.0.0.1:1/0")
+
+    with caplog.at_level(logging.WARNING, logger="ferry.observability"):
+        answer = broken.test_client().get("/healthz")
+
+    text = answer.get_data(as_text=True)
+    assert answer.status_code == 503 and "redis" in answer.get_json()["failing"]
+    assert answer.get_json()["database"] == {"ok": True}
+    for leak in ("Error", "refused", "127.0.0.1", "hunter2", "111", "Traceback"):
+        assert leak not in text
+    assert "redis is failing: ConnectionError" in caplog.text
 
 
 def test_it_answers_a_scrape_with_503_when_the_database_is_down(tmp_path):
