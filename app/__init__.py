@@ -22,6 +22,8 @@ def create_app(test_config=None):
     )
     os.makedirs(app.instance_path, exist_ok=True)
     config.load(app, test_config)
+    from app import security
+    security.register(app)  # ProxyFix, session cookie, security headers on every response
 
     from app.extensions import csrf, db, login_manager, migrate
     db.init_app(app)

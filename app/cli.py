@@ -9,7 +9,7 @@ from app import status
 from app.errors import FerryError
 from app.extensions import db
 from app.models import ComputeResource, IpBlock, User
-from app.services import audit, inventory, resources
+from app.services import audit, credentials, inventory, resources
 
 resources_cli = AppGroup("resources", help="Compute resources (hypervisor hosts).")
 ipblocks_cli = AppGroup("ip-blocks", help="IP blocks and the compute resources that have them.")
@@ -162,14 +162,39 @@ def _save_user(username, password, role):
     click.echo(f"User {username} ({role})" + (f" password: {password}" if generated else ""))
 
 
+@users_cli.command("disable")
+@click.argument("username")
+def users_disable(username):
+    """Disable a user: no sign-in, and their sessions and API tokens stop working at once."""
+    _set_disabled(username, True)
+
+
+@users_cli.command("enable")
+@click.argument("username")
+def users_enable(username):
+    """Let a disabled user sign in again (old sessions stay ended; tokens work again)."""
+    _set_disabled(username, False)
+
+
+def _set_disabled(username, disabled):
+    """Disable or enable a user by name and say what happened."""
+    try:
+        user = credentials.set_disabled(credentials.get_user(username), disabled)
+    except FerryError as exc:
+        _fail(exc)
+    click.echo(f"User {user.username} {'disabled' if disabled else 'enabled'}.")
+
+
 def register(app):
     """Attach the command groups to the app's CLI."""
     app.cli.add_command(resources_cli)
     app.cli.add_command(ipblocks_cli)
     app.cli.add_command(users_cli)
-    from app.api.cli import token_command
+    from app.api.cli import revoke_token_command, token_command, tokens_command
     from app.webhooks.cli import hooks_cli
     users_cli.add_command(token_command)
+    users_cli.add_command(tokens_command)
+    users_cli.add_command(revoke_token_command)
     app.cli.add_command(hooks_cli)
     app.cli.add_command(sync_command)
     from app.cli_migrate import migrate_command

@@ -186,10 +186,28 @@ class User(UserMixin, db.Model):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(20), default=status.ROLE_VIEWER)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Part of the id kept in the session cookie: raising it ends every session signed in before.
+    session_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
+
+    @property
+    def is_active(self):
+        """A disabled user cannot sign in, and their sessions and tokens stop working."""
+        return self.disabled_at is None
+
+    def get_id(self):
+        """The session's user id, "<id>:<epoch>", so that a new epoch ends the older sessions."""
+        return f"{self.id}:{self.session_epoch or 0}"
+
+    def end_sessions(self):
+        """Make every session signed in so far invalid at its next request."""
+        self.session_epoch = (self.session_epoch or 0) + 1
 
     def set_password(self, password):
-        """Store a salted hash of `password`."""
+        """Store a salted hash of `password`; sessions signed in with the old one end."""
         self.password_hash = generate_password_hash(password)
+        if self.id is not None:
+            self.end_sessions()
 
     def check_password(self, password):
         """Tell whether `password` is this user's."""
@@ -211,6 +229,8 @@ class ApiToken(db.Model):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: until revoked
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     user: Mapped[User] = relationship()
 
@@ -220,11 +240,24 @@ class ApiToken(db.Model):
         return hashlib.sha256(token.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, user, name):
+    def issue(cls, user, name, expires_at=None):
         """Create a token for `user`; returns (row, plaintext) and the plaintext is never stored."""
         plaintext = "fry_" + secrets.token_urlsafe(32)
-        row = cls(user=user, name=name, token_hash=cls.hash(plaintext), prefix=plaintext[:10])
+        row = cls(user=user, name=name, token_hash=cls.hash(plaintext), prefix=plaintext[:10],
+                  expires_at=expires_at)
         return row, plaintext
+
+    def state(self, now=None):
+        """"active", "expired" or "revoked"."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= (now or utcnow()):
+            return "expired"
+        return "active"
+
+    def accepts(self, now=None):
+        """Whether a request signed with this token is let in (its user must be active too)."""
+        return self.state(now) == "active" and self.user.is_active
 
 
 class AuditEntry(db.Model):
