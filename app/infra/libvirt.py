@@ -44,6 +44,7 @@ class DiskInfo:
     storage_type: str
     virtual_size: int
     allocation: int
+    disk_type: str = "file"  # libvirt's <disk type=...>: file, block, network, ...
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ def storage_type(disk_type, fmt):
     ('file-qcow2', 'lvm')
     """
     if disk_type == "block":
-        return status.STORAGE_LVM  # thin or thick is told apart by lvs, not by libvirt
+        # Thin or thick is told apart by lvs (commands.lvm.with_volume), not by libvirt.
+        return status.STORAGE_LVM
     return status.STORAGE_FILE_QCOW2 if fmt == status.FORMAT_QCOW2 else status.STORAGE_FILE_RAW
 
 
@@ -217,4 +219,4 @@ class Host:
             except libvirt.libvirtError:
                 pass  # a disk whose file is gone: still listed, with unknown size
         return DiskInfo(target, path, fmt, storage_type(element.get("type"), fmt),
-                        int(capacity), int(allocation))
+                        int(capacity), int(allocation), element.get("type") or "file")

@@ -5,12 +5,13 @@ is no longer on its node is marked missing (never deleted: its history
 matters); a node that cannot be reached becomes unreachable with the reason.
 """
 import logging
+from dataclasses import replace
 
 from app import status
 from app.errors import FerryError
 from app.extensions import db
 from app.infra import ssh
-from app.infra.commands import node
+from app.infra.commands import lvm, node
 from app.models import ComputeResource, Disk, MigrationTask, Server, utcnow
 from app.services import jobs, resources
 
@@ -38,6 +39,23 @@ def gather_facts(resource, conn, host):
                        "free_bytes": node.parse_df(out(node.free_space(resource.backup_dir)))},
         "gathered_at": utcnow().isoformat(),
     }
+
+
+def read_volumes(conn):
+    """{device path: LogicalVolume} of the node, from `lvs`; empty where LVM is absent.
+
+    Raises lvm.UnexpectedOutput when lvs prints something other than its report.
+    """
+    result = ssh.run(conn, lvm.LVS)
+    if not result.ok and not result.stdout.strip():
+        log.info("lvs on %s: exit %d, %s", conn.host, result.exited, result.stderr.strip()[:200])
+        return {}
+    return lvm.parse_lvs(result.stdout)
+
+
+def with_lvm_details(guests, volumes):
+    """The guests with every block disk typed and sized from its logical volume."""
+    return [replace(g, disks=[lvm.with_volume(d, volumes) for d in g.disks]) for g in guests]
 
 
 def _under_migration():
@@ -95,6 +113,11 @@ def sync(resource_id):
         with resources.open_ssh(resource) as conn, resources.open_libvirt(resource) as host:
             facts = gather_facts(resource, conn, host)
             guests = host.guests()
+            if any(d.disk_type == "block" for g in guests for d in g.disks):
+                guests = with_lvm_details(guests, read_volumes(conn))
+    except lvm.UnexpectedOutput as exc:
+        # The node answered, but with something Ferry will not guess about: record nothing.
+        raise FerryError(f"{resource.name}: {exc}; nothing was recorded") from exc
     except FerryError as exc:
         resources.mark_unreachable(resource, str(exc))
         db.session.commit()
