@@ -528,3 +528,19 @@ class WebhookEvent(db.Model):
     source: Mapped[WebhookSource | None] = relationship()
     compute_resource: Mapped[ComputeResource | None] = relationship()
     evacuation: Mapped[Evacuation | None] = relationship()
+
+
+class WorkerHeartbeat(db.Model):
+    """A worker process's last sign of life, written every few seconds by the process itself.
+
+    When no row is fresh, no worker is running and nothing anyone starts will move.
+    """
+
+    __tablename__ = "worker_heartbeat"
+    __table_args__ = (UniqueConstraint("hostname", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255))  # the RQ worker's name
+    pid: Mapped[int] = mapped_column(default=0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

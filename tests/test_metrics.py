@@ -6,12 +6,15 @@ database, so every process tells the same story.
 """
 import logging
 
+from datetime import timedelta
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app, status
 from app.extensions import db
-from app.models import ComputeResource, Evacuation, Job, MigrationGroup, MigrationTask, WebhookEvent
+from app.models import (ComputeResource, Evacuation, Job, MigrationGroup, MigrationTask, WebhookEvent,
+                        utcnow)
 from app.services import inventory
 from tests.fixtures.app import TEST_REDIS_URL
 from tests.fixtures.rack import rack  # noqa: F401 - a fixture
@@ -181,3 +184,36 @@ def test_it_answers_a_scrape_with_503_when_the_database_is_down(tmp_path):
                        SQLALCHEMY_DATABASE_URI="postgresql+psycopg://postgres@127.0.0.1:1/none")
     answer = broken.test_client().get("/metrics")
     assert answer.status_code == 503 and "database unreachable" in answer.get_data(as_text=True)
+
+
+# --- what the alert rules need ------------------------------------------------------------
+
+
+def test_it_gives_each_running_task_its_age_and_deadline(app, client, rack):
+    nodes, servers = rack
+    with app.app_context():
+        group = MigrationGroup(status=status.MIGRATION_RUNNING, options={})
+        group.tasks.append(MigrationTask(
+            server_id=servers["web"], source_id=nodes["node1"], destination_id=nodes["node2"],
+            mode="live", status=status.MIGRATION_RUNNING, progress={"data_total": 3 * 1024 ** 3},
+            started_at=utcnow() - timedelta(seconds=600)))
+        db.session.add(group)
+        db.session.commit()
+        labels = {"task": str(group.tasks[0].id), "group": str(group.id), "mode": "live"}
+
+    samples = scrape(client)
+
+    # 150 s per GiB (COMPLETION_TIMEOUT_PER_GIB) of the 3 GiB libvirt reported
+    assert value(samples, "ferry_migration_task_deadline_seconds", **labels) == 450
+    assert 600 <= value(samples, "ferry_migration_task_age_seconds", **labels) < 700
+
+
+def test_it_counts_refused_webhook_deliveries_by_status(client, redis_conn):
+    assert client.post("/hooks/nobody").status_code == 401
+    assert client.post("/hooks/nobody", headers={"Authorization": "Bearer x"}).status_code == 403
+
+    samples = scrape(client)
+
+    assert value(samples, "ferry_webhook_deliveries_refused_total", code="401") == 1
+    assert value(samples, "ferry_webhook_deliveries_refused_total", code="403") == 1
+    assert ("ferry_webhook_deliveries_refused_total", frozenset({"code": "400"}.items())) in samples

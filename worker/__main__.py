@@ -6,6 +6,8 @@ import logging
 from rq.serializers import JSONSerializer
 
 from app import upgrade_database
+from app.observability import logs
+from app.services import workers
 from app.services.jobs import QUEUE_DEFAULT, QUEUE_MIGRATIONS, redis_connection
 from worker import schedule
 from worker.runtime import FerryWorker, get_app
@@ -20,9 +22,8 @@ def main(argv=None):
     parser.add_argument("--no-schedule", action="store_true",
                         help="do not run the periodic syncs and recovery passes")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
     app = get_app()
+    logs.configure(app.config["LOG_FORMAT"])  # text, or one JSON object per line
     upgrade_database(app)
     # A worker that starts settles the tasks a dead one left behind, before taking new work.
     from app.services import recovery
@@ -34,6 +35,7 @@ def main(argv=None):
         schedule.start(app)  # inventory syncs and recovery passes
     worker = FerryWorker(args.queues or [QUEUE_DEFAULT, QUEUE_MIGRATIONS],
                          connection=redis_connection(app), serializer=JSONSerializer)
+    workers.start_heartbeat(app, worker.name)  # /metrics and the dashboard see this worker
     worker.work(burst=args.burst, logging_level="INFO")
 
 

@@ -5,17 +5,32 @@ never what or where. Put them behind the reverse proxy's rules if that matters.
 """
 import logging
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis import Redis
 from sqlalchemy import text
 
 from app.extensions import db
-from app.observability.metrics import FerryCollector
+from app.observability.metrics import FerryCollector, count_refused_delivery
 
 bp = Blueprint("observability", __name__)
 log = logging.getLogger("ferry.observability")
 HEALTH_TIMEOUT_S = 2
+WEBHOOKS_BLUEPRINT = "hooks"
+
+
+@bp.after_app_request
+def count_refused_webhook_deliveries(response):
+    """Count every 4xx answer to a monitoring tool's delivery for /metrics (and the alert rule).
+
+    Watched from here, on the HTTP outcome, so the webhooks code needs no hook of its own.
+    """
+    if request.blueprint == WEBHOOKS_BLUEPRINT and 400 <= response.status_code < 500:
+        try:
+            count_refused_delivery(response.status_code)
+        except Exception as exc:  # noqa: BLE001 - counting must never break the answer
+            log.warning("refused webhook delivery not counted: %s", exc)
+    return response
 
 
 @bp.route("/metrics")
