@@ -397,7 +397,9 @@ def test_it_answers_evacuations_it_cannot_serve_with_404_or_409(call, rack):
 def test_it_lists_webhook_events_and_shows_sources_only_to_admins(app, call, rack):
     nodes, _ = rack
     with app.app_context():
-        source = WebhookSource(name="am", kind="alertmanager", token_hash="0" * 64)
+        source = WebhookSource(name="am", kind="alertmanager", token_hash="0" * 64,
+                               allowed_resources=["node1"], allowed_tags=["ssd"],
+                               max_starts_per_hour=2)
         db.session.add(source)
         db.session.flush()
         db.session.add_all([
@@ -417,6 +419,8 @@ def test_it_lists_webhook_events_and_shows_sources_only_to_admins(app, call, rac
     assert call("GET", "/webhook-sources", role="operator").status_code == 403
     sources = call("GET", "/webhook-sources", role="admin").get_json()["items"]
     assert sources[0]["name"] == "am" and "token_hash" not in sources[0]
+    assert sources[0]["allowlist"] == ["node1", "tag:ssd"]
+    assert sources[0]["max_starts_per_hour"] == 2 and sources[0]["signature_max_age_s"] == 300
 
 
 # --- fuzzing --------------------------------------------------------------------------------
