@@ -1,4 +1,5 @@
 """`ferry-lab install-deps`: the Debian packages the lab and the project need."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,10 @@ LAB_PACKAGES = ["qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvi
                 "libvirt-dev", "pkg-config", "openssh-server", "openssh-client",
                 "busybox-static", "cpio", "kmod", "gcc", "libc6-dev", "python3-dev",
                 "iproute2", "e2fsprogs", "iptables", "socat", "iputils-ping"]
+# ... what the container and the monitoring checks need (make container, tests/test_contrib.py) ...
+OPERATOR_PACKAGES = ["podman", "runc", "mmdebstrap", "prometheus"]
+# ... packages wanted for a tool only, whose service must never start (prometheus: promtool) ...
+NO_SERVICE = {"prometheus": "prometheus"}
 # ... and what the app, its tests and the demo need on a fresh Debian 12.
 PROJECT_PACKAGES = ["chromium", "fonts-dejavu-core", "python3-venv", "redis-server",
                     "postgresql", "postgresql-contrib", "redis-tools"]
@@ -36,14 +41,34 @@ def install(packages):
     # Wait for another apt (a second lab coming up, unattended-upgrades) instead of failing.
     wait = ["-o", "DPkg::Lock::Timeout=900"]
     subprocess.run(["apt-get", *wait, "update", "-q"], check=True, env=env, stdout=sys.stderr)
-    subprocess.run(["apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", *todo],
-                   check=True, env=env, stdout=sys.stderr)
+    services = [NO_SERVICE[p] for p in todo if p in NO_SERVICE]
+    with _services_kept_stopped(bool(services)):
+        subprocess.run(["apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", *todo],
+                       check=True, env=env, stdout=sys.stderr)
+    if services and os.path.isdir("/run/systemd/system"):  # nor at the next boot
+        subprocess.run(["systemctl", "disable", *services], check=False, stdout=sys.stderr)
     return todo
+
+
+@contextlib.contextmanager
+def _services_kept_stopped(wanted):
+    """While installing: a policy-rc.d that forbids starting services (unless one exists)."""
+    policy = "/usr/sbin/policy-rc.d"
+    if not wanted or os.path.exists(policy):
+        yield
+        return
+    with open(policy, "w") as f:
+        f.write("#!/bin/sh\n# ferry-lab install-deps: no service starts while it installs\nexit 101\n")
+    os.chmod(policy, 0o755)
+    try:
+        yield
+    finally:
+        os.remove(policy)
 
 
 def install_deps():
     """Everything for `make test` and `make demo`."""
-    return install(LAB_PACKAGES + PROJECT_PACKAGES)
+    return install(LAB_PACKAGES + PROJECT_PACKAGES + OPERATOR_PACKAGES)
 
 
 def ensure_lab_deps():
