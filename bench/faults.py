@@ -355,7 +355,7 @@ class Suite:
                         row.status, row.error = status.MIGRATION_FAILED, "abandoned in preflight"
                         db.session.commit()
                     else:
-                        recovery.reconcile_task(row, wait_s=30)
+                        recovery.reconcile_task(row)
                         db.session.commit()
                     done.append(f"task {row.id}: settled by hand ({row.status})")
                 group = db.session.get(MigrationGroup, row.group_id)

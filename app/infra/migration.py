@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import libvirt
 
+from app.errors import FerryError
+
 BASE_FLAGS = (
     libvirt.VIR_MIGRATE_LIVE
     | libvirt.VIR_MIGRATE_PEER2PEER
@@ -44,27 +46,102 @@ class DomainPlace:
     paused: bool = False
     job_active: bool = False
     error: str | None = None
+    persistent: bool | None = None  # None: not asked (older callers)
 
 
 def where_is(conn, uuid: str) -> DomainPlace:
     """Ask one host whether it has the domain, and in which state (never raises for 'absent')."""
     try:
         dom = conn.lookupByUUIDString(uuid)
+        state, _reason = dom.state()
+        persistent, active = bool(dom.isPersistent()), bool(dom.isActive())
     except libvirt.libvirtError as exc:
+        # Asking after the lookup can fail too (the node died in between): still "unknown".
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return DomainPlace(defined=False, running=False)
         return DomainPlace(defined=False, running=False, error=str(exc))
-    state, _reason = dom.state()
     try:
         job = dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
     except libvirt.libvirtError:
         job = False
     return DomainPlace(
-        defined=bool(dom.isPersistent()) or bool(dom.isActive()),
+        defined=persistent or active,
         running=state == libvirt.VIR_DOMAIN_RUNNING,
         paused=state == libvirt.VIR_DOMAIN_PAUSED,
-        job_active=job,
+        job_active=job, persistent=persistent,
     )
+
+
+class MigrationRefused(FerryError):
+    """libvirt refused a control call on a running migration (downtime, post-copy)."""
+
+
+def migration_params(targets: list[str], dest_xml: str | None = None,
+                     persist_xml: str | None = None) -> dict:
+    """migrateToURI3's parameters: the disks to copy and, for a format change, the new XMLs."""
+    params = {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: list(targets)}
+    if dest_xml is not None:
+        params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = dest_xml
+    if persist_xml is not None:
+        params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = persist_xml
+    return params
+
+
+class AdoptedMigration:
+    """A p2p migration already running on the source, started by a job that died: the same
+    surface as LiveMigration, so the monitor loop drives it (ladder, deadline, cancel).
+
+    `host` is the source's `Host`; the migration is done when libvirt shows no job."""
+
+    def __init__(self, host, uuid: str, sleep=time.sleep):
+        self.host, self.uuid, self.sleep = host, uuid, sleep
+        self.error: str | None = None
+        self.error_code = None
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        """True once the source has no migration job any more."""
+        return self._done
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Sleep a poll interval, then look whether the job is still there."""
+        self.sleep(timeout or 0.5)
+        self.stats()
+
+    def stats(self) -> dict:
+        """The job's statistics; {} (and done) when libvirt has no job."""
+        try:
+            raw = self.host.job_stats(self.uuid)
+        except FerryError as exc:
+            self.error = str(exc)
+            self._done = True  # the node stopped answering: the caller settles from both nodes
+            return {}
+        if not raw or raw.get("type", 0) == libvirt.VIR_DOMAIN_JOB_NONE:
+            self._done = True
+            return {}
+        return raw
+
+    def set_max_downtime(self, ms: int) -> None:
+        """Raise (or lower) the downtime QEMU may take at switch-over."""
+        try:
+            self.host.set_max_downtime(self.uuid, ms)
+        except FerryError as exc:
+            raise MigrationRefused(str(exc)) from exc
+
+    def start_postcopy(self) -> None:
+        """Switch to post-copy (libvirt refuses unless the job was started allowing it)."""
+        try:
+            self.host.start_postcopy(self.uuid)
+        except FerryError as exc:
+            raise MigrationRefused(str(exc)) from exc
+
+    def abort(self) -> None:
+        """Ask libvirt to abort; the guest keeps running on the source."""
+        try:
+            self.host.abort_job(self.uuid)
+        except FerryError as exc:
+            self.error = self.error or f"abort: {exc}"
 
 
 class LiveMigration:
@@ -115,11 +192,17 @@ class LiveMigration:
 
     def set_max_downtime(self, ms: int) -> None:
         """Raise (or lower) the downtime QEMU may take at switch-over."""
-        self.control.migrateSetMaxDowntime(int(ms), 0)
+        try:
+            self.control.migrateSetMaxDowntime(int(ms), 0)
+        except libvirt.libvirtError as exc:
+            raise MigrationRefused(str(exc)) from exc
 
     def start_postcopy(self) -> None:
         """Switch to post-copy (only valid when started with POSTCOPY and in the RAM phase)."""
-        self.control.migrateStartPostCopy(0)
+        try:
+            self.control.migrateStartPostCopy(0)
+        except libvirt.libvirtError as exc:
+            raise MigrationRefused(str(exc)) from exc
 
     def abort(self) -> None:
         """Ask libvirt to abort; the guest keeps running on the source."""
@@ -159,6 +242,9 @@ def sample_dirty_rate(dom, seconds: int = 1) -> int | None:
         if status not in (0, 1):
             return None
     return None
+
+
+COMPLETED_JOB = libvirt.VIR_DOMAIN_JOB_COMPLETED
 
 
 def destination_xml(dom_xml: str, disk_changes: dict[str, tuple[str, str]]) -> str:

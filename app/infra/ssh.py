@@ -2,15 +2,16 @@
 
 Fabric loads no known_hosts and trusts any key by default (AutoAddPolicy); Ferry
 instead puts the one pinned key into paramiko and refuses anything else.
+
+paramiko and Fabric are imported by the functions that use them: together they cost about a
+quarter of a second, which every CLI command and web worker start would pay for nothing.
 """
 import base64
 import hashlib
+import io
 import shlex
 import socket
 from dataclasses import dataclass
-
-import paramiko
-from fabric import Connection
 
 from app.errors import FerryError
 
@@ -46,18 +47,20 @@ class Endpoint:
 
 def fingerprint(key):
     """OpenSSH's SHA256 fingerprint of a paramiko key or a "type base64" string."""
-    blob = key.asbytes() if isinstance(key, paramiko.PKey) else base64.b64decode(key.split()[1])
+    blob = base64.b64decode(key.split()[1]) if isinstance(key, str) else key.asbytes()
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def _pkey(host_key):
     """A paramiko key from "type base64"."""
+    import paramiko
     key_type, b64 = host_key.split()[:2]
     return paramiko.PKey.from_type_string(key_type, base64.b64decode(b64))
 
 
 def fetch_host_key(host, port, timeout=10):
     """Ask the node for its host key without logging in: returns ("type base64", fingerprint)."""
+    import paramiko
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
@@ -76,6 +79,8 @@ def fetch_host_key(host, port, timeout=10):
 
 def connect(endpoint, timeout=10):
     """An open Fabric Connection that accepts only the pinned host key; the caller closes it."""
+    import paramiko
+    from fabric import Connection
     if not endpoint.host_key:
         raise SSHError(f"no host key is pinned for {endpoint.host}: add the compute resource first")
     conn = Connection(endpoint.host, user=endpoint.user, port=endpoint.port,
@@ -123,11 +128,14 @@ class CommandResult:
         return self.exited == 0
 
 
-def run(conn, argv, timeout=60):
-    """Run an argument list on the node; each argument is quoted, so nothing is interpreted."""
+def run(conn, argv, timeout=60, stdin: str | None = None):
+    """Run an argument list on the node; each argument is quoted, so nothing is interpreted.
+
+    `stdin`, when given, is fed to the command (small payloads: NVRAM, TPM state)."""
     line = shlex.join(argv)
+    stream = io.StringIO(stdin) if stdin is not None else False
     try:
-        result = conn.run(line, hide=True, warn=True, timeout=timeout, in_stream=False)
+        result = conn.run(line, hide=True, warn=True, timeout=timeout, in_stream=stream)
     except Exception as exc:  # invoke's CommandTimedOut, socket errors
         raise SSHError(f"{line!r} on {conn.host} did not complete: {exc}") from exc
     return CommandResult(tuple(argv), result.exited, result.stdout, result.stderr)

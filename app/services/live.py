@@ -1,11 +1,20 @@
 """Live migration of one server: libvirt p2p with copied disks, watched by the escalation ladder.
 
-Order of a live task, each step a line on its timeline:
-1. pre-create sparse destination disks (libvirt would make a fully allocated qcow2);
-2. start migrateToURI3 peer-to-peer (the source libvirtd finishes it even if we die);
-3. poll jobStats twice a second: progress, live ETA, ladder actions, cancel requests;
-4. ask both hosts where the domain is and record the truth;
-5. clean up: on success the source's disks, on failure the destination's pre-created ones.
+Journaled steps (services.steps), each a line on the task's timeline:
+
+    prepare-destination-disks -> migrate -> verify-destination -> remove-source-leftovers
+
+1. pre-create sparse destination disks, exclusively (libvirt would make a fully
+   allocated qcow2), and carry the NVRAM file;
+2. migrateToURI3 peer-to-peer (the source libvirtd finishes it even if we die),
+   polled twice a second: progress, live ETA, ladder actions, cancel requests.
+   A worker that dies here leaves a job recovery adopts: it resumes the loop
+   on the running job, ladder, deadline and cancel included;
+3. ask both nodes where the server is: it must run on the destination,
+   persistently, and not on the source (running on both: paused at once, one
+   copy kept, see `both_running`);
+4. the source's leftovers go: a stale shut-off definition (its libvirtd died
+   before Confirm) and its disks.
 """
 from __future__ import annotations
 
@@ -15,17 +24,17 @@ import math
 import posixpath
 import time
 
-import libvirt
 from flask import current_app
 
 from app import status
 from app.errors import FerryError
 from app.extensions import db
 from app.infra import migration as mig
-from app.infra import ssh
 from app.infra.commands import storage
 from app.models import utcnow
-from app.services import calibration, estimation, ladder, resources
+from app.services import calibration, disks, estimation, journal, ladder
+from app.services.steps import (ADOPT, ATTENTION, DONE, REDO, ROLLBACK, Decision, Move, Runner,
+                                Step, carry_state, check_start, drive, refuse_existing)
 from app.services.timeline import (Cancelled, NeedsAttention, cancel_requested, event,
                                    finish_success)
 
@@ -42,31 +51,6 @@ def peer_uri(destination) -> str:
     return f"qemu+ssh://{destination.user}@{destination.host}{port}/system"
 
 
-def target_path(path: str, fmt: str) -> str:
-    """The destination path of a disk converted to fmt: same folder and name, the format's suffix.
-
-    >>> target_path("/var/lib/libvirt/images/web.qcow2", "raw")
-    '/var/lib/libvirt/images/web.raw'
-    >>> target_path("/img/db", "qcow2")
-    '/img/db.qcow2'
-    """
-    root, ext = posixpath.splitext(path)
-    if ext in (".raw", ".qcow2", ".img"):
-        return f"{root}.{fmt}"
-    return f"{path}.{fmt}"
-
-
-def disk_plan(disks: list[dict], convert_to: str | None) -> list[dict]:
-    """For each disk: source path/format and destination path/format."""
-    fmt = {status.STORAGE_FILE_RAW: "raw", status.STORAGE_FILE_QCOW2: "qcow2"}.get(convert_to)
-    plan = []
-    for disk in disks:
-        dst_fmt = fmt or disk["format"]
-        dst_path = disk["path"] if dst_fmt == disk["format"] else target_path(disk["path"], dst_fmt)
-        plan.append({**disk, "dst_path": dst_path, "dst_format": dst_fmt})
-    return plan
-
-
 def settings_for(task) -> ladder.LadderSettings:
     """Ladder settings from the site's configuration and the task's options."""
     cfg = current_app.config
@@ -78,12 +62,19 @@ def settings_for(task) -> ladder.LadderSettings:
     return ladder.LadderSettings(postcopy=bool(task.group.options.get("allow_postcopy")), **knobs)
 
 
-def _virtual_size(conn, path: str) -> int:
-    """A disk's virtual size read on its node with qemu-img (force-share: the guest is running)."""
-    result = ssh.run(conn, storage.image_info(path, force_share=True))
+def _virtual_size(move: Move, path: str, fmt: str) -> int:
+    """A disk's virtual size read on the source with qemu-img (force-share: the guest runs)."""
+    result = move.sh("source", storage.image_info(path, force_share=True))
     if not result.ok:
-        raise FerryError(f"cannot read disk {path} on {conn.host}: {result.stderr.strip()}")
-    return int(json.loads(result.stdout)["virtual-size"])
+        raise FerryError(f"cannot read disk {path} on {move.source.name}: {result.stderr.strip()}")
+    try:
+        size = int(json.loads(result.stdout)["virtual-size"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FerryError(f"{move.source.name} answered qemu-img info for {path} with something "
+                         f"Ferry cannot read: {exc}") from exc
+    if size <= 0:
+        raise FerryError(f"{move.source.name} reports a virtual size of {size} for {path}")
+    return size
 
 
 def _progress(stats: ladder.JobStats, history: list) -> dict:
@@ -112,7 +103,7 @@ def _apply(action, migration: mig.LiveMigration, state: ladder.LadderState) -> s
             migration.start_postcopy()
         elif isinstance(action, ladder.Abort):
             migration.abort()
-    except libvirt.libvirtError as exc:
+    except mig.MigrationRefused as exc:
         if isinstance(action, ladder.StartPostCopy):
             state.postcopy_at = None  # it did not happen: the ladder may not count on it
         return f"libvirt refused: {exc}"
@@ -144,11 +135,17 @@ def _stop(migration: mig.LiveMigration, seen: dict, task) -> None:
                 migration.done)
 
 
-def _monitor(task, migration: mig.LiveMigration, settings: ladder.LadderSettings,
-             seen: dict) -> dict:
-    """Poll the job until migrateToURI3 returns; `seen` (the caller's) records what it saw."""
+def _monitor(task, migration, settings: ladder.LadderSettings, seen: dict,
+             elapsed_s: float = 0.0) -> dict:
+    """Poll the job until it ends; `seen` (the caller's) records what it saw.
+
+    `migration` is a LiveMigration (our call) or an AdoptedMigration (a dead job's);
+    `elapsed_s` is how long the job already ran, so an adopted one keeps its deadline.
+    """
     state, series, history = ladder.LadderState(), [], []
-    t0 = time.monotonic()
+    t0 = time.monotonic() - elapsed_s
+    if elapsed_s:
+        state.started_at = t0
     seen.update(cancelled=False, aborted=None, not_converging=False, samples=0, postcopy=False)
     last_eta, deferred_downtime = 0.0, None
     while not migration.done:
@@ -211,185 +208,372 @@ def _monitor(task, migration: mig.LiveMigration, settings: ladder.LadderSettings
     return seen
 
 
-def run(task) -> None:
-    """Live-migrate task.server from task.source to task.destination (see the module's steps)."""
-    server, source, destination = task.server, task.source, task.destination
-    convert_to = task.group.options.get("convert_to")
-    with resources.open_ssh(source) as src_ssh, resources.open_ssh(destination) as dst_ssh, \
-            resources.open_libvirt(source) as src, resources.open_libvirt(destination) as dst, \
-            resources.open_libvirt(source) as control:
-        try:
-            dom = src.conn.lookupByUUIDString(server.uuid)
-        except libvirt.libvirtError as exc:
-            raise FerryError(f"{server.name} is not on {source.name}: {exc}") from exc
-        if not dom.isActive():
-            raise FerryError(f"{server.name} is not running: live migration needs a running server")
-        if mig.where_is(dst.conn, server.uuid).defined:
-            raise FerryError(f"{destination.name} already has a domain with {server.name}'s UUID")
-        live_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
-        plan = disk_plan(mig.disk_targets(live_xml), convert_to)
 
-        task.phase = "preparing"
-        created, migration, seen = [], None, {}
-        try:
-            for disk in plan:
-                exists = ssh.run(dst_ssh, ["test", "-e", disk["dst_path"]])
-                if exists.ok:
-                    raise FerryError(f"{destination.name} already has a file at {disk['dst_path']}:"
-                                     " refusing to overwrite it")
-                size = _virtual_size(src_ssh, disk["path"])
-                made = ssh.run(dst_ssh, storage.create_disk(disk["dst_path"], disk["dst_format"], size))
-                if not made.ok:
-                    raise FerryError(f"cannot create {disk['dst_path']} on {destination.name}: "
-                                     f"{made.stderr.strip()}")
-                created.append(disk["dst_path"])
-            event(task, "disks-prepared", f"Destination disks pre-created sparse on "
-                  f"{destination.name}: " + ", ".join(f"{d['dst_path']} ({d['dst_format']})" for d in plan))
+def _plan(move: Move) -> list[dict]:
+    return move.state["plan"]
 
-            params = {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: [d["target"] for d in plan]}
-            if any(d["dst_path"] != d["path"] or d["dst_format"] != d["format"] for d in plan):
-                changes = {d["target"]: (d["dst_path"], d["dst_format"]) for d in plan}
-                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = mig.destination_xml(live_xml, changes)
-                params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = mig.destination_xml(
-                    dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE),
-                    changes)
-            settings = settings_for(task)
-            flags = mig.migration_flags(auto_converge=settings.auto_converge,
-                                        postcopy=settings.postcopy)
-            migration = mig.LiveMigration(dom, peer_uri(destination), params, flags,
-                                          control=control.conn.lookupByUUIDString(server.uuid))
-            # The ladder's first, lowest downtime is set before the start: once the job runs,
-            # libvirt takes the call only in the RAM phase (see _monitor).
-            first_ms = ladder.downtime_steps(settings, server.memory_mib * 2**20)[0][1]
-            _apply(ladder.SetDowntime(downtime_ms=first_ms, step=0, message=""), migration,
-                   ladder.LadderState())
-            started = time.monotonic()
-            task.phase = "migrating"
-            task.started_at = task.started_at or utcnow()
-            db.session.commit()
-            migration.start()
-            event(task, "migrating", "libvirt started the peer-to-peer migration"
-                  + (" with auto-converge" if settings.auto_converge else "")
-                  + (", post-copy allowed" if settings.postcopy else "") + ".")
-            _monitor(task, migration, settings, seen)
-            wall_ms = int((time.monotonic() - started) * 1000)
+
+class PrepareDestinationDisks(Step):
+    """Pre-create each destination disk sparse and exclusively; carry the NVRAM file."""
+
+    name = "prepare-destination-disks"
+
+    def names(self, move):
+        # "paths" grows as each file is created: a name someone else holds is never ours to remove.
+        nvram = disks.nvram_path(move.task.domain_xml)
+        return {"node": "destination", "paths": [],
+                "intended": [d["dst_path"] for d in _plan(move)] + ([nvram] if nvram else [])}
+
+    def run(self, move, entry):
+        for disk in _plan(move):
+            size = _virtual_size(move, disk["path"], disk["format"])
+            made = move.sh("destination", storage.create_disk_exclusive(
+                disk["dst_path"], disk["dst_format"], size))
+            if not made.ok:
+                raise FerryError(f"cannot create {disk['dst_path']} on {move.destination.name}: "
+                                 f"{made.stderr.strip()}")
+            journal.add_names(entry, paths=[disk["dst_path"]])
+        carry_state(move, entry, tpm=False)
+        move.event("disks-prepared", f"Destination disks pre-created sparse on "
+                   f"{move.destination.name}: " + ", ".join(
+                       f"{d['dst_path']} ({d['dst_format']})" for d in _plan(move)))
+
+    def settle(self, move, entry):
+        return Decision(ROLLBACK, "empty disks alone move nothing")
+
+    def undo(self, move, entry):
+        remove_unless_defined(move, entry.names.get("paths") or [])
+
+
+def remove_unless_defined(move: Move, paths: list[str]) -> None:
+    """Remove files the task made on the destination, unless a domain there may use them."""
+    if not paths:
+        return
+    place = move.place("destination")
+    if place.error or place.defined:
+        from app.infra.host import HostUnknown
+        raise HostUnknown(f"kept {', '.join(paths)} on {move.destination.name}: "
+                          + (f"its libvirt did not answer ({place.error})" if place.error
+                             else "it defines the server"))
+    for path in paths:
+        move.sh("destination", storage.remove_disk(path, [posixpath.dirname(path)]))
+    move.event("cleanup", "Removed the pre-created disks from the destination: " + ", ".join(paths))
+
+
+def decide_migrate(at_src, at_dst) -> Decision:
+    """Pure: what the nodes' answers say about an interrupted or returned migration.
+
+    >>> from app.infra.migration import DomainPlace as P
+    >>> decide_migrate(P(True, True, job_active=True), P(True, False, paused=True)).action
+    'adopt'
+    >>> decide_migrate(P(False, False), P(True, True, persistent=True)).action
+    'done'
+    >>> decide_migrate(P(True, False, persistent=True), P(True, True, persistent=True)).action
+    'done'
+    >>> decide_migrate(P(True, True), P(False, False)).action
+    'roll-back'
+    >>> decide_migrate(P(True, True), P(True, True)).action
+    'needs-attention'
+    >>> decide_migrate(P(True, True), P(False, False, error="gone")).action
+    'needs-attention'
+    """
+    if at_src.error or at_dst.error:
+        return Decision(ATTENTION, f"a node did not answer ({at_src.error or at_dst.error})")
+    if at_src.job_active:
+        return Decision(ADOPT, "libvirt still migrates the server")
+    if at_src.running and at_dst.running:
+        return Decision(ATTENTION, "the server runs on both nodes")
+    if at_dst.running and not at_src.running:
+        # A shut-off definition left on the source (its libvirtd died before Confirm) is a
+        # leftover the next step removes, not a second copy.
+        return Decision(DONE, "the destination runs the server")
+    if at_src.running and not at_dst.defined:
+        return Decision(ROLLBACK, "the source still runs the server; the destination has nothing")
+    if at_src.running and at_dst.defined and not at_dst.running and not at_dst.persistent:
+        return Decision(ROLLBACK, "the source runs the server; the destination holds only a "
+                                  "transient, stopped incoming copy")
+    return Decision(ATTENTION, f"source defined={at_src.defined} running={at_src.running}, "
+                               f"destination defined={at_dst.defined} running={at_dst.running}")
+
+
+class Migrate(Step):
+    """libvirt's peer-to-peer migration, watched by the ladder until it ends."""
+
+    name = "migrate"
+
+    def names(self, move):
+        return {"node": "source", "job": "migration", "uri": peer_uri(move.destination)}
+
+    def run(self, move, entry):
+        server, settings = move.server, settings_for(move.task)
+        changes = {d["target"]: (d["dst_path"], d["dst_format"]) for d in _plan(move)
+                   if d["dst_path"] != d["path"] or d["dst_format"] != d["format"]}
+        dest_xml = persist_xml = None
+        if changes:
+            dest_xml = mig.destination_xml(move.state["live_xml"], changes)
+            persist_xml = mig.destination_xml(move.state["persist_xml"], changes)
+        params = mig.migration_params([d["target"] for d in _plan(move)], dest_xml, persist_xml)
+        flags = mig.migration_flags(auto_converge=settings.auto_converge, postcopy=settings.postcopy)
+        migration = move.host("source").migration(server.uuid, entry.names["uri"], params, flags,
+                                                  control=move.host("control"))
+        # The ladder's first, lowest downtime is set before the start: once the job runs,
+        # libvirt takes the call only in the RAM phase (see _monitor).
+        first_ms = ladder.downtime_steps(settings, server.memory_mib * 2**20)[0][1]
+        _apply(ladder.SetDowntime(downtime_ms=first_ms, step=0, message=""), migration,
+               ladder.LadderState())
+        seen = move.state.setdefault("seen", {})
+        started = time.monotonic()
+        move.task.started_at = move.task.started_at or utcnow()
+        db.session.commit()
+        migration.start()
+        move.event("migrating", "libvirt started the peer-to-peer migration"
+                   + (" with auto-converge" if settings.auto_converge else "")
+                   + (", post-copy allowed" if settings.postcopy else "") + ".")
+        try:
+            _monitor(move.task, migration, settings, seen)
         except BaseException:
-            db.session.rollback()  # a failed flush must not block the cleanup's own writes
-            _stop(migration, seen, task)
-            remove_unless_defined(dst, dst_ssh, server.uuid, created, task)
+            db.session.rollback()
+            _stop(migration, seen, move.task)
             raise
+        move.state["wall_ms"] = int((time.monotonic() - started) * 1000)
+        return self.outcome(move, migration.error, seen)
 
-        at_src, at_dst = settle(source, destination, server.uuid, src, dst)
-        if at_src.error or at_dst.error:
-            # Never decide on a host that did not answer: a killed libvirtd reads as "absent",
-            # and acting on that once deleted a source disk the source still used.
-            raise NeedsAttention(
-                f"Needs attention: after the migration call returned, "
-                f"{source.name if at_src.error else destination.name}'s libvirt did not answer "
-                f"for {SETTLE_S} s ({at_src.error or at_dst.error}). Nothing was removed on either "
-                f"side; recovery will ask again, or check both hosts.")
-        if at_dst.running and not at_src.running:
-            completed = mig.completed_stats(dst.conn, server.uuid)
-            result = {
-                "downtime_ms": completed.get("downtime"), "total_ms": completed.get("time_elapsed")
-                or wall_ms, "wall_ms": wall_ms,
+    def outcome(self, move, error, seen) -> dict:
+        """After the job ended: the nodes' answers decide (raising when it did not move)."""
+        at_src, at_dst = move.place("source"), move.place("destination")
+        decision = decide_migrate(at_src, at_dst)
+        if decision.action == ADOPT:  # the call returned but libvirt still finishes: wait for it
+            adopted = mig.AdoptedMigration(move.host("control"), move.server.uuid, move.sleep)
+            while not adopted.done:
+                adopted.wait(1.0)
+            at_src, at_dst = move.place("source"), move.place("destination")
+            decision = decide_migrate(at_src, at_dst)
+        seen_nodes = {"source": at_src.__dict__, "destination": at_dst.__dict__}
+        if decision.action == DONE:
+            return {"postcopy": bool(seen.get("postcopy")), "nodes": seen_nodes}
+        reason = error or "libvirt reported no error"
+        if decision.action == ROLLBACK:
+            if seen.get("cancelled"):
+                raise Cancelled(f"Cancelled: {move.server.name} keeps running on "
+                                f"{move.source.name}; nothing is left on {move.destination.name}.")
+            if seen.get("aborted"):
+                raise FerryError(f"Aborted by the ladder ({seen['aborted']}): {move.server.name} "
+                                 f"keeps running on {move.source.name}. libvirt: {reason}")
+            raise FerryError(f"Migration failed, {move.server.name} keeps running on "
+                             f"{move.source.name}: {reason}")
+        if at_src.running and at_dst.running:
+            both_running(move)
+        raise NeedsAttention(f"Needs attention: after the migration {decision.reason}; "
+                             f"libvirt said: {reason}. Nothing was removed on either side.")
+
+    def settle(self, move, entry):
+        return decide_migrate(move.place("source"), move.place("destination"))
+
+    def adopt(self, move, entry) -> Decision:
+        """Drive a migration a dead job started: ladder, deadline and cancel apply to it."""
+        settings = settings_for(move.task)
+        started = move.task.started_at or entry.started_at
+        elapsed = max(0.0, (utcnow() - started).total_seconds()) if started else 0.0
+        move.event("adopted", f"Recovery adopted the running migration ({elapsed:.0f} s old): "
+                              "the ladder, the deadline and cancel apply again.")
+        adopted = mig.AdoptedMigration(move.host("control"), move.server.uuid, move.sleep)
+        seen = move.state.setdefault("seen", {})
+        _monitor(move.task, adopted, settings, seen, elapsed_s=elapsed)
+        try:
+            data = self.outcome(move, adopted.error, seen)
+        except (Cancelled, FerryError) as exc:
+            if isinstance(exc, NeedsAttention):
+                return Decision(ATTENTION, str(exc))
+            move.state["failure"] = exc
+            return Decision(ROLLBACK, str(exc))
+        journal.done(entry, data)
+        return Decision(DONE, "the adopted migration completed")
+
+    def undo(self, move, entry):
+        place = move.place("source")
+        if place.job_active:
+            move.host("source").abort_job(move.server.uuid)
+            adopted = mig.AdoptedMigration(move.host("control"), move.server.uuid, move.sleep)
+            for _ in range(int(STOP_WAIT_S)):
+                if adopted.done:
+                    break
+                adopted.wait(1.0)
+
+
+def both_running(move: Move) -> None:
+    """The server runs on both nodes: two copies with copied disks diverge at once.
+
+    Pause both; keep the copy libvirt's job records as switched over (the destination only
+    when its completed incoming job says so, else the source); let the kept one run and check
+    it does; only then stop and undefine the other. Its disks are kept for a person to look at.
+    """
+    uuid = move.server.uuid
+    for which in ("source", "destination"):
+        try:
+            move.host(which).suspend(uuid)
+        except FerryError as exc:
+            move.event("split", f"Could not pause the copy on {move.resource(which).name}: {exc}")
+    try:
+        record = move.host("destination").job_stats(uuid, completed=True)
+    except FerryError:
+        record = {}
+    keep = "destination" if record.get("type") == mig.COMPLETED_JOB else "source"
+    other = "source" if keep == "destination" else "destination"
+    move.host(keep).resume(uuid)
+    if not move.place(keep).running:
+        move.event("split", f"{move.server.name} ran on both nodes; both are paused and the copy "
+                            f"on {move.resource(keep).name} did not resume: a person must decide.")
+        return
+    move.host(other).destroy(uuid)
+    if move.place(other).defined:
+        move.host(other).undefine(uuid)
+    move.event("split", f"{move.server.name} was running on both nodes. Both were paused; the copy "
+                        f"on {move.resource(keep).name} was kept ({'libvirt recorded the switch-over' if keep == 'destination' else 'no switch-over was recorded'}) "
+                        f"and runs; the one on {move.resource(other).name} was stopped and "
+                        "undefined, its disks kept.", data={"completed_job": record})
+
+
+class VerifyDestination(Step):
+    """The destination runs the server persistently; its finished job gives the downtime."""
+
+    name = "verify-destination"
+
+    def run(self, move, entry):
+        at_dst = move.place("destination")
+        if at_dst.error or not at_dst.running:
+            raise FerryError(f"{move.destination.name} does not run {move.server.name}: "
+                             f"{at_dst.error or 'not running'}")
+        if at_dst.persistent is False:
+            move.host("destination").define(move.host("destination").xml(
+                move.server.uuid, inactive=False, migratable=True))
+            move.event("defined", f"Made the definition on {move.destination.name} persistent.")
+        try:
+            completed = move.host("destination").job_stats(move.server.uuid, completed=True)
+        except FerryError:
+            completed = {}
+        return {"downtime_ms": completed.get("downtime"), "time_ms": completed.get("time_elapsed"),
                 "bytes": completed.get("data_processed"),
                 "memory_bytes": completed.get("memory_processed"),
-                "disk_bytes": completed.get("disk_processed"), "postcopy": seen["postcopy"],
-                "phases": {"migrate_ms": wall_ms}, "source_defined_after": at_src.defined,
-            }
-            remove_source_disks(src, src_ssh, server.uuid, plan, source, task)
-            record_moved(server, destination, plan, status.SERVER_RUNNING)
-            finish_success(task, f"{server.name} runs on {destination.name}: downtime "
-                           f"{result['downtime_ms']} ms, {wall_ms / 1000:.1f} s in all.", result)
-            return
-        if at_src.running and not at_dst.defined:
-            remove_unless_defined(dst, dst_ssh, server.uuid, created, task)
-            reason = migration.error or "libvirt reported no error"
-            if seen["cancelled"]:
-                raise Cancelled(f"Cancelled: {server.name} keeps running on {source.name}; "
-                                f"nothing is left on {destination.name}.")
-            if seen["aborted"]:
-                raise FerryError(f"Aborted by the ladder ({seen['aborted']}): {server.name} keeps "
-                                 f"running on {source.name}. libvirt: {reason}")
-            raise FerryError(f"Migration failed, {server.name} keeps running on {source.name}: "
-                             f"{reason}")
-        raise NeedsAttention(
-            f"Needs attention: after the migration {source.name} reports "
-            f"defined={at_src.defined} running={at_src.running} and {destination.name} reports "
-            f"defined={at_dst.defined} running={at_dst.running}; libvirt said: {migration.error}")
+                "disk_bytes": completed.get("disk_processed")}
+
+    def settle(self, move, entry):
+        return Decision(REDO, "asking the destination again changes nothing")
 
 
-SETTLE_S = 30
+class RemoveSourceLeftovers(Step):
+    """Once the destination is verified: undefine a stale copy on the source, remove its disks."""
+
+    name = "remove-source-leftovers"
+
+    def names(self, move):
+        nvram = disks.nvram_path(move.task.domain_xml)
+        tpm = disks.tpm_dir(move.task.domain_xml, move.server.uuid)
+        return {"node": "source-removal", "dirs": [tpm] if tpm else [],
+                "paths": [d["path"] for d in _plan(move)] + ([nvram] if nvram else [])}
+
+    def run(self, move, entry):
+        place = move.place("source")
+        if place.error:
+            raise FerryError(f"{move.source.name} did not answer: {place.error}; its disks were kept")
+        if place.running or place.paused:
+            raise FerryError(f"{move.server.name} is {'running' if place.running else 'paused'} on "
+                             f"{move.source.name} too: its disks were kept")
+        if place.defined:
+            move.host("source").undefine(move.server.uuid)
+            move.event("cleanup", f"{move.source.name} still held a shut-off definition of "
+                                  f"{move.server.name} (its libvirt did not finish the hand-over); "
+                                  "undefined it, now that the destination runs the server.")
+        allowed = [p.get("path") for p in (move.source.facts or {}).get("storage_pools", [])
+                   if p.get("path")]
+        nvram = disks.nvram_path(move.task.domain_xml)
+        if nvram:
+            allowed.append(posixpath.dirname(nvram))
+        removed, kept = [], []
+        for path in entry.names.get("paths") or []:
+            try:
+                argv = storage.remove_disk(path, allowed)
+            except storage.RefusedCommand as exc:
+                kept.append(f"{path} ({exc})")
+                continue
+            if move.sh("source", argv).ok:
+                removed.append(path)
+        for directory in entry.names.get("dirs") or []:  # TPM state travels in the stream
+            if move.sh("source", storage.remove_tree(directory, disks.SWTPM_DIR)).ok:
+                removed.append(directory)
+        if removed:
+            move.event("cleanup", f"Removed the source's disks on {move.source.name}: "
+                       + ", ".join(removed))
+        if kept:
+            move.event("cleanup", f"Kept on {move.source.name}: " + ", ".join(kept))
+        return {"removed": removed, "kept": kept}
+
+    def settle(self, move, entry):
+        return Decision(REDO, "removing leftovers is idempotent")
 
 
-def settle(source, destination, uuid, src, dst, wait_s: float = SETTLE_S):
-    """Where the domain is after the call returned, from both hosts; a host whose libvirt does not
-    answer (killed, restarting) is asked again on a fresh connection until it does or wait_s ends.
+class LiveRunner(Runner):
+    """The live mode's steps."""
 
-    Returns (source place, destination place); either may still carry an error, and then the
-    caller must not act on it.
+    mode = status.MODE_LIVE
+    steps = (PrepareDestinationDisks(), Migrate(), VerifyDestination(), RemoveSourceLeftovers())
+    committed_after = "migrate"
+
+    def finish(self, move):
+        server = move.server
+        migrate = journal.last(move.task, "migrate")
+        verify = journal.last(move.task, "verify-destination").data or {}
+        wall_ms = move.state.get("wall_ms")
+        result = {"downtime_ms": verify.get("downtime_ms"),
+                  "total_ms": verify.get("time_ms") or wall_ms, "wall_ms": wall_ms,
+                  "bytes": verify.get("bytes"), "memory_bytes": verify.get("memory_bytes"),
+                  "disk_bytes": verify.get("disk_bytes"),
+                  "postcopy": bool((migrate.data or {}).get("postcopy")),
+                  "phases": {"migrate_ms": wall_ms}}
+        disks.record_moved(server, move.destination, _plan(move), status.SERVER_RUNNING)
+        seconds = f", {wall_ms / 1000:.1f} s in all" if wall_ms else ""
+        finish_success(move.task, f"{server.name} runs on {move.destination.name}: downtime "
+                       f"{result['downtime_ms']} ms{seconds}.", result)
+
+
+RUNNER = LiveRunner()
+
+
+def prepare(move: Move) -> None:
+    """Read what the steps need (creates nothing): both definitions and the disk plan.
+
+    A disk only in the persistent definition would be stranded by a live move: refused.
     """
-    at_src, at_dst = mig.where_is(src.conn, uuid), mig.where_is(dst.conn, uuid)
-    deadline = time.monotonic() + wait_s
-    while (at_src.error or at_dst.error) and time.monotonic() < deadline:
-        time.sleep(2)
-        try:
-            if at_src.error:
-                with resources.open_libvirt(source) as fresh:
-                    at_src = mig.where_is(fresh.conn, uuid)
-            if at_dst.error:
-                with resources.open_libvirt(destination) as fresh:
-                    at_dst = mig.where_is(fresh.conn, uuid)
-        except FerryError:
-            continue
-    return at_src, at_dst
+    if move.task.domain_xml is None:
+        move.task.domain_xml = move.host("source").xml(move.server.uuid, inactive=True)
+        db.session.commit()
+    move.state["persist_xml"] = mig_xml = move.task.domain_xml
+    try:
+        move.state["live_xml"] = move.host("source").xml(move.server.uuid, migratable=True)
+        mig_xml = move.host("source").xml(move.server.uuid, inactive=True, migratable=True)
+        move.state["persist_xml"] = mig_xml
+    except FerryError:
+        move.state["live_xml"] = move.task.domain_xml  # recovery after the server left the source
+    move.state["plan"] = disks.plan_for(move.state["live_xml"], move.options.get("convert_to"),
+                                        extra_xml=move.task.domain_xml)
 
 
-def remove_unless_defined(dst, dst_ssh, uuid, paths, task) -> None:
-    """Remove disks pre-created on the destination, unless a domain there now uses them."""
-    place = mig.where_is(dst.conn, uuid)
-    if not paths or place.defined:
-        return
-    if place.error:  # a disk a running domain uses must never go: keep them, say so
-        event(task, "cleanup", "Kept the pre-created disks on the destination: its libvirt did "
-              f"not answer ({place.error}): " + ", ".join(paths))
-        return
-    allowed = {posixpath.dirname(p) for p in paths}
-    for path in paths:
-        ssh.run(dst_ssh, storage.remove_disk(path, allowed))
-    event(task, "cleanup", "Removed the pre-created disks from the destination: " + ", ".join(paths))
+def run(task, lease=None, nodes=None) -> None:
+    """Live-migrate task.server from task.source to task.destination (see the module's steps)."""
+    with Move(task, nodes=nodes, lease=lease) as move:
+        check_start(move, running=True)
+        prepare(move)
+        refuse_existing(move)
+        drive(move, RUNNER)
 
 
-def remove_source_disks(src, src_ssh, uuid, plan, source, task) -> None:
-    """After success, delete the source's copies (libvirt never does), only if the source let go."""
-    place = mig.where_is(src.conn, uuid)
-    if place.defined or place.error:
-        event(task, "cleanup", f"{source.name} still defines the domain or could not say "
-              f"({place.error or 'defined'}): its disks were kept.")
-        return
-    allowed = [p.get("path") for p in (source.facts or {}).get("storage_pools", []) if p.get("path")]
-    removed = []
-    for disk in plan:
-        try:
-            argv = storage.remove_disk(disk["path"], allowed)
-        except storage.RefusedCommand as exc:
-            event(task, "cleanup", f"Kept {disk['path']} on {source.name}: {exc}")
-            continue
-        if ssh.run(src_ssh, argv).ok:
-            removed.append(disk["path"])
-    if removed:
-        event(task, "cleanup", f"Removed the source's disks on {source.name}: " + ", ".join(removed))
-
-
-def record_moved(server, destination, plan, state: str) -> None:
-    """The inventory after a successful move: new host, state, disk paths and formats."""
-    server.compute_resource = destination
-    server.state = state
-    by_target = {d["target"]: d for d in plan}
-    for disk in server.disks:
-        moved = by_target.get(disk.target)
-        if moved:
-            disk.path, disk.format = moved["dst_path"], moved["dst_format"]
-            disk.storage_type = (status.STORAGE_FILE_QCOW2 if moved["dst_format"] == "qcow2"
-                                 else status.STORAGE_FILE_RAW)
+def resume(task, lease=None, nodes=None) -> str:
+    """Recovery: settle an interrupted live move from its journal (adopting a migration libvirt
+    still runs) and drive it to its end."""
+    from app.services.steps import resume as resume_steps
+    with Move(task, nodes=nodes, lease=lease) as move:
+        prepare(move)
+        outcome = resume_steps(move, RUNNER)
+        failure = move.state.get("failure")
+        if failure is not None:
+            raise failure
+        return outcome

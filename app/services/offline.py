@@ -1,33 +1,32 @@
-"""Offline migration of one stopped server, with optional storage conversion, in one pass per disk.
+"""Offline migration of one stopped server, with optional storage conversion: journaled steps.
 
-For each disk the source exports it read-only with qemu-nbd (TCP 8081, bound
-to the source's address) and the destination reads it with `qemu-img convert
--p` straight into a temporary file of the target format: no temporary full
-copy anywhere. Then, in this order, so the server is defined on at least one
-host at every instant and on two never for longer than one step:
-verify (qemu-img compare) -> rename into place -> define on the destination
--> undefine on the source -> remove the source's disks.
+    export -> copy -> verify -> define-destination -> undefine-source
+           -> remove-source-disks -> settle-addresses
+
+The source exports each disk read-only with qemu-nbd (a port claimed for the
+task, from 8081 up); the destination reads it with `qemu-img convert` straight
+into a temporary file of the target format; `qemu-img compare` checks it. Only
+then is the server defined on the destination (disks renamed into place,
+NVRAM and TPM state carried), and only once the source's definition is gone
+(the point of no return) are the source's disks removed. So the server is
+defined on at least one node at every instant, and on two for no longer than
+one step. Before the point of no return any failure rolls back what the
+journal says the task created; after it, steps only go forward.
 """
 from __future__ import annotations
 
 import posixpath
-import threading
 import time
-
-import libvirt
-from flask import current_app
 
 from app import status
 from app.errors import FerryError
 from app.extensions import db
 from app.infra import migration as mig
-from app.infra import ssh
 from app.infra.commands import storage
-from app.services import preflight, resources
-from app.services.live import disk_plan, record_moved
-from app.services.timeline import Cancelled, cancel_requested, event, finish_success
-
-FILE_FORMATS = {status.STORAGE_FILE_RAW: "raw", status.STORAGE_FILE_QCOW2: "qcow2"}
+from app.services import disks, journal, limits, preflight
+from app.services.steps import (ATTENTION, DONE, REDO, ROLLBACK, Decision, Move, Runner, Step,
+                                carry_state, check_start, drive, refuse_existing)
+from app.services.timeline import Cancelled, cancel_requested, finish_success
 
 
 def pid_file(task_id: int, index: int, what: str) -> str:
@@ -40,166 +39,431 @@ def _with_pid(pid_file: str, argv: list[str]) -> list[str]:
     return ["sh", "-c", 'echo $$ > "$1"; shift; exec "$@"', "ferry-run", pid_file, *argv]
 
 
-def _copy(task, dst_ssh_factory, argv: list[str], pid_file: str, label: str) -> None:
-    """Run the copy on the destination, recording progress and honouring cancel requests."""
-    box = {}
-    app = current_app._get_current_object()
+def _plan(move: Move) -> list[dict]:
+    return move.state["plan"]
+
+
+def _remove(move: Move, which: str, paths: list[str]) -> list[str]:
+    """Remove files the journal names on a node (each inside its own folder); returns them."""
+    removed = []
+    for path in paths:
+        result = move.sh(which, storage.remove_disk(path, [posixpath.dirname(path)]))
+        if result.ok:
+            removed.append(path)
+    return removed
+
+
+class Export(Step):
+    """Serve each source disk read-only over NBD on the task's port."""
+
+    name = "export"
+
+    def names(self, move):
+        claim = getattr(limits, "claim_export_port", None)
+        port = move.state.get("port") or (claim(move.task.id, move.source.id) if claim
+                                          else storage.NBD_PORT)
+        move.state["port"] = port
+        plan = _plan(move)
+        return {"node": "source", "port": port,
+                "exports": [storage.export_name(move.task.id, i) for i in range(len(plan))],
+                "pid_files": [pid_file(move.task.id, i, "nbd") for i in range(len(plan))]}
+
+    def run(self, move, entry):
+        for index, disk in enumerate(_plan(move)):
+            exported = move.sh("source", storage.nbd_export(
+                disk["path"], disk["format"], move.source.host, entry.names["exports"][index],
+                entry.names["pid_files"][index], port=entry.names["port"]))
+            if not exported.ok:
+                raise FerryError(f"qemu-nbd could not export {disk['path']} on {move.source.name}: "
+                                 f"{exported.stderr.strip()}")
+        return {"plan": _plan(move)}
+
+    def settle(self, move, entry):
+        return Decision(ROLLBACK, "an export alone moves nothing")
+
+    def undo(self, move, entry):
+        for pid in entry.names.get("pid_files") or []:
+            move.sh("source", storage.stop_by_pid_file(pid, expect="qemu-nbd"))
+
+
+def stop_exports(move: Move) -> None:
+    """Stop the task's NBD exports on the source (by PID, only if still qemu-nbd)."""
+    for pid in journal.created(move.task, "source", "pid_files"):
+        move.sh("source", storage.stop_by_pid_file(pid, expect="qemu-nbd"))
+
+
+class Copy(Step):
+    """Read every export into a temporary file of the target format on the destination."""
+
+    name = "copy"
+
+    def names(self, move):
+        plan = _plan(move)
+        return {"node": "destination",
+                "paths": [storage.temp_path(d["dst_path"], move.task.id) for d in plan],
+                "pid_files": [pid_file(move.task.id, i, "copy") for i in range(len(plan))]}
+
+    def run(self, move, entry):
+        export = journal.last(move.task, "export").names
+        timings = {}
+        for index, disk in enumerate(_plan(move)):
+            started = time.monotonic()
+            move.event("copy", f"Copying {disk['target']} ({disk['format']} → {disk['dst_format']}) "
+                               f"from {move.source.name} over NBD into {entry.names['paths'][index]}.")
+            argv = storage.convert_from_nbd(move.source.host, export["exports"][index],
+                                            entry.names["paths"][index], disk["dst_format"],
+                                            port=export["port"])
+            _copy(move, _with_pid(entry.names["pid_files"][index], argv),
+                  entry.names["pid_files"][index], disk["target"])
+            timings[f"copy_{disk['target']}_ms"] = int((time.monotonic() - started) * 1000)
+        move.state.setdefault("phases", {}).update(timings)
+        return timings
+
+    def settle(self, move, entry):
+        return Decision(ROLLBACK, "a copy that did not finish is discarded")
+
+    def undo(self, move, entry):
+        for pid in entry.names.get("pid_files") or []:
+            move.sh("destination", storage.stop_by_pid_file(pid, expect="qemu-img"))
+        removed = _remove(move, "destination", entry.names.get("paths") or [])
+        if removed:
+            move.event("cleanup", "Removed partial copies from the destination: " + ", ".join(removed))
+
+
+def _copy(move: Move, argv: list[str], pid: str, label: str) -> None:
+    """Run one copy on the destination in a thread of its own, honouring cancel requests."""
+    import threading
+    from flask import current_app
+
+    box, app = {}, current_app._get_current_object()
 
     def work():
-        with app.app_context(), dst_ssh_factory() as conn:
-            box["result"] = ssh.run(conn, _with_pid(pid_file, argv), timeout=24 * 3600)
+        with app.app_context(), move.nodes.shell(move.destination) as conn:
+            from app.infra import ssh
+            try:
+                box["result"] = ssh.run(conn, argv, timeout=24 * 3600)
+            except FerryError as exc:
+                box["error"] = exc
 
-    thread = threading.Thread(target=work, daemon=True)
+    thread = threading.Thread(target=work, daemon=True, name=f"copy-{move.task.id}")
     thread.start()
-    with dst_ssh_factory() as watcher:
-        while thread.is_alive():
-            thread.join(1.0)
-            if cancel_requested(task.id):
-                ssh.run(watcher, storage.stop_by_pid_file(pid_file))
-                thread.join(30)
-                raise Cancelled("Cancelled during the disk copy.")
-    result = box.get("result")
-    if result is None or not result.ok:
-        detail = (result.stderr.strip() if result else "no result")[-500:]
-        raise FerryError(f"copying {label} failed: {detail}")
+    while thread.is_alive():
+        thread.join(1.0)
+        if cancel_requested(move.task.id):
+            move.sh("destination", storage.stop_by_pid_file(pid, expect="qemu-img"))
+            thread.join(30)
+            raise Cancelled("Cancelled during the disk copy.")
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    if not result.ok:
+        raise FerryError(f"copying {label} failed: {result.stderr.strip()[-500:]}")
+    move.sh("destination", ["rm", "-f", "--", pid])
     percent = storage.parse_convert_progress(result.stdout)
-    task.progress = {"percent": percent if percent is not None else 100.0, "phase": "copy"}
+    move.task.progress = {"percent": percent if percent is not None else 100.0, "phase": "copy"}
     db.session.commit()
 
 
-def run(task) -> None:
-    """Move task.server (stopped) from task.source to task.destination, converting if asked."""
-    server, source, destination = task.server, task.source, task.destination
-    options = task.group.options
-    convert_to = options.get("convert_to")
-    if convert_to in (status.STORAGE_LVM, status.STORAGE_THINLVM):
-        raise FerryError(f"conversion to {convert_to} needs device-mapper on {destination.name}: "
-                         "Ferry builds those commands (lvcreate) but this destination has no "
-                         "LVM volume group")
-    t0 = time.monotonic()
-    phases = {}
-    with resources.open_ssh(source) as src_ssh, resources.open_ssh(destination) as dst_ssh, \
-            resources.open_libvirt(source) as src, resources.open_libvirt(destination) as dst:
-        try:
-            dom = src.conn.lookupByUUIDString(server.uuid)
-        except libvirt.libvirtError as exc:
-            raise FerryError(f"{server.name} is not on {source.name}: {exc}") from exc
-        if dom.isActive():
-            raise FerryError(f"{server.name} is running: offline migration needs it stopped")
-        if mig.where_is(dst.conn, server.uuid).defined:
-            raise FerryError(f"{destination.name} already has a domain with {server.name}'s UUID")
-        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        plan = disk_plan(mig.disk_targets(xml), convert_to)
-        for disk in plan:
-            if ssh.run(dst_ssh, ["test", "-e", disk["dst_path"]]).ok:
-                raise FerryError(f"{destination.name} already has a file at {disk['dst_path']}: "
-                                 "refusing to overwrite it")
+class Verify(Step):
+    """Compare each copy with its export; the source must still be stopped and unchanged."""
 
-        temps, placed, exports = [], [], []
-        try:
-            task.phase = "copying"
-            db.session.commit()
-            for index, disk in enumerate(plan):
-                name = storage.export_name(task.id, index)
-                nbd_pid = pid_file(task.id, index, "nbd")
-                exported = ssh.run(src_ssh, storage.nbd_export(
-                    disk["path"], disk["format"], source.host, name, nbd_pid))
-                if not exported.ok:
-                    raise FerryError(f"qemu-nbd could not export {disk['path']} on {source.name}: "
-                                     f"{exported.stderr.strip()}")
-                exports.append(nbd_pid)
-                tmp = storage.temp_path(disk["dst_path"], task.id)
-                temps.append(tmp)
-                event(task, "copy", f"Copying {disk['target']} ({disk['format']} → "
-                      f"{disk['dst_format']}) from {source.name} over NBD into {tmp}.")
-                started = time.monotonic()
-                _copy(task, lambda: resources.open_ssh(destination),
-                      storage.convert_from_nbd(source.host, name, tmp, disk["dst_format"]),
-                      pid_file(task.id, index, "copy"), disk["target"])
-                phases[f"copy_{disk['target']}_ms"] = int((time.monotonic() - started) * 1000)
-                started = time.monotonic()
-                same = ssh.run(dst_ssh, storage.compare(
-                    storage.nbd_url(source.host, name), "raw", tmp, disk["dst_format"]),
-                    timeout=24 * 3600)
-                if not same.ok:
-                    raise FerryError(f"the copy of {disk['target']} differs from the source: "
-                                     f"{(same.stdout + same.stderr).strip()[-300:]}")
-                phases[f"verify_{disk['target']}_ms"] = int((time.monotonic() - started) * 1000)
-                event(task, "verified", f"{disk['target']}: qemu-img compare found the copy "
-                      "identical to the source.")
-                ssh.run(src_ssh, storage.stop_by_pid_file(nbd_pid))
-                exports.remove(nbd_pid)
-            if cancel_requested(task.id):
-                raise Cancelled("Cancelled before the server was defined on the destination.")
+    name = "verify"
 
-            task.phase = "switching"
-            db.session.commit()
-            for tmp, disk in zip(temps, plan):
-                moved = ssh.run(dst_ssh, storage.rename_disk(tmp, disk["dst_path"]))
-                if not moved.ok:
-                    raise FerryError(f"cannot move {tmp} into place: {moved.stderr.strip()}")
-                placed.append(disk["dst_path"])
-            temps = []
-            new_xml = mig.destination_xml(xml, {d["target"]: (d["dst_path"], d["dst_format"])
-                                                for d in plan})
-            new_address, old_addresses = None, []
-            if not options.get("preserve_ip", True):
-                old_addresses = list(server.ip_addresses)
-                new_address = preflight.allocate_address(server, destination)
-                if new_address is None:
-                    raise FerryError(f"{destination.name} has no free address in its IP blocks")
-                new_xml = mig.with_guest_ip(
-                    new_xml, f"{new_address.address}/{preflight.prefix_of(new_address)}")
-            try:
-                dst.conn.defineXML(new_xml)
-            except libvirt.libvirtError as exc:
-                raise FerryError(f"{destination.name} refused the definition: {exc}") from exc
-            event(task, "defined", f"{server.name} is defined on {destination.name}.")
-            try:
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                                  if "<nvram" in xml else 0)
-            except libvirt.libvirtError as exc:
-                # Never leave it defined twice: take the new definition back.
-                dst.conn.lookupByUUIDString(server.uuid).undefine()
-                raise FerryError(f"{source.name} refused to undefine {server.name}: {exc}") from exc
-            placed = []  # the destination owns them now
-            event(task, "undefined", f"{server.name} is no longer defined on {source.name}.")
-        except BaseException:
-            db.session.rollback()
-            for export_pid in exports:
-                ssh.run(src_ssh, storage.stop_by_pid_file(export_pid))
-            if not mig.where_is(dst.conn, server.uuid).defined:
-                leftovers = temps + placed
-                allowed = {posixpath.dirname(p) for p in leftovers}
-                for path in leftovers:
-                    ssh.run(dst_ssh, storage.remove_disk(path, allowed))
-                if leftovers:
-                    event(task, "cleanup", "Removed partial copies from the destination: "
-                          + ", ".join(leftovers))
-            raise
+    def run(self, move, entry):
+        export = journal.last(move.task, "export").names
+        paths = journal.last(move.task, "copy").names["paths"]
+        for index, disk in enumerate(_plan(move)):
+            started = time.monotonic()
+            same = move.sh("destination", storage.compare(
+                storage.nbd_url(move.source.host, export["exports"][index], export["port"]), "raw",
+                paths[index], disk["dst_format"]), timeout=24 * 3600)
+            if not same.ok:
+                raise FerryError(f"the copy of {disk['target']} differs from the source: "
+                                 f"{(same.stdout + same.stderr).strip()[-300:]}")
+            move.state.setdefault("phases", {})[f"verify_{disk['target']}_ms"] = int(
+                (time.monotonic() - started) * 1000)
+        _source_still_stopped(move)
+        stop_exports(move)
+        move.event("verified", "qemu-img compare found every copy identical to the source, "
+                               f"and {move.server.name} is still stopped on {move.source.name}.")
+        return {"identical": True}
 
-        allowed = [p.get("path") for p in (source.facts or {}).get("storage_pools", [])
-                   if p.get("path")]
-        removed = []
-        for disk in plan:
-            try:
-                if ssh.run(src_ssh, storage.remove_disk(disk["path"], allowed)).ok:
-                    removed.append(disk["path"])
-            except storage.RefusedCommand as exc:
-                event(task, "cleanup", f"Kept {disk['path']} on {source.name}: {exc}")
+    def settle(self, move, entry):
+        return Decision(ROLLBACK, "an unfinished check proves nothing")
+
+
+def _source_still_stopped(move: Move) -> None:
+    """Refuse to go on if the server was started (or changed) on the source since the copy began."""
+    place = move.place("source")
+    if place.error:
+        raise FerryError(f"{move.source.name} did not answer whether {move.server.name} is still "
+                         f"stopped: {place.error}")
+    if not place.defined:
+        raise FerryError(f"{move.server.name} is no longer defined on {move.source.name}")
+    if place.running or place.paused:
+        raise FerryError(f"{move.server.name} was started on {move.source.name} during the move: "
+                         "its disks may have changed, so the copy is discarded")
+    now = mig.disk_targets(move.host("source").xml(move.server.uuid, inactive=True))
+    then = mig.disk_targets(move.task.domain_xml)
+    if now != then:
+        raise FerryError(f"{move.server.name}'s disks changed on {move.source.name} during the move")
+
+
+class DefineDestination(Step):
+    """Rename the copies into place, carry NVRAM and TPM state, define the server there."""
+
+    name = "define-destination"
+
+    def names(self, move):
+        # "paths" and "dirs" grow as each is created (add_names): a name that was already taken
+        # by something else is never listed, so an undo can never remove what is not ours.
+        xml = move.task.domain_xml
+        nvram = disks.nvram_path(xml)
+        intended = [d["dst_path"] for d in _plan(move)] + ([nvram] if nvram else [])
+        tpm = disks.tpm_dir(xml, move.server.uuid)
+        return {"node": "destination", "intended": intended + ([tpm] if tpm else []),
+                "paths": [], "domain": move.server.uuid}
+
+    def run(self, move, entry):
+        if cancel_requested(move.task.id):
+            raise Cancelled("Cancelled before the server was defined on the destination.")
+        temps = journal.last(move.task, "copy").names["paths"]
+        for tmp, disk in zip(temps, _plan(move)):
+            moved = move.sh("destination", storage.rename_disk(tmp, disk["dst_path"]))
+            if not moved.ok:
+                raise FerryError(f"cannot move {tmp} into place: {moved.stderr.strip()}")
+            journal.add_names(entry, paths=[disk["dst_path"]])
+        carry_state(move, entry)
+        xml = mig.destination_xml(move.task.domain_xml, {
+            d["target"]: (d["dst_path"], d["dst_format"]) for d in _plan(move)})
+        address = None
+        if not move.options.get("preserve_ip", True):
+            address = preflight.allocate_address(move.server, move.destination)
+            if address is None:
+                raise FerryError(f"{move.destination.name} has no free address in its IP blocks")
+            db.session.flush()
+            journal.add_names(entry, address_id=address.id)  # committed: released on undo
+            xml = mig.with_guest_ip(xml, f"{address.address}/{preflight.prefix_of(address)}")
+        move.host("destination").define(xml)
+        move.event("defined", f"{move.server.name} is defined on {move.destination.name}.")
+        return {"address": address.address if address else None}
+
+    def settle(self, move, entry):
+        return _settle_defined(move.place("destination"), "destination")
+
+    def undo(self, move, entry):
+        place = move.place("destination")
+        if place.error:
+            from app.infra.host import HostUnknown
+            raise HostUnknown(f"{move.destination.name} did not answer: {place.error}")
+        if place.running:
+            from app.infra.host import HostUnknown
+            raise HostUnknown(f"{move.server.name} runs on {move.destination.name}")
+        if place.defined:
+            move.host("destination").undefine(move.server.uuid)
+            move.event("cleanup", f"Took the definition back from {move.destination.name}.")
+        removed = _remove(move, "destination", entry.names.get("paths") or [])
+        for directory in entry.names.get("dirs") or []:
+            move.sh("destination", storage.remove_tree(directory, disks.SWTPM_DIR))
+            removed.append(directory)
+        address_id = entry.names.get("address_id")
+        if address_id:
+            from app.models import IpAddress
+            row = db.session.get(IpAddress, address_id)
+            if row is not None and row.server_id == move.server.id:
+                row.server = None
+                db.session.commit()
         if removed:
-            event(task, "cleanup", f"Removed the source's disks on {source.name}: "
-                  + ", ".join(removed))
+            move.event("cleanup", "Removed from the destination: " + ", ".join(removed))
 
-        record_moved(server, destination, plan, status.SERVER_STOPPED)
-        message = f"{server.name} is stopped on {destination.name}"
-        if new_address is not None:
-            for old in old_addresses:
-                if old is not new_address:
+
+def _settle_defined(place, which: str) -> Decision:
+    """Pure: did a define step happen, judging by the node's answer?
+
+    >>> from app.infra.migration import DomainPlace as P
+    >>> _settle_defined(P(True, False), "destination").action
+    'done'
+    >>> _settle_defined(P(False, False), "destination").action
+    'roll-back'
+    >>> _settle_defined(P(False, False, error="no route"), "destination").action
+    'needs-attention'
+    """
+    if place.error:
+        return Decision(ATTENTION, f"the {which} did not answer ({place.error})")
+    if place.defined:
+        return Decision(DONE, f"the {which} defines the server")
+    return Decision(ROLLBACK, f"the {which} does not define the server")
+
+
+class UndefineSource(Step):
+    """The point of no return: the source lets the server go, if it is still stopped there."""
+
+    name = "undefine-source"
+
+    def run(self, move, entry):
+        _source_still_stopped(move)
+        move.host("source").undefine(move.server.uuid)
+        move.event("undefined", f"{move.server.name} is no longer defined on {move.source.name}.")
+
+    def settle(self, move, entry):
+        return _settle_undefined(move.place("source"))
+
+
+def _settle_undefined(place) -> Decision:
+    """Pure: did the source let go of the server (an undefine's reply may be lost)?
+
+    >>> from app.infra.migration import DomainPlace as P
+    >>> _settle_undefined(P(False, False)).action
+    'done'
+    >>> _settle_undefined(P(True, False)).action
+    'redo'
+    >>> _settle_undefined(P(True, True)).action
+    'roll-back'
+    >>> _settle_undefined(P(False, False, error="timeout")).action
+    'needs-attention'
+
+    (A failed undefine at run time is rolled back, never retried: only recovery redoes one.)
+    """
+    if place.error:
+        return Decision(ATTENTION, f"the source did not answer ({place.error})")
+    if not place.defined:
+        return Decision(DONE, "the source no longer defines the server")
+    if place.running:
+        return Decision(ROLLBACK, "the server was started on the source meanwhile")
+    return Decision(REDO, "the source still defines the stopped server: undefine it again")
+
+
+class RemoveSourceDisks(Step):
+    """Remove the source's disks, NVRAM and TPM state, once it no longer defines the server."""
+
+    name = "remove-source-disks"
+
+    def names(self, move):
+        xml = move.task.domain_xml
+        paths = [d["path"] for d in _plan(move)]
+        nvram = disks.nvram_path(xml)
+        names = {"node": "source-removal", "paths": paths + ([nvram] if nvram else [])}
+        tpm = disks.tpm_dir(xml, move.server.uuid)
+        if tpm:
+            names["dirs"] = [tpm]
+        return names
+
+    def run(self, move, entry):
+        place = move.place("source")
+        if place.error or place.defined:
+            raise FerryError(f"{move.source.name} still defines the server or did not answer "
+                             f"({place.error or 'defined'}): its disks were kept")
+        allowed = [p.get("path") for p in (move.source.facts or {}).get("storage_pools", [])
+                   if p.get("path")]
+        nvram = disks.nvram_path(move.task.domain_xml)
+        removed, kept = [], []
+        for path in entry.names.get("paths") or []:
+            try:
+                argv = storage.remove_disk(path, allowed + ([posixpath.dirname(nvram)] if nvram else []))
+            except storage.RefusedCommand as exc:
+                kept.append(f"{path} ({exc})")
+                continue
+            if move.sh("source", argv).ok:
+                removed.append(path)
+        for directory in entry.names.get("dirs") or []:
+            if move.sh("source", storage.remove_tree(directory, disks.SWTPM_DIR)).ok:
+                removed.append(directory)
+        if removed:
+            move.event("cleanup", f"Removed the source's disks on {move.source.name}: "
+                       + ", ".join(removed))
+        if kept:
+            move.event("cleanup", f"Kept on {move.source.name}: " + ", ".join(kept))
+        return {"removed": removed, "kept": kept}
+
+    def settle(self, move, entry):
+        return Decision(REDO, "removing files is idempotent")
+
+
+class SettleAddresses(Step):
+    """Record the move in the inventory: new node and disks; with an IP change, the new address
+    kept and only the addresses it replaced released."""
+
+    name = "settle-addresses"
+
+    def run(self, move, entry):
+        from app.models import IpAddress
+        define = journal.last(move.task, "define-destination")
+        new_id = (define.names or {}).get("address_id")
+        released = []
+        if new_id:
+            new = db.session.get(IpAddress, new_id)
+            destination_blocks = {b.id for b in move.destination.ip_blocks}
+            for old in list(move.server.ip_addresses):
+                if old.id != new_id and old.block_id not in destination_blocks:
                     old.server = None
-            message += f" with its new address {new_address.address} (old one released)"
-        total_ms = int((time.monotonic() - t0) * 1000)
+                    released.append(old.address)
+            move.state["new_address"] = new.address if new else None
+        disks.record_moved(move.server, move.destination, _plan(move), status.SERVER_STOPPED)
+        db.session.commit()
+        return {"released": released}
+
+    def settle(self, move, entry):
+        return Decision(REDO, "the inventory update is idempotent")
+
+
+class OfflineRunner(Runner):
+    """The offline mode's steps."""
+
+    mode = status.MODE_OFFLINE
+    steps = (Export(), Copy(), Verify(), DefineDestination(), UndefineSource(),
+             RemoveSourceDisks(), SettleAddresses())
+    committed_after = "undefine-source"
+
+    def finish(self, move):
+        server = move.server
+        message = f"{server.name} is stopped on {move.destination.name}"
+        if move.state.get("new_address"):
+            message += f" with its new address {move.state['new_address']} (old one released)"
+        total_ms = int((time.monotonic() - move.state["t0"]) * 1000)
         result = {"downtime_ms": None, "total_ms": total_ms, "wall_ms": total_ms,
-                  "bytes": sum(d.allocation or 0 for d in server.disks), "phases": phases,
-                  "new_address": new_address.address if new_address else None}
-        finish_success(task, message + ".", result)
+                  "bytes": sum(d.allocation or 0 for d in server.disks),
+                  "phases": move.state.get("phases", {}),
+                  "new_address": move.state.get("new_address")}
+        finish_success(move.task, message + ".", result)
+
+
+RUNNER = OfflineRunner()
+
+
+def prepare(move: Move) -> None:
+    """Read what the steps need (creates nothing): the server's definition and its disk plan.
+
+    On a first run the definition is read from the source and kept on the task; on recovery it
+    is the one the task kept, and the plan is the one the export step journaled.
+    """
+    move.state["t0"] = time.monotonic()
+    export = journal.last(move.task, "export")
+    if export is not None and (export.data or {}).get("plan"):
+        move.state["plan"] = export.data["plan"]
+        move.state["port"] = export.names.get("port")
+        return
+    if move.task.domain_xml is None:
+        move.task.domain_xml = move.host("source").xml(move.server.uuid, inactive=True)
+        db.session.commit()
+    move.state["plan"] = disks.plan_for(move.task.domain_xml, move.options.get("convert_to"))
+
+
+def run(task, lease=None, nodes=None) -> None:
+    """Move task.server (stopped) from task.source to task.destination, converting if asked."""
+    convert_to = (task.group.options or {}).get("convert_to")
+    if convert_to in (status.STORAGE_LVM, status.STORAGE_THINLVM):
+        raise FerryError(f"conversion to {convert_to} is not supported yet: Ferry moves file "
+                         "disks (raw and qcow2) only")
+    with Move(task, nodes=nodes, lease=lease) as move:
+        check_start(move, running=False)
+        prepare(move)
+        refuse_existing(move)
+        drive(move, RUNNER)
+
+
+def resume(task, lease=None, nodes=None) -> str:
+    """Recovery: settle an interrupted offline move from its journal and drive it to its end."""
+    from app.services.steps import resume as resume_steps
+    with Move(task, nodes=nodes, lease=lease) as move:
+        prepare(move)
+        return resume_steps(move, RUNNER)

@@ -10,7 +10,6 @@ migration: a peer-to-peer migration goes on without us, so we wait for it.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,10 +19,8 @@ from app import status
 from app.errors import FerryError
 from app.extensions import db
 from app.infra import migration as mig
-from app.infra import ssh
-from app.infra.commands import storage
 from app.models import Job, MigrationGroup, MigrationTask, utcnow
-from app.services import limits, resources
+from app.services import engine, limits
 from app.services.migration import enqueue_group, refuse
 from app.services.timeline import event
 
@@ -124,102 +121,53 @@ def abandoned_preflights(now=None) -> list[MigrationGroup]:
 
 
 def _places(task):
-    """Ask both hosts where the task's domain is."""
-    uuid = task.server.uuid
-    with resources.open_libvirt(task.source) as src, resources.open_libvirt(task.destination) as dst:
-        return mig.where_is(src.conn, uuid), mig.where_is(dst.conn, uuid)
+    """Ask both nodes where the task's domain is (each answer may carry an error: unknown)."""
+    from app.services.steps import Move  # the step machine's connections, opened lazily
+    with Move(task) as move:
+        return move.place("source", patient=False), move.place("destination", patient=False)
 
 
-def _disk_plan(task) -> list[dict]:
-    """The task's disks as its job planned them (the inventory keeps the source's until success)."""
-    from app.services.live import disk_plan
-    disks = [{"target": d.target, "path": d.path, "format": d.format} for d in task.server.disks]
-    return disk_plan(disks, (task.group.options or {}).get("convert_to"))
+OUTCOMES = {status.MIGRATION_FINISHED: COMPLETED, status.MIGRATION_FAILED: FAILED_SOURCE_INTACT,
+            status.MIGRATION_CANCELLED: FAILED_SOURCE_INTACT}
 
 
-def _ours_on_destination(task, phase: str | None, plan: list[dict]) -> list[str]:
-    """Files the dead job made on the destination (it refused to start over existing ones)."""
-    if task.mode == status.MODE_LIVE:
-        # Pre-created just before the migration started (phase "migrating"); earlier, maybe not.
-        return [d["dst_path"] for d in plan] if phase == "migrating" else []
-    temps = [storage.temp_path(d["dst_path"], task.id) for d in plan]
-    return temps + ([d["dst_path"] for d in plan] if phase == "switching" else [])
+def reconcile_task(task, lease=None) -> Verdict:
+    """Establish and record the truth about one orphaned task.
 
-
-def clean_up(task, verdict: Verdict, phase: str | None) -> None:
-    """Do the dead job's cleanup: the host that does not hold the server keeps none of its files.
-
-    Completed: the source's disks go (only once the source no longer defines
-    the domain). Failed with the source intact: the destination's copies go
-    (only while the destination defines no such domain). Offline exports
-    left on the source are stopped either way.
+    A task whose journal has steps is resumed by the engine: the last begun step is settled
+    from what the nodes say (a live migration libvirt still runs is adopted and driven to its
+    end), then the move goes on or is rolled back, removing only what the journal names. A
+    task that never began a step moved nothing; its nodes are asked, and nothing is removed.
     """
-    from app.services.live import remove_source_disks, remove_unless_defined
-    from app.services.offline import pid_file
-
-    plan = _disk_plan(task)
-    uuid = task.server.uuid
-    with resources.open_ssh(task.source) as src_ssh:
-        if task.mode == status.MODE_OFFLINE:
-            for index in range(len(plan)):
-                ssh.run(src_ssh, storage.stop_by_pid_file(pid_file(task.id, index, "nbd")))
-        if verdict.outcome == COMPLETED:
-            with resources.open_libvirt(task.source) as src:
-                remove_source_disks(src, src_ssh, uuid, plan, task.source, task)
-    if verdict.outcome == FAILED_SOURCE_INTACT:
-        with resources.open_ssh(task.destination) as dst_ssh, \
-                resources.open_libvirt(task.destination) as dst:
-            if task.mode == status.MODE_OFFLINE:
-                for index in range(len(plan)):
-                    ssh.run(dst_ssh, storage.stop_by_pid_file(pid_file(task.id, index, "copy")))
-            remove_unless_defined(dst, dst_ssh, uuid, _ours_on_destination(task, phase, plan),
-                                   task)
-
-
-def reconcile_task(task, wait_s: float = 120.0) -> Verdict:
-    """Establish and record the truth about one orphaned task."""
     if task.status == status.MIGRATION_PENDING:  # died while waiting: nothing moved
         task.phase = None
         limits.release_resources(task.id)
         return Verdict("requeued", "the job died before the task started")
-    phase = task.phase
-    deadline = time.monotonic() + wait_s
-    at_src = at_dst = None
+    if task.steps:
+        event(task, "reconciled", "The job running this task stopped; recovery resumes it "
+                                  "from its journal.")
+        final = engine.resume(task, lease)
+        return Verdict(OUTCOMES.get(final, ATTENTION), task.error or final)
     try:
-        while True:
-            at_src, at_dst = _places(task)
-            verdict = judge(task.mode, at_src, at_dst)
-            if verdict.outcome != STILL_RUNNING or time.monotonic() > deadline:
-                break
-            time.sleep(2)  # p2p: the source libvirtd finishes it without us
+        at_src, at_dst = _places(task)
+        verdict = judge(task.mode, at_src, at_dst)
     except FerryError as exc:
-        verdict = Verdict(ATTENTION, f"could not ask the hosts: {exc}")
+        at_src = at_dst = None
+        verdict = Verdict(ATTENTION, f"could not ask the nodes: {exc}")
     seen = {"source": at_src.__dict__ if at_src else None,
             "destination": at_dst.__dict__ if at_dst else None}
     task.finished_at = utcnow()
     task.phase = None
-    if verdict.outcome == COMPLETED:
-        from app.services.live import record_moved
-        task.status = status.MIGRATION_FINISHED
-        record_moved(task.server, task.destination, _disk_plan(task),
-                     status.SERVER_RUNNING if at_dst.running else status.SERVER_STOPPED)
-        task.result = {**(task.result or {}), "recovered": True}
-        message = f"Recovered after the job died: {verdict.reason}."
-    elif verdict.outcome == FAILED_SOURCE_INTACT:
+    if verdict.outcome == FAILED_SOURCE_INTACT:
         task.status = status.MIGRATION_FAILED
-        task.error = f"The job died mid-migration; {verdict.reason}."
+        task.error = f"The job died before it touched a node; {verdict.reason}."
         message = task.error
-    else:
+    else:  # with no journal, a server found elsewhere is for a person to look at
         task.status = status.MIGRATION_ATTENTION
-        task.error = f"Needs attention: {verdict.reason}."
-        message = task.error + " Nothing was removed from either host."
+        task.error = f"Needs attention: the job died with no journaled step; {verdict.reason}."
+        message = task.error + " Nothing was removed from either node."
+        verdict = Verdict(ATTENTION, verdict.reason)
     event(task, "reconciled", message, data=seen)
-    if verdict.outcome in (COMPLETED, FAILED_SOURCE_INTACT):
-        try:
-            clean_up(task, verdict, phase)
-        except FerryError as exc:
-            event(task, "cleanup", f"Could not remove the leftovers: {exc}")
-    limits.release_resources(task.id)
     return verdict
 
 
@@ -239,7 +187,7 @@ def reconcile(wait_s: float = 120.0) -> list[tuple[int, str]]:
     done = []
     groups = set()
     for task in orphans():
-        verdict = reconcile_task(task, wait_s)
+        verdict = reconcile_task(task)
         done.append((task.id, verdict.outcome))
         groups.add(task.group_id)
         log.warning("reconciled task %s: %s (%s)", task.id, verdict.outcome, verdict.reason)

@@ -175,14 +175,30 @@ def nbd_export(path: str, fmt: str, bind_address: str, name: str, pid_file: str,
     ]
 
 
-def stop_by_pid_file(pid_file: str) -> list[str]:
+def stop_by_pid_file(pid_file: str, expect: str | None = None) -> list[str]:
     """Stop the process whose PID is in pid_file (qemu-nbd, probes), then drop the file.
 
-    The pid file is passed as a positional parameter, never pasted into the script.
+    With `expect` (a command name such as "qemu-nbd") the process is killed only
+    if /proc still shows that command under the PID: a PID reused by another
+    process after ours ended is never killed. The pid file is passed as a
+    positional parameter, never pasted into the script.
+
+    >>> stop_by_pid_file("/run/f.pid", "qemu-nbd")[-2:]
+    ['/run/f.pid', 'qemu-nbd']
     """
+    if expect is None:
+        return ["sh", "-c",
+                'pid=$(cat -- "$1") && kill "$pid" 2>/dev/null; rm -f -- "$1"',
+                "ferry-stop", _path(pid_file)]
+    if not re.fullmatch(r"[a-z0-9-]{1,15}", expect):
+        raise RefusedCommand(f"refusing to match the process name {expect!r}")
     return ["sh", "-c",
-            'pid=$(cat -- "$1") && kill "$pid" 2>/dev/null; rm -f -- "$1"',
-            "ferry-stop", _path(pid_file)]
+            'pid=$(cat -- "$1" 2>/dev/null) || exit 0;'
+            ' case "$pid" in *[!0-9]*|"") rm -f -- "$1"; exit 0;; esac;'
+            ' if [ "$(cat /proc/$pid/comm 2>/dev/null)" = "$2" ]; then kill "$pid";'
+            ' for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /proc/$pid ] || break; sleep 0.2; done; fi;'
+            ' rm -f -- "$1"',
+            "ferry-stop", _path(pid_file), expect]
 
 
 # ---------------------------------------------------------------- copy and convert
@@ -302,12 +318,13 @@ def create_disk(path: str, fmt: str, size: int) -> list[str]:
 def rename_disk(tmp_path: str, final_path: str) -> list[str]:
     """Move a verified temporary disk to its final name, never over an existing file.
 
-    The check and the move are one command: Ferry holds the destination node
-    for this task only, so nothing else creates that name in between.
+    A hard link is created only if the name is free, atomically, so two tasks
+    (FERRY_TASKS_PER_RESOURCE > 1) can never both take one name; the temporary
+    name is dropped after.
     """
     return ["sh", "-c",
-            'if [ -e "$2" ]; then echo "refusing to overwrite $2" >&2; exit 17; fi;'
-            ' mv -T -- "$1" "$2"',
+            'ln -T -- "$1" "$2" || { echo "refusing to overwrite $2" >&2; exit 17; };'
+            ' rm -f -- "$1"',
             "ferry-rename", _path(tmp_path), _path(final_path)]
 
 
@@ -405,3 +422,58 @@ def parse_convert_progress(output: str) -> Optional[float]:
     """
     found = _PROGRESS.findall(output or "")
     return float(found[-1]) if found else None
+
+
+# ---------------------------------------------------------------- exclusive files, small state
+
+def create_disk_exclusive(path: str, fmt: str, size: int) -> list[str]:
+    """Pre-create a sparse destination disk only if no file has that name (O_EXCL via noclobber).
+
+    Exit 17 when the name is taken: two moves never write into one file.
+
+    >>> create_disk_exclusive("/img/w.raw", "raw", 1024)[4:]
+    ['/img/w.raw', 'qemu-img', 'create', '-f', 'raw', '/img/w.raw', '1024']
+    """
+    return ["sh", "-c",
+            'set -C; { : > "$1"; } 2>/dev/null || { echo "refusing to overwrite $1" >&2; exit 17; };'
+            ' shift; exec "$@"',
+            "ferry-create", _path(path), *create_disk(path, fmt, size)]
+
+
+def read_base64(path: str) -> list[str]:
+    """Print a small file (NVRAM) as base64 on one line."""
+    return ["base64", "-w0", "--", _path(path)]
+
+
+def write_base64_exclusive(path: str) -> list[str]:
+    """Write base64 from stdin into a new file (never over an existing one), its folder made."""
+    return ["sh", "-c",
+            'mkdir -p -- "$(dirname -- "$1")" && set -C && base64 -d > "$1"',
+            "ferry-write", _path(path)]
+
+
+def tar_out(directory: str) -> list[str]:
+    """Print a directory (TPM state) as a base64 tar stream."""
+    parent, name = posixpath.split(_path(directory))
+    return ["sh", "-c", 'tar -C "$1" -cf - -- "$2" | base64 -w0', "ferry-tar", parent, name]
+
+
+def tar_in_exclusive(directory: str) -> list[str]:
+    """Unpack a base64 tar stream from stdin as `directory`, refusing if it exists."""
+    parent, name = posixpath.split(_path(directory))
+    return ["sh", "-c",
+            'if [ -e "$1/$2" ]; then echo "refusing to overwrite $1/$2" >&2; exit 17; fi;'
+            ' mkdir -p -- "$1" && base64 -d | tar -C "$1" -xf -',
+            "ferry-untar", parent, name]
+
+
+def remove_tree(directory: str, allowed_parent: str) -> list[str]:
+    """Remove a state directory (TPM) only if it sits directly in allowed_parent.
+
+    >>> remove_tree("/var/lib/libvirt/swtpm/u-1", "/var/lib/libvirt/swtpm")
+    ['rm', '-rf', '--', '/var/lib/libvirt/swtpm/u-1']
+    """
+    path, parent = _path(directory), _path(allowed_parent)
+    if posixpath.dirname(path) != parent:
+        raise RefusedCommand(f"refusing to remove {path!r}: not directly in {parent!r}")
+    return ["rm", "-rf", "--", path]

@@ -1,0 +1,335 @@
+"""The step machine both runners are made of (after nova's LiveMigrationTask, smaller).
+
+A runner is a fixed list of named steps. Each step:
+
+- `names(move)`: every name it will create (paths, export names, PID files, the
+  node they live on), committed to the journal before it acts;
+- `run(move, entry)`: a few lines that act, returning what to record;
+- `settle(move, entry)`: after an interruption (the step raised, or the worker
+  died in it), looks at the journal and at what the nodes say now and returns
+  a `Decision`: done, redo, roll back, or needs attention (with what it saw);
+- `undo(move, entry)`: removes what the journal says the step created, and
+  nothing else.
+
+`drive` runs steps in order. Before the runner's point of no return (offline:
+the source's definition is gone; live: the destination runs the server) a
+failure rolls every begun step back in reverse; after it, steps only go
+forward, because the server lives on the destination. `resume` is recovery:
+it settles the last begun step and goes on from there.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from flask import current_app
+
+from app import status
+from app.errors import FerryError
+from app.extensions import db
+from app.infra import ssh
+from app.infra.host import Host, HostUnknown, settle_place
+from app.infra.migration import DomainPlace
+from app.services import disks, journal
+from app.infra.commands import storage
+from app.services.timeline import Cancelled, NeedsAttention, event
+
+log = logging.getLogger("ferry.steps")
+
+DONE, REDO, ROLLBACK, ATTENTION, ADOPT = "done", "redo", "roll-back", "needs-attention", "adopt"
+SETTLE_S = 30  # how long a node that does not answer is asked again before "unknown" stands
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do about a step after an interruption, and why."""
+
+    action: str
+    reason: str
+
+
+class Step:
+    """One named step; subclasses override what applies."""
+
+    name = "step"
+
+    def names(self, move) -> dict:
+        """What the step will create, and on which node."""
+        return {}
+
+    def run(self, move, entry) -> dict | None:
+        """Act; return what the journal should keep."""
+        raise NotImplementedError
+
+    def settle(self, move, entry) -> Decision:
+        """Decide after an interruption; by default a step that touches no node is redone."""
+        return Decision(REDO, "the step changes nothing on a node")
+
+    def undo(self, move, entry) -> None:
+        """Remove what the journal says this step created."""
+
+
+class Runner:
+    """A mode's list of steps and the step after which a move only goes forward."""
+
+    mode = ""
+    steps: tuple = ()
+    committed_after = ""  # the step whose success puts the server on the destination
+
+    def index(self, name: str) -> int:
+        return [s.name for s in self.steps].index(name)
+
+    def finish(self, move) -> None:
+        """Record the outcome once every step is done."""
+        raise NotImplementedError
+
+
+class RealNodes:
+    """Opens pinned SSH and libvirt (`Host`) connections to compute resources."""
+
+    def host(self, resource):
+        from app.services import resources  # the inventory service owns the pinned endpoints
+        return _HostContext(lambda: Host.open(ssh.Endpoint.of(resource), resources.known_hosts_dir(),
+                                              current_app.config["LIBVIRT_TRANSPORT"]))
+
+    def shell(self, resource):
+        from app.services import resources
+        return resources.open_ssh(resource)
+
+
+class _HostContext:
+    def __init__(self, opener):
+        self.opener = opener
+
+    def __enter__(self):
+        self.host = self.opener()
+        return self.host
+
+    def __exit__(self, *exc):
+        self.host.close()
+
+
+class Move:
+    """One task's move in progress: its rows, its connections (opened when first used)."""
+
+    def __init__(self, task, nodes=None, lease=None, sleep=time.sleep):
+        self.task, self.server = task, task.server
+        self.source, self.destination = task.source, task.destination
+        self.options = (task.group.options or {}) if task.group else {}
+        self.nodes = nodes or RealNodes()
+        self.lease = lease
+        self.sleep = sleep
+        self.state: dict = {}  # what steps hand each other within one run
+        self._stack = contextlib.ExitStack()
+        self._open: dict = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+        self._open.clear()
+
+    def resource(self, which: str):
+        return self.source if which == "source" else self.destination
+
+    def host(self, which: str):
+        """The libvirt door to "source" or "destination" ("control": a second one to the source)."""
+        if which not in self._open:
+            node = self.source if which in ("source", "control") else self.destination
+            self._open[which] = self._stack.enter_context(self.nodes.host(node))
+        return self._open[which]
+
+    def shell(self, which: str):
+        key = f"ssh-{which}"
+        if key not in self._open:
+            self._open[key] = self._stack.enter_context(self.nodes.shell(self.resource(which)))
+        return self._open[key]
+
+    def sh(self, which: str, argv, timeout=120, stdin=None) -> ssh.CommandResult:
+        """Run a command on a node."""
+        return ssh.run(self.shell(which), argv, timeout=timeout, stdin=stdin)
+
+    def place(self, which: str, patient: bool = True) -> DomainPlace:
+        """Where the server stands on a node; a node that does not answer is asked again on
+        fresh connections (up to SETTLE_S) before `error` stands."""
+        try:
+            first = self.host(which).place(self.server.uuid)
+        except FerryError as exc:
+            first = DomainPlace(defined=False, running=False, error=str(exc))
+        if not first.error or not patient:
+            return first
+        self._open.pop(which, None)  # the old connection is likely dead
+        return settle_place(lambda: self.nodes.host(self.resource(which)), self.server.uuid,
+                            first, SETTLE_S, self.sleep)
+
+    def check(self) -> None:
+        """Between steps: stop acting if the task's lease was lost."""
+        if self.lease is not None:
+            self.lease.check()
+
+    def event(self, kind: str, message: str, data: dict | None = None) -> None:
+        event(self.task, kind, message, data)
+
+
+def drive(move: Move, runner: Runner, start: int = 0) -> None:
+    """Run the runner's steps from `start`, journaled; roll back or stop on failure."""
+    committed = runner.index(runner.committed_after)
+    for index in range(start, len(runner.steps)):
+        step = runner.steps[index]
+        move.check()
+        move.task.phase = step.name
+        entry = journal.begin(move.task, step.name, step.names(move),
+                              owner=getattr(move.lease, "owner", None))
+        try:
+            data = step.run(move, entry)
+        except BaseException as exc:
+            db.session.rollback()
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise  # the process is going away: recovery settles from the journal
+            if isinstance(exc, NeedsAttention):  # the step established it needs a person
+                journal.attention(entry, str(exc))
+                raise
+            if _settled_done(move, runner, index, entry, exc, committed):
+                continue
+            raise
+        journal.done(entry, data)
+    runner.finish(move)
+
+
+def _settled_done(move, runner, index, entry, exc, committed) -> bool:
+    """A step raised: establish what it did. True when it happened after all at or past the
+    point of no return (go on); otherwise roll back what was begun, or stop for a person."""
+    try:
+        decision = runner.steps[index].settle(move, entry)
+    except FerryError as settle_exc:
+        decision = Decision(ATTENTION, f"could not establish what {entry.name} did: {settle_exc}")
+    if decision.action == DONE and index >= committed:
+        journal.done(entry, {"settled": f"{exc}; {decision.reason}"})
+        move.event("settled", f"{entry.name} reported an error ({exc}) but {decision.reason}: "
+                              "going on.")
+        return True
+    if index > committed or decision.action == ATTENTION:
+        # Past the point of no return the server lives on the destination: nothing is undone.
+        journal.attention(entry, f"{exc}; {decision.reason}")
+        raise NeedsAttention(f"Needs attention: {entry.name} failed ({exc}) and "
+                             f"{decision.reason}. Nothing more was removed on either side.") from exc
+    rollback(move, runner, index, reason=str(exc))
+    return False
+
+
+def rollback(move: Move, runner: Runner, upto: int, reason: str) -> None:
+    """Undo begun steps from `upto` back to the first, each removing only what it journaled."""
+    for index in range(upto, -1, -1):
+        step = runner.steps[index]
+        entry = journal.last(move.task, step.name)
+        if entry is None or entry.status == status.STEP_FAILED:
+            continue
+        try:
+            step.undo(move, entry)
+        except HostUnknown as exc:
+            journal.attention(entry, f"undo failed: {exc}")
+            raise NeedsAttention(f"Needs attention: undoing {step.name} needs "
+                                 f"{exc}; nothing more was removed.") from exc
+        journal.failed(entry, f"undone: {reason}")
+
+
+def resume(move: Move, runner: Runner) -> str:
+    """Recovery: settle the last begun step and drive the move to its end from there.
+
+    Returns the task's outcome as recorded.
+    """
+    begun = [journal.last(move.task, s.name) for s in runner.steps]
+    last = max((i for i, e in enumerate(begun) if e is not None), default=None)
+    committed = runner.index(runner.committed_after)
+    if last is None:
+        return "not-started"
+    entry = begun[last]
+    step = runner.steps[last]
+    if entry.status == status.STEP_DONE:
+        decision = Decision(DONE, "its outcome was committed")
+    elif entry.status == status.STEP_FAILED:
+        decision = Decision(ROLLBACK, "it was undone")
+    elif entry.status == status.STEP_ATTENTION:
+        decision = Decision(ATTENTION, entry.error or "it needed attention")
+    else:
+        decision = step.settle(move, entry)
+    if decision.action == ADOPT:
+        decision = step.adopt(move, entry)
+    move.event("settled", f"Recovery settled {step.name}: {decision.action} ({decision.reason}).")
+    if decision.action == DONE:
+        if entry.status != status.STEP_DONE:
+            journal.done(entry, {"settled": decision.reason})
+        drive(move, runner, last + 1)
+        return "finished"
+    if decision.action == REDO:
+        drive(move, runner, last)
+        return "finished"
+    if decision.action == ROLLBACK and last <= committed:
+        rollback(move, runner, last, reason=f"recovery: {decision.reason}")
+        return "rolled-back"
+    journal.attention(entry, decision.reason)
+    raise NeedsAttention(f"Needs attention: recovery found {step.name} unsettled: "
+                         f"{decision.reason}. Nothing was removed.")
+
+
+def check_start(move: Move, running: bool) -> None:
+    """Before any step: the server is on the source in the state the mode needs, and the
+    destination holds no domain of that UUID (creates nothing)."""
+    name, source, destination = move.server.name, move.source.name, move.destination.name
+    at_src = move.place("source")
+    if at_src.error:
+        raise FerryError(f"{source} did not answer: {at_src.error}")
+    if not at_src.defined:
+        raise FerryError(f"{name} is not on {source}")
+    if running and not at_src.running:
+        raise FerryError(f"{name} is not running: live migration needs a running server")
+    if not running and (at_src.running or at_src.paused):
+        raise FerryError(f"{name} is running: offline migration needs it stopped")
+    at_dst = move.place("destination")
+    if at_dst.defined:
+        raise FerryError(f"{destination} already has a domain with {name}'s UUID")
+    if at_dst.error:
+        raise FerryError(f"{destination} did not answer: {at_dst.error}")
+
+
+def refuse_existing(move: Move) -> None:
+    """Refuse a destination path that is already taken (nothing is ever overwritten)."""
+    for disk in move.state["plan"]:
+        if move.sh("destination", ["test", "-e", disk["dst_path"]]).ok:
+            raise FerryError(f"{move.destination.name} already has a file at {disk['dst_path']}: "
+                             "refusing to overwrite it")
+
+
+def carry_state(move: Move, entry, tpm: bool = True) -> None:
+    """Copy the server's NVRAM file (and, offline, its TPM state: live, it travels in the
+    migration stream) from the source to the destination, never over an existing file, each
+    journaled on `entry` once written: undefining with UNDEFINE_NVRAM used to lose them."""
+    xml = move.task.domain_xml
+    nvram = disks.nvram_path(xml)
+    tpm = disks.tpm_dir(xml, move.server.uuid) if tpm else None
+    carried = [(f"the NVRAM {nvram}", storage.read_base64(nvram),
+                storage.write_base64_exclusive(nvram), {"paths": [nvram]})] if nvram else []
+    if tpm:
+        carried.append((f"the TPM state {tpm}", storage.tar_out(tpm), storage.tar_in_exclusive(tpm),
+                        {"dirs": [tpm]}))
+    for label, read, write, names in carried:
+        data = move.sh("source", read)
+        if not data.ok:
+            raise FerryError(f"cannot read {label} on {move.source.name}: {data.stderr.strip()}")
+        wrote = move.sh("destination", write, stdin=data.stdout)
+        if not wrote.ok:
+            raise FerryError(f"cannot write {label} on {move.destination.name}: "
+                             f"{wrote.stderr.strip()}")
+        journal.add_names(entry, **names)
+    if nvram or tpm:
+        move.event("state", "Carried " + " and ".join(
+            x for x in (nvram and f"NVRAM {nvram}", tpm and f"TPM state {tpm}") if x)
+            + f" to {move.destination.name}.")
+
+
+
+__all__ = ["Step", "Runner", "Move", "Decision", "drive", "resume", "rollback", "Cancelled",
+           "DONE", "REDO", "ROLLBACK", "ATTENTION", "ADOPT"]

@@ -1,0 +1,427 @@
+"""A fake cluster for the engine's fast branch tests (after nova's fakelibvirt).
+
+`FakeCluster` holds, per node, the domains libvirt would report and the files
+its filesystem holds. `FakeHost` is the engine's door (app.infra.host.Host)
+onto one node of it; `FakeShell` answers the commands the runners send over
+SSH by doing to the fake files what the real tools would do. Faults are
+injected by name: `cluster.fail("destination", "qemu-img compare")` makes the
+next such command fail, `cluster.unknown("source", "undefine")` makes a
+libvirt call raise HostUnknown (the node did not answer) after or before acting.
+
+The lab proves the real thing; these prove every branch in milliseconds.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import posixpath
+import shlex
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from app.infra.host import DomainAbsent, HostRefused, HostUnknown
+from app.infra.migration import COMPLETED_JOB, DomainPlace
+
+
+@dataclass
+class FakeDomain:
+    """A domain as one node's libvirt holds it."""
+
+    xml: str
+    running: bool = False
+    persistent: bool = True
+    paused: bool = False
+    job: dict | None = None  # an active job's stats
+    completed: dict | None = None  # the last completed job's stats
+
+
+@dataclass
+class FakeNode:
+    """One node: its domains by UUID, its files by path, its running helper processes."""
+
+    name: str
+    address: str
+    domains: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)
+    pids: dict = field(default_factory=dict)  # pid file -> command name
+
+
+class FakeCluster:
+    """Nodes by resource name, faults by (node, what)."""
+
+    def __init__(self, *nodes):
+        self.nodes = {n.name: n for n in nodes}
+        self.faults: dict = {}  # (node, what) -> ("fail"|"unknown-before"|"unknown-after", count)
+        self.commands: list = []  # (node, argv) in order
+        self.hooks: dict = {}  # (node, what) -> callable run before the command acts
+        self.migration_plan: dict = {}  # how the next live migration goes
+
+    def node(self, name) -> FakeNode:
+        return self.nodes[name]
+
+    def fail(self, node, what, how="fail", times=1):
+        """The next `times` calls or commands on `node` containing `what` fail that way."""
+        self.faults[(node, what)] = (how, times)
+
+    def _fault(self, node, text):
+        for (where, what), (how, times) in list(self.faults.items()):
+            if where == node and what in text and times > 0:
+                self.faults[(where, what)] = (how, times - 1)
+                return how
+        return None
+
+    def on(self, node, what, hook):
+        """Run hook() just before a command or call containing `what` acts on `node`."""
+        self.hooks[(node, what)] = hook
+
+    def _hook(self, node, text):
+        for (where, what), hook in list(self.hooks.items()):
+            if where == node and what in text:
+                del self.hooks[(where, what)]
+                hook()
+
+    def where(self, uuid) -> list[str]:
+        """The nodes that define the domain."""
+        return [n.name for n in self.nodes.values() if uuid in n.domains]
+
+    def running_on(self, uuid) -> list[str]:
+        return [n.name for n in self.nodes.values()
+                if uuid in n.domains and n.domains[uuid].running]
+
+
+def domain_xml(uuid, name, disks, nvram=None, tpm=False):
+    """A minimal domain XML with file disks [(target, path, fmt)] (or (target, path, fmt, type))."""
+    parts = [f"<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid><memory unit='KiB'>262144"
+             "</memory><os><type>hvm</type>"]
+    if nvram:
+        parts.append(f"<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>"
+                     f"<nvram>{nvram}</nvram>")
+    parts.append("</os><devices>")
+    for disk in disks:
+        target, path, fmt = disk[:3]
+        kind = disk[3] if len(disk) > 3 else "file"
+        attr = "file" if kind == "file" else "dev"
+        parts.append(f"<disk type='{kind}' device='disk'><driver name='qemu' type='{fmt}'/>"
+                     f"<source {attr}='{path}'/><target dev='{target}' bus='virtio'/></disk>")
+    if tpm:
+        parts.append("<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>")
+    parts.append("</devices></domain>")
+    return "".join(parts)
+
+
+class FakeHost:
+    """The engine's door onto one fake node (same methods as app.infra.host.Host)."""
+
+    def __init__(self, cluster: FakeCluster, node: str):
+        self.cluster, self.node_name = cluster, node
+        self.name = node
+
+    @property
+    def node(self) -> FakeNode:
+        return self.cluster.node(self.node_name)
+
+    def close(self):
+        pass
+
+    def _act(self, what, func):
+        how = self.cluster._fault(self.node_name, what)
+        self.cluster._hook(self.node_name, what)
+        if how == "fail":
+            raise HostRefused(f"{self.node_name}: {what} refused")
+        if how == "unknown-before":
+            raise HostUnknown(f"{self.node_name}: {what}: no answer")
+        result = func()
+        if how == "unknown-after":
+            raise HostUnknown(f"{self.node_name}: {what}: reply lost")
+        return result
+
+    def _dom(self, uuid) -> FakeDomain:
+        if self.cluster._fault(self.node_name, "down"):
+            raise HostUnknown(f"{self.node_name}: down")
+        dom = self.node.domains.get(uuid)
+        if dom is None:
+            raise DomainAbsent(f"{self.node_name}: no domain {uuid}")
+        return dom
+
+    def place(self, uuid) -> DomainPlace:
+        if self.cluster._fault(self.node_name, "place"):
+            return DomainPlace(defined=False, running=False, error=f"{self.node_name}: no answer")
+        dom = self.node.domains.get(uuid)
+        if dom is None:
+            return DomainPlace(defined=False, running=False)
+        return DomainPlace(defined=True, running=dom.running and not dom.paused, paused=dom.paused,
+                           job_active=dom.job is not None, persistent=dom.persistent)
+
+    def xml(self, uuid, inactive=False, migratable=False):
+        return self._dom(uuid).xml
+
+    def define(self, xml):
+        uuid = ET.fromstring(xml).findtext("uuid")
+
+        def act():
+            dom = self.node.domains.get(uuid)
+            if dom is None:
+                self.node.domains[uuid] = FakeDomain(xml=xml)
+            else:
+                dom.xml, dom.persistent = xml, True
+        self._act("define", act)
+
+    def undefine(self, uuid):
+        dom = self._dom(uuid)
+
+        def act():
+            if dom.running:
+                dom.persistent = False
+            else:
+                del self.node.domains[uuid]
+        self._act("undefine", act)
+
+    def destroy(self, uuid):
+        dom = self._dom(uuid)
+
+        def act():
+            dom.running = dom.paused = False
+            if not dom.persistent:
+                del self.node.domains[uuid]
+        self._act("destroy", act)
+
+    def suspend(self, uuid):
+        dom = self._dom(uuid)
+        self._act("suspend", lambda: setattr(dom, "paused", True))
+
+    def resume(self, uuid):
+        dom = self._dom(uuid)
+        self._act("resume", lambda: setattr(dom, "paused", False))
+
+    def job_stats(self, uuid, completed=False):
+        dom = self.node.domains.get(uuid)
+        if dom is None:
+            return {}
+        if completed:
+            return dict(dom.completed or {})
+        step = self.cluster.migration_plan.get("adopt_steps")
+        if dom.job is not None and step is not None:
+            # An adopted job ends after a few polls, the way migration_plan says.
+            self.cluster.migration_plan["adopt_steps"] = step - 1
+            if step <= 0:
+                finish_migration(self.cluster, self.node_name, uuid,
+                                 self.cluster.migration_plan.get("adopt_outcome", "done"))
+                return {}
+        return dict(dom.job or {})
+
+    def abort_job(self, uuid):
+        dom = self._dom(uuid)
+
+        def act():
+            if dom.job is not None:
+                finish_migration(self.cluster, self.node_name, uuid, "aborted")
+        self._act("abort", act)
+
+    def set_max_downtime(self, uuid, ms):
+        self._dom(uuid)
+
+    def start_postcopy(self, uuid):
+        raise HostRefused("post-copy was not allowed at start")
+
+    def compare_cpu(self, cpu_xml):
+        return 1
+
+    def migration(self, uuid, dest_uri, params, flags, control):
+        return FakeMigration(self.cluster, self.node_name, uuid, params)
+
+
+def finish_migration(cluster, source, uuid, outcome):
+    """End a migration the way `outcome` says: done, aborted, both-running, stale-source."""
+    src = cluster.node(source)
+    dom = src.domains[uuid]
+    dom.job = None
+    plan = cluster.migration_plan
+    dst = cluster.node(plan["destination"])
+    if outcome == "aborted" or outcome == "failed":
+        dst.domains.pop(uuid, None)
+        return
+    for path, content in plan.get("copies", {}).items():
+        dst.files[path] = src.files.get(content, b"")
+    xml = plan.get("dest_xml") or dom.xml
+    dst.domains[uuid] = FakeDomain(xml=xml, running=True, persistent=True,
+                                   completed={"type": COMPLETED_JOB, "downtime": 42,
+                                              "time_elapsed": 1000, "data_processed": 1})
+    if outcome == "both-running":
+        dst.domains[uuid].completed = None  # the destination recorded no switch-over
+        return
+    if outcome == "stale-source":
+        dom.running = False  # the source's libvirtd died before Confirm: a shut-off definition
+        return
+    del src.domains[uuid]
+
+
+class FakeMigration:
+    """A migrateToURI3 call on the fake cluster; it ends at start, as the plan says."""
+
+    def __init__(self, cluster, source, uuid, params):
+        self.cluster, self.source, self.uuid, self.params = cluster, source, uuid, params
+        self.error = None
+        self.error_code = None
+        self.done = False
+
+    def start(self):
+        plan = self.cluster.migration_plan
+        outcome = plan.get("outcome", "done")
+        dom = self.cluster.node(self.source).domains[self.uuid]
+        if outcome == "die":  # the worker dies mid-migration: libvirt goes on without it
+            dom.job = {"type": 2, "data_total": 100, "data_processed": 50, "data_remaining": 50,
+                       "memory_total": 100, "memory_processed": 50, "memory_remaining": 50,
+                       "time_elapsed": 1000}
+            raise SystemExit("the worker died")
+        dom.job = {"type": 2}
+        finish_migration(self.cluster, self.source, self.uuid, outcome)
+        if outcome in ("failed", "aborted"):
+            self.error = "internal error: migration failed"
+        self.done = True
+
+    def wait(self, timeout=None):
+        pass
+
+    def stats(self):
+        return {}
+
+    def set_max_downtime(self, ms):
+        pass
+
+    def start_postcopy(self):
+        pass
+
+    def abort(self):
+        pass
+
+
+@dataclass
+class _Result:
+    exited: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+class FakeShell:
+    """An SSH connection to a fake node that carries out the runners' commands on its files."""
+
+    def __init__(self, cluster: FakeCluster, node: str):
+        self.cluster, self.node_name, self.host = cluster, node, node
+
+    @property
+    def node(self) -> FakeNode:
+        return self.cluster.node(self.node_name)
+
+    def close(self):
+        pass
+
+    def run(self, line, hide=True, warn=True, timeout=None, in_stream=False):
+        argv = shlex.split(line)
+        self.cluster.commands.append((self.node_name, argv))
+        text = " ".join(argv)
+        self.cluster._hook(self.node_name, text)
+        how = self.cluster._fault(self.node_name, text)
+        if how == "fail":
+            return _Result(1, "", f"injected failure of {argv[0]}")
+        if how:
+            raise OSError(f"{self.node_name}: connection lost")
+        stdin = in_stream.read() if in_stream else None
+        return self._do(argv, stdin)
+
+    def _do(self, argv, stdin):
+        files, pids = self.node.files, self.node.pids
+        if argv[:2] == ["test", "-e"]:
+            return _Result(0 if argv[2] in files else 1)
+        if argv[0] == "qemu-nbd":
+            pid = next(a.split("=", 1)[1] for a in argv if a.startswith("--pid-file="))
+            export = argv[argv.index("--export-name") + 1]
+            pids[pid] = "qemu-nbd"
+            self.node.files[pid] = "1"
+            self.cluster.exports = getattr(self.cluster, "exports", {})
+            self.cluster.exports[export] = (self.node_name, argv[-1])
+            return _Result(0)
+        if argv[0] == "sh":
+            tag = argv[3]
+            if tag == "ferry-stop":
+                pid = argv[4]
+                pids.pop(pid, None)
+                files.pop(pid, None)
+                return _Result(0)
+            if tag == "ferry-run":
+                pids[argv[4]] = argv[5]
+                files[argv[4]] = "1"
+                return self._do(argv[5:], stdin)
+            if tag == "ferry-rename":
+                tmp, final = argv[4], argv[5]
+                if final in files:
+                    return _Result(17, "", f"refusing to overwrite {final}")
+                files[final] = files.pop(tmp)
+                return _Result(0)
+            if tag == "ferry-create":
+                path = argv[4]
+                if path in files:
+                    return _Result(17, "", f"refusing to overwrite {path}")
+                files[path] = b""
+                return _Result(0)
+            if tag == "ferry-write":
+                if argv[4] in files:
+                    return _Result(1, "", "cannot overwrite existing file")
+                files[argv[4]] = base64.b64decode(stdin)
+                return _Result(0)
+            if tag == "ferry-tar":
+                path = posixpath.join(argv[4], argv[5])
+                tree = {p: v.decode("latin-1") if isinstance(v, bytes) else v
+                        for p, v in files.items() if p.startswith(path + "/")}
+                return _Result(0, base64.b64encode(json.dumps(tree).encode()).decode())
+            if tag == "ferry-untar":
+                path = posixpath.join(argv[4], argv[5])
+                if any(p.startswith(path + "/") for p in files):
+                    return _Result(17, "", "exists")
+                for p, v in json.loads(base64.b64decode(stdin)).items():
+                    files[p] = v.encode("latin-1")
+                return _Result(0)
+        if argv[:2] == ["qemu-img", "convert"]:
+            url, dst = argv[-2], argv[-1]
+            export = url.rsplit("/", 1)[1]
+            node, path = self.cluster.exports[export]
+            files[dst] = self.cluster.node(node).files[path]
+            return _Result(0, "    (100.00/100%)\n")
+        if argv[:2] == ["qemu-img", "compare"]:
+            url, path = argv[-2], argv[-1]
+            node, src = self.cluster.exports[url.rsplit("/", 1)[1]]
+            same = self.cluster.node(node).files.get(src) == files.get(path)
+            return _Result(0 if same else 1, "" if same else "Content mismatch")
+        if argv[:2] == ["qemu-img", "info"]:
+            return _Result(0, json.dumps({"virtual-size": 1 << 30}))
+        if argv[:2] == ["rm", "-f"]:
+            files.pop(argv[-1], None)
+            return _Result(0)
+        if argv[:2] == ["rm", "-rf"]:
+            for p in [p for p in files if p == argv[-1] or p.startswith(argv[-1] + "/")]:
+                del files[p]
+            return _Result(0)
+        if argv[:2] == ["base64", "-w0"]:
+            if argv[-1] not in files:
+                return _Result(1, "", "No such file")
+            data = files[argv[-1]]
+            return _Result(0, base64.b64encode(data if isinstance(data, bytes) else data.encode()).decode())
+        raise AssertionError(f"the fake shell does not know {argv}")
+
+
+class FakeNodes:
+    """What the runners open per compute resource: FakeHost and FakeShell by resource name."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    @contextlib.contextmanager
+    def host(self, resource):
+        if self.cluster._fault(resource.name, "connect"):
+            from app.errors import FerryError
+            raise FerryError(f"{resource.name}: cannot connect")
+        yield FakeHost(self.cluster, resource.name)
+
+    @contextlib.contextmanager
+    def shell(self, resource):
+        yield FakeShell(self.cluster, resource.name)
