@@ -468,6 +468,25 @@ class Evacuation(db.Model):
     group: Mapped[MigrationGroup | None] = relationship()
     created_by: Mapped[User | None] = relationship()
 
+    def follow_group(self) -> None:
+        """A running evacuation takes its group's outcome once the group has ended."""
+        group = self.group
+        if self.status == status.EVACUATION_RUNNING and group is not None \
+                and group.status in status.MIGRATION_DONE:
+            self.status = (status.EVACUATION_FINISHED if group.status == status.MIGRATION_FINISHED
+                           else status.EVACUATION_FAILED)
+            if self.status == status.EVACUATION_FAILED:
+                self.error = f"group {group.id} ended {group.status}"
+
+    @staticmethod
+    def group_ended(group) -> None:
+        """Called when a group ends: the evacuation it ran, if any, learns its outcome (the
+        caller commits). On the model, so the engine needs no import of the evacuation service."""
+        evac_id = (group.options or {}).get("evacuation_id")
+        evac = db.session.get(Evacuation, evac_id) if evac_id else None
+        if evac is not None:
+            evac.follow_group()
+
 
 class WebhookSource(db.Model):
     """A monitoring tool allowed to call POST /hooks/<name>; only the token's SHA-256 is kept."""

@@ -196,14 +196,8 @@ def plan_return(resource_id, user=None, origin: str = "user") -> Evacuation:
 
 def refresh(evac: Evacuation) -> Evacuation:
     """Bring a running evacuation's status in line with its group's."""
-    group = evac.group
-    if evac.status == status.EVACUATION_RUNNING and group is not None \
-            and group.status in status.MIGRATION_DONE:
-        evac.status = (status.EVACUATION_FINISHED if group.status == status.MIGRATION_FINISHED
-                       else status.EVACUATION_FAILED)
-        if evac.status == status.EVACUATION_FAILED:
-            evac.error = f"group {group.id} ended {group.status}"
-        db.session.commit()
+    evac.follow_group()
+    db.session.commit()
     return evac
 
 
@@ -218,8 +212,5 @@ def active_for(resource_id: int) -> Evacuation | None:
 
 def group_ended(group) -> None:
     """Called when a group's job ends: the evacuation it ran, if any, learns its outcome."""
-    evac_id = (group.options or {}).get("evacuation_id")
-    if evac_id:
-        evac = db.session.get(Evacuation, evac_id)
-        if evac is not None:
-            refresh(evac)
+    Evacuation.group_ended(group)
+    db.session.commit()
