@@ -298,12 +298,14 @@ def check_ip_addresses(server: ServerInfo, destination: ResourceInfo,
     checked before this one in the same group.
     """
     blocks = sorted({ip.block for ip in server.ip_addresses})
-    if options.preserve_ip:
+    if options.preserve_ip or options.live:  # a live move cannot change a running guest's IP
         missing = [b for b in blocks if b not in destination.ip_blocks]
         data = {"server": server.name, "blocks": blocks, "missing": missing}
         if missing:
+            why = ("keeps its IP" if options.preserve_ip else
+                   "keeps its IP (a live move cannot give a running server a new one)")
             return CheckResult("ip-addresses", FAIL, (
-                f"{server.name} keeps its IP, but its IP block {', '.join(missing)} is not"
+                f"{server.name} {why}, but its IP block {', '.join(missing)} is not"
                 f" assigned to {destination.name}: assign it there first."), data)
         return CheckResult("ip-addresses", PASS, (
             f"{server.name} keeps its IP: {destination.name} has its IP block"
@@ -318,6 +320,26 @@ def check_ip_addresses(server: ServerInfo, destination: ResourceInfo,
     return CheckResult("ip-addresses", PASS, (
         f"{server.name} gets a new address from {destination.name}'s IP blocks"
         f" ({free} free)."), data)
+
+
+def check_disk_types(server: ServerInfo, options: MigrationOptions) -> CheckResult:
+    """Refuse disks the engine cannot move yet (block, network, volume) and conversions to LVM.
+
+    Until LVM lands a block disk would be treated as a file; refused here, with the reason.
+    """
+    bad = [f"{d.path or '(no path)'} ({d.storage_type})" for d in server.disks
+           if d.storage_type not in FILE_TYPES or not d.path or d.path.startswith("/dev/")]
+    data = {"server": server.name, "unsupported": bad, "convert_to": options.convert_to}
+    if bad:
+        return CheckResult("disk-types", FAIL, (
+            f"{server.name} has disks Ferry cannot move yet: {', '.join(bad)}. Ferry moves file"
+            " disks (raw and qcow2); block, network and pool-volume disks are refused."), data)
+    if options.convert_to not in (None, *FILE_TYPES):
+        return CheckResult("disk-types", FAIL, (
+            f"Conversion to {options.convert_to} is not supported yet: Ferry converts between"
+            " file raw and file qcow2."), data)
+    return CheckResult("disk-types", PASS, f"{server.name}'s disks are files Ferry can move.",
+                       data)
 
 
 def check_snapshots(server: ServerInfo) -> CheckResult:
@@ -670,7 +692,7 @@ def run_checks(servers: Sequence[ServerInfo], sources: Mapping[str, ResourceInfo
     for server in servers:
         ip = check_ip_addresses(server, destination, options, claimed)
         claimed += ip.data.get("needed", 0)
-        results += [ip, check_snapshots(server), check_storage_tags(server, destination),
+        results += [ip, check_disk_types(server, options), check_snapshots(server), check_storage_tags(server, destination),
                     check_backups(server, options),
                     check_backup_restore_space(server, destination, options)]
     involved = [sources[name] for name in sorted({s.resource for s in servers}) if name in sources]
