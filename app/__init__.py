@@ -25,9 +25,10 @@ def create_app(test_config=None):
     from app import security
     security.register(app)  # ProxyFix, session cookie, security headers on every response
 
-    from app.extensions import csrf, db, login_manager, migrate
+    from app.extensions import csrf, db, login_manager
     db.init_app(app)
-    migrate.init_app(app, db, directory=MIGRATIONS)
+    from app.schema import schema_cli
+    app.cli.add_command(schema_cli)  # `flask db`: alembic is imported only when it runs
     csrf.init_app(app)
     login_manager.init_app(app)
 
@@ -63,5 +64,8 @@ def create_app(test_config=None):
 def upgrade_database(app):
     """Bring the schema to the newest revision (run at start by the worker and the entrypoint)."""
     from flask_migrate import upgrade
+
+    from app.schema import init_migrations
+    init_migrations(app, MIGRATIONS)
     with app.app_context():
         upgrade(directory=MIGRATIONS)

@@ -4,7 +4,6 @@ import time
 
 import click
 from flask.cli import with_appcontext
-from rq import Worker
 
 from app import status
 from app.errors import FerryError
@@ -26,6 +25,7 @@ def _server(ref):
 
 def _worker_listening():
     """True when some RQ worker serves the migrations queue."""
+    from rq import Worker  # only `migrate` asks; every other command starts without rq
     try:
         conn = jobs.redis_connection()
         return any(jobs.QUEUE_MIGRATIONS in w.queue_names() for w in Worker.all(connection=conn))

@@ -1,8 +1,10 @@
 """`python -m bench [--quick] [--only FIGURE ...]`: Ferry against bare virsh and the physical limit.
 
 Writes bench/results/bench.json and bench.md (with --quick: bench-short.json and
-bench-short.md, which are not kept in the repo). A figure that breaks is recorded with its
-error and the others still run; the exit status is 1 when any figure broke.
+bench-short.md, which are not kept in the repo); with --only, the figures run replace theirs in
+the last document and the others are kept. `control_plane` and `cli` need no lab. A figure
+that breaks is recorded with its error and the others still run; the exit status is 1 when
+any figure broke.
 """
 from __future__ import annotations
 
@@ -11,19 +13,22 @@ import sys
 import time
 import traceback
 
-from bench import figures, report, scale
+from bench import cli, figures, report, scale
 from bench.stage import DATABASE_URL, Stage
 
 # Full run: >= 5 pairs per figure, sized to finish in about 15 minutes on a quiet 2-core machine.
 FULL = {"overhead_pairs": 5, "convergence_pairs": 5, "deadline_s": 20, "dirty_mbit": 200,
         "dirty_rate": 40, "eta_runs": 5, "eta_mbit": 200, "evacuation_pairs": 5,
         "evacuation_servers": 6, "servers": 5000, "resources": 200, "big": 500, "small": 50,
-        "page_rounds": 6, "planning_pairs": 5}
+        "page_rounds": 200, "planning_pairs": 5, "cli_runs": 21}
 # Quick run (make test): every figure once, at a tiny scale; it proves the bench works.
 QUICK = {**FULL, "overhead_pairs": 1, "convergence_pairs": 1, "deadline_s": 15, "eta_runs": 1,
          "evacuation_pairs": 1, "evacuation_servers": 2, "servers": 300, "resources": 10,
-         "big": 50, "small": 5, "page_rounds": 5, "planning_pairs": 1}
-FIGURES = ("overhead", "convergence", "link_eta", "evacuation", "control_plane")
+         "big": 50, "small": 5, "page_rounds": 5, "planning_pairs": 1, "cli_runs": 3}
+FIGURES = ("overhead", "convergence", "link_eta", "evacuation", "control_plane", "cli")
+# Figures that need no lab: `python -m bench --only control_plane cli` runs anywhere with
+# PostgreSQL.
+WITHOUT_LAB = ("control_plane", "cli")
 
 
 def run_figure(name: str, settings: dict, stage) -> dict:
@@ -42,6 +47,8 @@ def run_figure(name: str, settings: dict, stage) -> dict:
     if name == "control_plane":
         return scale.control_plane(DATABASE_URL + "_scale", s["servers"], s["resources"],
                                    s["big"], s["small"], s["page_rounds"], s["planning_pairs"])
+    if name == "cli":
+        return cli.startup(DATABASE_URL + "_cli", s["cli_runs"])
     raise ValueError(f"unknown figure {name}")
 
 
@@ -64,7 +71,7 @@ def main(argv=None) -> int:
             t = time.monotonic()
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
             try:
-                if stage is None and name != "control_plane":
+                if stage is None and name not in WITHOUT_LAB:
                     stage = Stage()
                 document["figures"][name] = run_figure(name, settings, stage)
                 if stage is not None:
@@ -81,6 +88,8 @@ def main(argv=None) -> int:
     finally:
         if stage is not None:
             stage.close()
+    if args.only:  # a partial run updates its figures in the last full (or quick) document
+        return report.fold("bench", args.quick, document, t0, markdown)
     return report.finish("bench", args.quick, document, t0, markdown)
 
 
@@ -126,6 +135,14 @@ def markdown(doc: dict) -> str:
                      report.verdict(pages["servers_ratio"] <= 3)))
         rows.append((f"Evacuation planning {plans['servers'][0]} / {plans['servers'][1]} servers",
                      plans["target"], report.spread(plans["ratio"]), report.verdict(plans["met"])))
+    if "cli" in f:
+        c = f["cli"]
+        rows.append(("CLI start-up: `flask --app wsgi resources list`, wall s", c["target"],
+                     report.spread(c["resources_list_s"]), report.verdict(c["met"])))
+        rows.append(("  `flask --app wsgi --help`, wall s", "", report.spread(c["help_s"]), ""))
+        rows.append(("  CPU s (user + system), resources list / --help", "",
+                     f"{report.spread(c['cpu_s']['resources_list'])} / "
+                     f"{report.spread(c['cpu_s']['help'])}", ""))
     text = [f"# Ferry benchmarks ({doc['mode']} run)", "",
             f"Started {doc['started_at']}, took {doc['duration_s']} s on "
             f"{doc['machine_at_start']['cpus']} CPUs (load average at start "
@@ -134,6 +151,10 @@ def markdown(doc: dict) -> str:
             "Every figure is a ratio of two sides measured alternately in this run; details, "
             "definitions and every pair are in the JSON beside this file.", "",
             report.table(rows)]
+    for rerun in doc.get("reruns", []):
+        text.append(f"Re-measured alone (`python -m bench --only {' '.join(rerun['figures'])}`): "
+                    f"{', '.join(rerun['figures'])} at {rerun['started_at']} (load average "
+                    f"{rerun['machine_at_start']['loadavg'][0]}).\n")
     for name, error in doc["errors"].items():
         text.append(f"**{name} broke:** `{error.strip().splitlines()[-1]}`\n")
     return "\n".join(text)

@@ -72,3 +72,26 @@ def finish(name: str, quick: bool, document: dict, started: float, markdown) -> 
     paths = write(f"{name}-short" if quick else name, document, markdown(document))
     print(f"{name}: wrote " + " and ".join(paths), file=sys.stderr)
     return 1 if document["errors"] else 0
+
+
+def fold(name: str, quick: bool, document: dict, started: float, markdown) -> int:
+    """Like finish, for a run of some figures only (`--only`): they replace their entries in the
+    last document of the same mode, the other figures stay as they were measured, and the run
+    is listed under `reruns` (when, on what machine, which figures), so a reader can tell which
+    numbers come from which run. Without an earlier document it is written as it is."""
+    path = os.path.join(RESULTS, f"{name}-short.json" if quick else f"{name}.json")
+    if not os.path.exists(path):
+        return finish(name, quick, document, started, markdown)
+    with open(path) as handle:
+        previous = json.load(handle)
+    measured = sorted(set(document["seconds"]) | set(document["errors"]) - {"interrupted"})
+    for key in ("figures", "errors", "seconds"):
+        kept = {k: v for k, v in previous.get(key, {}).items() if k not in measured}
+        previous[key] = {**kept, **document[key]}
+    previous.setdefault("reruns", []).append({
+        "figures": measured, "started_at": document["started_at"], "finished_at": stamp(),
+        "duration_s": round(time.monotonic() - started, 1),
+        "machine_at_start": document["machine_at_start"], "machine_at_end": machine()})
+    paths = write(f"{name}-short" if quick else name, previous, markdown(previous))
+    print(f"{name}: folded {', '.join(measured)} into " + " and ".join(paths), file=sys.stderr)
+    return 1 if document["errors"] else 0

@@ -26,7 +26,7 @@ from app.extensions import db
 from app.models import ComputeResource, Disk, IpBlock, Server, User, resource_ip_blocks
 from app.services import evacuation
 from bench import ROOT
-from bench.stage import fresh_database, make_app
+from bench.stage import BENCH_SECRET_KEY, fresh_database, make_app
 from bench.stats import percentile, ratio, summary
 
 PASSWORD = "bench bench bench"
@@ -93,7 +93,7 @@ def served(database_url: str, instance_path: str, workers: int = 2):
     """The app served by gunicorn on a free local port; yields its base URL."""
     port = free_port()
     env = dict(os.environ, FERRY_DATABASE_URL=database_url, FERRY_INSTANCE_PATH=instance_path,
-               FERRY_SECRET_KEY="bench", FERRY_SYNC_INTERVAL="0")
+               FERRY_SECRET_KEY=BENCH_SECRET_KEY, FERRY_SYNC_INTERVAL="0")
     log = open(os.path.join(instance_path, "gunicorn.log"), "w")
     proc = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-w", str(workers),

@@ -1,9 +1,10 @@
 """Pages: dashboard, servers list with filters (page and htmx fragment), compute resource detail."""
 import pytest
+from sqlalchemy import event
 
 from app import status
 from app.extensions import db
-from app.models import ComputeResource, Server
+from app.models import ComputeResource, Disk, MigrationGroup, MigrationTask, Server
 
 
 @pytest.fixture
@@ -79,3 +80,85 @@ def test_it_shows_a_compute_resource(client, bob, login, inventory):
     page = client.get(f"/resources/{inventory['node1']}").get_data(as_text=True)
     assert "node1" in page and "Sync now" in page and "Test connection" in page
     assert client.get("/resources/999").status_code == 404
+
+
+@pytest.fixture
+def database_url(db_url):
+    """Every page test runs on SQLite and on PostgreSQL: the dashboard reads facts in SQL."""
+    return db_url
+
+
+def grow(app, prefix, resources, servers, migrations):
+    """Add `resources` compute resources holding `servers` servers (a disk each, every third
+    stopped) and `migrations` running migration tasks between the first two of them; every
+    name starts with `prefix`."""
+    with app.app_context():
+        nodes = [ComputeResource(name=f"{prefix}{k:03d}", host=f"10.{len(prefix)}.{k // 250}.{k % 250}",
+                                 user="root", key_path="/k",
+                                 facts={"memory": {"total_mib": 1000, "free_mib": 500},
+                                        "os": {"pretty_name": "Debian 12"}, "cpu": {"x": [1] * 50}})
+                 for k in range(resources)]
+        rows = [Server(uuid=f"00000000-0000-4000-a{len(prefix):03d}-{i:012d}",
+                       name=f"{prefix}-{i:05d}",
+                       compute_resource=nodes[i % resources], vcpus=1, memory_mib=512,
+                       state=status.SERVER_STOPPED if i % 3 == 0 else status.SERVER_RUNNING,
+                       disks=[Disk(target="vda", format="qcow2", path=f"/img/{i}.qcow2",
+                                   storage_type="file-qcow2", virtual_size=10, allocation=1)])
+                for i in range(servers)]
+        group = MigrationGroup(status=status.MIGRATION_RUNNING, options={})
+        group.tasks = [MigrationTask(server=rows[i], source=nodes[0], destination=nodes[1],
+                                     mode="live", status=status.MIGRATION_RUNNING)
+                       for i in range(migrations)]
+        db.session.add_all(nodes + rows + [group])
+        db.session.commit()
+
+
+def queries_of(app, client, url):
+    """The SQL statements one request runs, and its HTML."""
+    statements = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        response = client.get(url)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert response.status_code == 200
+    return statements, response.get_data(as_text=True)
+
+
+def test_it_runs_as_many_queries_for_a_large_fleet_as_for_a_small_one(app, client, charlie,
+                                                                       login):
+    login(client, "charlie")
+    grow(app, "a", resources=3, servers=6, migrations=1)
+    small = {url: queries_of(app, client, url)[0] for url in ("/", "/servers/")}
+
+    grow(app, "bb", resources=120, servers=600, migrations=12)
+    for url in ("/", "/servers/", "/?page=3", "/servers/?page=4"):
+        statements, _ = queries_of(app, client, url)
+        assert len(statements) == len(small[url.split("?")[0]]), (url, statements)
+    _, dashboard = queries_of(app, client, "/")
+    assert dashboard.count("<tr data-resource=") == 50 and "1–50 of 123 compute resources" in dashboard
+    assert dashboard.count("/migrations/tasks/") == 13  # every running task, with its names
+    _, last = queries_of(app, client, "/?page=3")
+    assert last.count("<tr data-resource=") == 23 and 'rel="prev"' in last
+
+
+def test_it_counts_servers_per_resource_in_sql(app, client, charlie, login, inventory):
+    grow(app, "cr", resources=2, servers=6, migrations=0)  # cr000: 0 (stopped), 2, 4; cr001: 1, 3, 5
+    with app.app_context():
+        node1 = db.session.get(ComputeResource, inventory["node1"])
+        db.session.add(Server(uuid="00000000-0000-4000-8000-0000000000ff", name="gone",
+                              compute_resource=node1, state=status.SERVER_MISSING))
+        db.session.commit()
+    login(client, "charlie")
+    page = client.get("/").get_data(as_text=True)
+    row = page[page.index('data-resource="cr000"'):]
+    assert "2 running / 3" in row[:row.index("</tr>")]
+    row = page[page.index('data-resource="node1"'):]
+    assert "1 running / 1" in row[:row.index("</tr>")]  # a missing server counts for nothing
+    row = page[page.index('data-resource="node2"'):]
+    assert "0 running / 1" in row[:row.index("</tr>")] and "—" in row[:row.index("</tr>")]

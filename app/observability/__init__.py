@@ -7,7 +7,6 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis import Redis
 from sqlalchemy import text
 
 from app.extensions import db
@@ -77,6 +76,7 @@ def _database():
 
 
 def _redis():
+    from redis import Redis  # here: only /healthz needs it, every page and CLI command would pay
     conn = Redis.from_url(current_app.config["REDIS_URL"], socket_timeout=HEALTH_TIMEOUT_S,
                           socket_connect_timeout=HEALTH_TIMEOUT_S)
     try:

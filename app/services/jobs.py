@@ -11,9 +11,6 @@ import logging
 import traceback as tb
 
 from flask import current_app
-from redis import Redis
-from rq import Queue
-from rq.serializers import JSONSerializer
 
 from app import status
 from app.errors import FerryError
@@ -28,12 +25,17 @@ QUEUE_MIGRATIONS = "ferry-migrations"
 
 def redis_connection(app=None):
     """A Redis client for the configured URL (Redis carries only the RQ queues)."""
+    # redis and rq are imported here, not at the top: a CLI command or page that queues
+    # nothing should not pay a fifth of a second for them.
+    from redis import Redis
     app = app or current_app
     return Redis.from_url(app.config["REDIS_URL"])
 
 
 def get_queue(name=QUEUE_DEFAULT, connection=None):
     """An RQ queue that speaks JSON, never pickle."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
     return Queue(name, connection=connection or redis_connection(), serializer=JSONSerializer)
 
 

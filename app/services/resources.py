@@ -15,7 +15,6 @@ from flask import current_app
 from app import status
 from app.errors import FerryError, NotFound
 from app.extensions import db
-from app.infra import libvirt as lv
 from app.infra import ssh
 from app.infra.commands import node
 from app.models import ComputeResource
@@ -54,12 +53,19 @@ def open_ssh(resource):
 @contextlib.contextmanager
 def open_libvirt(resource):
     """A libvirt Host for the resource over SSH, checked against the same pinned host key."""
-    host = lv.open_host(ssh.Endpoint.of(resource), known_hosts_dir(),
-                        current_app.config["LIBVIRT_TRANSPORT"])
+    host = _open_host(ssh.Endpoint.of(resource), known_hosts_dir(),
+                      current_app.config["LIBVIRT_TRANSPORT"])
     try:
         yield host
     finally:
         host.close()
+
+
+def _open_host(endpoint, known_hosts, transport):
+    """app.infra.libvirt.open_host, with libvirt imported only by whoever opens a host: the
+    CLI commands and pages that never reach a node start without it."""
+    from app.infra import libvirt as lv
+    return lv.open_host(endpoint, known_hosts, transport)
 
 
 def _validate(name, host, port, user, key_path):
