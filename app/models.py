@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from flask_login import UserMixin
 from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy import event, inspect
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app import status
@@ -64,6 +66,9 @@ class ComputeResource(db.Model):
     backup_dir: Mapped[str] = mapped_column(String(1024), default="/var/lib/ferry/backups")
     last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Raised by every change of its facts, status, host key or servers (bump_generations below):
+    # a stored preflight stands in for a fresh one only while its nodes' generations hold.
+    generation: Mapped[int] = mapped_column(default=0, server_default="0")
 
     servers: Mapped[list["Server"]] = relationship(back_populates="compute_resource",
                                                    order_by="Server.name")
@@ -86,6 +91,61 @@ class ComputeResource(db.Model):
 
     def __repr__(self):
         return f"<ComputeResource {self.name} {self.user}@{self.host}:{self.port}>"
+
+
+class PreflightReport(db.Model):
+    """The last preflight of one question (servers, destination, options), with the inventory
+    generation of every node involved when it was measured: what a Start may reuse."""
+
+    __tablename__ = "preflight_report"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), index=True)  # services.preflight.report_key
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    generations: Mapped[dict] = mapped_column(JSON, default=dict)  # {"resource id": generation}
+    report: Mapped[dict] = mapped_column(JSON)
+
+
+# What a node's generation follows: its own facts, status and key, and its servers' placement,
+# state and size. A sync rewrites the facts (gathered_at changes), so every sync counts.
+RESOURCE_WATCHED = ("facts", "status", "host_key", "storage_tags")
+SERVER_WATCHED = ("compute_resource_id", "compute_resource", "state", "vcpus", "memory_mib",
+                  "snapshot_count")
+
+
+@event.listens_for(OrmSession, "before_flush")
+def bump_generations(session, _flush_context, _instances):
+    """Raise the generation of every compute resource whose facts or servers this flush
+    changes (in the same transaction; bulk UPDATEs bypass it, so code that must be seen
+    by the preflight's reuse rule changes rows through the ORM)."""
+    ids, resources = set(), []
+    for obj in session.new | session.dirty | session.deleted:
+        if isinstance(obj, ComputeResource):
+            if obj in session.dirty and _changed(obj, RESOURCE_WATCHED):
+                resources.append(obj)
+        elif isinstance(obj, Server) and (obj not in session.dirty
+                                          or _changed(obj, SERVER_WATCHED)):
+            ids |= _placements(obj)
+    with session.no_autoflush:
+        resources += [session.get(ComputeResource, rid) for rid in ids]
+    for resource in {id(r): r for r in resources if r is not None}.values():
+        # An SQL expression, so two writers at once both count: generation = generation + 1.
+        resource.generation = ComputeResource.generation + 1
+
+
+def _changed(obj, names) -> bool:
+    state = inspect(obj)
+    return any(state.attrs[name].history.has_changes() for name in names)
+
+
+def _placements(server) -> set:
+    """Ids of the compute resources a server is on now and was on before this flush."""
+    state = inspect(server)
+    ids = {server.compute_resource_id}
+    ids |= set(state.attrs.compute_resource_id.history.deleted or ())
+    for resource in state.attrs.compute_resource.history.sum():
+        if resource is not None:
+            ids.add(resource.id)
+    return {i for i in ids if i is not None}
 
 
 class IpBlock(db.Model):

@@ -194,9 +194,12 @@ def test_cancel_before_the_definition_leaves_the_server_on_its_source(world):
 
 def test_an_ip_change_keeps_other_addresses_and_releases_only_the_replaced_one(world):
     cluster, task = world(preserve_ip=False)
+    v6 = IpBlock(name="v6", cidr="fd00:9::/64")
+    db.session.add(IpAddress(block=v6, address="fd00:9::5", server=task.server))
+    db.session.commit()
     assert run(task, cluster) == status.MIGRATION_FINISHED, task.error
     addresses = sorted(a.address for a in task.server.ip_addresses)
-    assert addresses == ["10.9.2.2"]
+    assert addresses == ["10.9.2.2", "fd00:9::5"]  # the IPv6 address was not replaced
     assert "ferry.ip=10.9.2.2/24" in cluster.node("node2").domains[UUID].xml
     assert db.session.scalar(db.select(IpAddress).filter_by(address="10.9.1.5")).server is None
 

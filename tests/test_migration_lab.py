@@ -143,3 +143,55 @@ def test_it_climbs_the_ladder_when_the_guest_dirties_faster_than_the_link(
         assert not {f for f in images(lab, "node2") if "ladder-dirty" in f}
         assert lab.guest_status(guest["ip"])["seed_md5_ok"] is True
     note("ladder", status=task["status"], elapsed_s=round(elapsed, 1), timeline=timeline)
+
+
+def _make_uefi(lab, node, name, marker):
+    """Turn a stopped lab server into an OVMF (UEFI) domain whose NVRAM file holds `marker`."""
+    import os
+    import tempfile
+    import xml.etree.ElementTree as ET
+    nvram = f"/var/lib/libvirt/qemu/nvram/{name}_VARS.fd"
+    root = ET.fromstring(lab.exec(node, "virsh", "dumpxml", "--inactive", name, check=True).stdout)
+    os_el = root.find("os")
+    for tag in ("loader", "nvram", "kernel", "initrd", "cmdline"):
+        for el in os_el.findall(tag):
+            os_el.remove(el)
+    ET.SubElement(os_el, "loader", readonly="yes", type="pflash").text = \
+        "/usr/share/OVMF/OVMF_CODE.fd"
+    ET.SubElement(os_el, "nvram").text = nvram
+    if root.find("features") is None:
+        ET.SubElement(root, "features")
+    if root.find("features/acpi") is None:
+        ET.SubElement(root.find("features"), "acpi")
+    fd, path = tempfile.mkstemp(suffix=".xml", dir="/tmp")  # the nodes share the host's /tmp
+    with os.fdopen(fd, "w") as fh:
+        fh.write(ET.tostring(root, encoding="unicode"))
+    try:
+        lab.exec(node, "virsh", "define", path, check=True)
+    finally:
+        os.unlink(path)
+    lab.exec(node, "sh", "-c", 'mkdir -p "$(dirname "$1")" && printf %s "$2" > "$1"', "sh",
+             nvram, marker, check=True)
+    return nvram
+
+
+def test_it_carries_a_uefi_servers_nvram_offline(app, lab, lab_server, fleet):
+    lab_server("node2", "uefi-cold", format="qcow2", stopped=True)
+    marker = "ferry-nvram-marker-7f3a"
+    nvram = _make_uefi(lab, "node2", "uefi-cold", marker)
+    sync(app, fleet)
+    try:
+        report = migrate(app, fleet, ["uefi-cold"], "node3", live=False,
+                         convert_to=status.STORAGE_FILE_RAW)
+
+        task = report["tasks"][0]
+        assert task["status"] == status.MIGRATION_FINISHED, task
+        assert where(lab, "uefi-cold") == {"node3": "shut off"}
+        # Defect 1: only <disk> files were copied and UNDEFINE_NVRAM deleted the variables.
+        assert lab.exec("node3", "cat", nvram, check=True).stdout == marker
+        assert nvram in lab.exec("node3", "virsh", "dumpxml", "uefi-cold", check=True).stdout
+        assert lab.exec("node2", "test", "-e", nvram).returncode != 0
+        assert any(e["kind"] == "state" and nvram in e["message"] for e in task["events"])
+    finally:
+        for node in ("node2", "node3"):
+            lab.exec(node, "rm", "-f", nvram)

@@ -220,3 +220,51 @@ class Host:
                 pass  # a disk whose file is gone: still listed, with unknown size
         return DiskInfo(target, path, fmt, storage_type(element.get("type"), fmt),
                         int(capacity), int(allocation), element.get("type") or "file")
+
+
+# What preflight asks of libvirt, so services never import libvirt themselves.
+
+@dataclass(frozen=True)
+class GuestOnDestination:
+    """A guest of one node as the destination's libvirt judges it: compareHypervisorCPU's code
+    (libvirt's VIR_CPU_COMPARE_*: -1 error, 0 incompatible, 1 identical, 2 superset) with the
+    error text when it could not compare, whether the guest runs, and its dirty rate (bytes/s)
+    when it was sampled."""
+
+    cpu_code: int
+    cpu_error: str | None
+    active: bool
+    dirty_rate_bps: int | None = None
+
+
+def compare_cpu(dst_host, dom_xml: str) -> tuple:
+    """The destination's compareHypervisorCPU verdict on a domain XML's <cpu>: (code, error)."""
+    root = ET.fromstring(dom_xml)
+    cpu = root.find("cpu")
+    if cpu is None:
+        return libvirt.VIR_CPU_COMPARE_SUPERSET, None  # no CPU model asked: the default
+    os_type = root.find("os/type")
+    try:
+        code = dst_host.conn.compareHypervisorCPU(
+            None, os_type.get("arch") if os_type is not None else None,
+            os_type.get("machine") if os_type is not None else None,
+            root.get("type"), ET.tostring(cpu, encoding="unicode"), 0)
+        return code, None
+    except libvirt.libvirtError as exc:
+        return libvirt.VIR_CPU_COMPARE_ERROR, str(exc)
+
+
+def judge_guest(src_host, dst_host, uuid: str, sample_dirty_rate: bool = False) -> GuestOnDestination:
+    """Look the guest up on its node and have the destination compare its CPU; with
+    `sample_dirty_rate`, a running guest's dirty rate is measured too (one second)."""
+    try:
+        dom = src_host.conn.lookupByUUIDString(uuid)
+        xml, active = dom.XMLDesc(0), bool(dom.isActive())
+    except libvirt.libvirtError as exc:
+        return GuestOnDestination(libvirt.VIR_CPU_COMPARE_ERROR, str(exc), False)
+    code, error = compare_cpu(dst_host, xml)
+    dirty = None
+    if sample_dirty_rate and active:
+        from app.infra.migration import sample_dirty_rate as sample  # the engine's module
+        dirty = sample(dom, 1)
+    return GuestOnDestination(code, error, active, dirty)

@@ -15,6 +15,7 @@ journal says the task created; after it, steps only go forward.
 """
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import time
 
@@ -381,7 +382,7 @@ class RemoveSourceDisks(Step):
 
 class SettleAddresses(Step):
     """Record the move in the inventory: new node and disks; with an IP change, the new address
-    kept and only the addresses it replaced released."""
+    (committed only now that the move is done) and only the addresses it replaced released."""
 
     name = "settle-addresses"
 
@@ -391,13 +392,15 @@ class SettleAddresses(Step):
         new_id = (define.names or {}).get("address_id")
         released = []
         if new_id:
+            # The guest gets one new address of the new one's family through its definition:
+            # that replaces its addresses of that family; the others (IPv6 beside IPv4) stay.
             new = db.session.get(IpAddress, new_id)
-            destination_blocks = {b.id for b in move.destination.ip_blocks}
+            family = ipaddress.ip_address(new.address).version
             for old in list(move.server.ip_addresses):
-                if old.id != new_id and old.block_id not in destination_blocks:
+                if old.id != new_id and ipaddress.ip_address(old.address).version == family:
                     old.server = None
                     released.append(old.address)
-            move.state["new_address"] = new.address if new else None
+            move.state["new_address"] = new.address
         disks.record_moved(move.server, move.destination, _plan(move), status.SERVER_STOPPED)
         db.session.commit()
         return {"released": released}

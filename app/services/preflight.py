@@ -1,30 +1,33 @@
 """Preflight: gather what the checks need from the real nodes, then run the pure checks.
 
-Nothing is assumed: facts are re-read from both hosts, ports are probed from
-the source towards the destination, the guest CPU is compared by the
-destination's libvirt, and a throughput probe and a dirty-rate sample feed
-the ETA. The checks themselves live in preflight_checks (pure functions).
+Nothing is assumed: facts are re-read from both hosts (in parallel, over connections the
+process keeps open), ports are probed from the source towards the destination, the guest CPU
+is compared by the destination's libvirt, and the throughput of recent moves between the two
+nodes (or a probe, when there are none) and a dirty-rate sample feed the ETA. Checks that need
+no node run first, from the database, and refuse without touching a node. The checks
+themselves live in preflight_checks (pure functions).
 """
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import ipaddress
+import json
 import logging
 import math
 import threading
-import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from datetime import timedelta
+from statistics import median
 
-import libvirt
 from flask import current_app
 
 from app import status
 from app.errors import FerryError
 from app.extensions import db
-from app.infra import migration as lvm
 from app.infra import ssh
 from app.infra.commands import storage
-from app.models import IpAddress
+from app.models import ComputeResource, IpAddress, MigrationTask, PreflightReport, utcnow
 from app.services import calibration, estimation, inventory, resources
 from app.services import preflight_checks as checks
 
@@ -113,101 +116,244 @@ def _throughput(src_conn, dst_conn, destination) -> float | None:
     return storage.parse_dd_rate(result.stderr) if result.ok else None
 
 
-def _compare_cpu(dst_host, dom_xml: str) -> tuple:
-    """The destination's compareHypervisorCPU verdict on the guest's CPU definition."""
-    root = ET.fromstring(dom_xml)
-    cpu = root.find("cpu")
-    if cpu is None:
-        return checks.CPU_COMPARE_SUPERSET, None  # no CPU model asked: the hypervisor default
-    os_type = root.find("os/type")
-    try:
-        code = dst_host.conn.compareHypervisorCPU(
-            None, os_type.get("arch") if os_type is not None else None,
-            os_type.get("machine") if os_type is not None else None,
-            root.get("type"), ET.tostring(cpu, encoding="unicode"), 0)
-        return code, None
-    except libvirt.libvirtError as exc:
-        return checks.CPU_COMPARE_ERROR, str(exc)
-
-
 def run(servers, destination, opts: dict) -> dict:
-    """Run the whole preflight for servers going to destination; returns a JSON-able report.
+    """Run the preflight for servers going to destination; returns a JSON-able report.
 
-    The report holds every check's result, the summary, the measured
-    throughput and dirty rates, and a pre-start ETA per server.
+    The report holds every check's result, the summary, the measured throughput and dirty
+    rates, and a pre-start ETA per server. What the nodes told a preflight of the same servers,
+    destination and options is reused when it is younger than PREFLIGHT_REUSE_S and no node
+    involved has changed since (see `reusable`): the checks then run again from the database,
+    and `reused` in the report says how old the node measurements are. Otherwise the nodes
+    are asked afresh. Every report is stored, so the dialog's Check or the API's dry run is
+    what a Start right after finds.
     """
     options = options_of(opts)
     sources = {s.compute_resource.name: s.compute_resource for s in servers if s.compute_resource}
-    involved = list(sources.values()) + [destination]
-    probes, cpu_results, throughput, dirty = {}, {}, {}, {}
-    unreachable = []
-    # One SSH and one libvirt connection per node for the whole preflight: opening
-    # them is most of its cost (about 0.1 s each here, more across a WAN).
-    with contextlib.ExitStack() as stack:
-        conns = {}
-        for resource in {r.id: r for r in involved}.values():
-            try:
-                conn = stack.enter_context(resources.open_ssh(resource))
-                host = stack.enter_context(resources.open_libvirt(resource))
-                resource.facts = inventory.gather_facts(resource, conn, host)
-                conns[resource.id] = (conn, host)
-            except FerryError as exc:
-                unreachable.append(checks.CheckResult("reachable", checks.FAIL,
-                                                      f"{resource.name} cannot be reached: {exc}"))
-        db.session.commit()
-        if not unreachable:
-            try:
-                dst_conn, dst_host = conns[destination.id]
-                for source in sources.values():
-                    if source.id == destination.id:
-                        continue
-                    src_conn, src_host = conns[source.id]
-                    probes[source.name] = _probe_ports(src_conn, dst_conn, source, destination)
-                    throughput[source.name] = _throughput(src_conn, dst_conn, destination)
-                    for server in servers:
-                        if server.compute_resource_id != source.id:
-                            continue
-                        try:
-                            dom = src_host.conn.lookupByUUIDString(server.uuid)
-                        except libvirt.libvirtError as exc:
-                            cpu_results[server.name] = (checks.CPU_COMPARE_ERROR, str(exc))
-                            continue
-                        cpu_results[server.name] = _compare_cpu(dst_host, dom.XMLDesc(0))
-                        if options.live and dom.isActive() and current_app.config["SAMPLE_DIRTY_RATE"]:
-                            dirty[server.name] = lvm.sample_dirty_rate(dom, 1)
-            except FerryError as exc:
-                unreachable.append(checks.CheckResult("reachable", checks.FAIL, str(exc)))
+    involved = {r.id: r for r in list(sources.values()) + [destination]}
+    key = report_key(servers, destination, options)
+    stored = reusable(key, involved.values())
+    if stored is not None:
+        age = (utcnow() - stored.created_at).total_seconds()
+        return judge(servers, sources, destination, options, stored.report["measured"],
+                     reused={"report_id": stored.id, "age_s": round(age, 3)})
+    database = checks.run_database_checks([server_info(s) for s in servers],
+                                          resource_info(destination), options)
+    if checks.summarize(database).status == checks.FAIL:  # refused without asking any node
+        return report_of(database, {}, {}, {}, None)
+    measured = measure(servers, sources, destination, options)
+    report = judge(servers, sources, destination, options, measured)
+    if not measured["unreachable"]:
+        store(key, involved.values(), report)
+    return report
 
+
+def measure(servers, sources, destination, options) -> dict:
+    """Ask the nodes: facts of every node involved (gathered in parallel, over connections the
+    process keeps, see resources.borrow), then from each source to the destination the data
+    ports, the guests' CPUs on the destination, and the throughput (from recent moves between
+    the two nodes, probed only when there are none). JSON-able, so it can be stored."""
+    measured = {"unreachable": [], "probes": {}, "cpu": {}, "throughput_bps": {},
+                "throughput_from": {}, "dirty_rate_bps": {}}
+    nodes = {r.id: resources.Node.of(r) for r in list(sources.values()) + [destination]}
+    lent, broken = {}, set()
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        reached = {rid: pool.submit(_reach, node) for rid, node in nodes.items()}
+    surprises = []
+    for rid, future in reached.items():
+        try:
+            lent[rid], facts = future.result()
+        except FerryError as exc:
+            measured["unreachable"].append(f"{nodes[rid].name} cannot be reached: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - raised below, once the others are given back
+            surprises.append(exc)
+            continue
+        db.session.get(ComputeResource, rid).facts = facts
+    if surprises:
+        for rid, pair in lent.items():
+            resources.give_back(nodes[rid], pair)
+        raise surprises[0]
+    db.session.commit()
+    try:
+        if not measured["unreachable"]:
+            _between(servers, sources, destination, options, lent, measured)
+    except FerryError as exc:
+        measured["unreachable"].append(str(exc))
+        broken = set(lent)
+    except BaseException:
+        broken = set(lent)
+        raise
+    finally:
+        for rid, pair in lent.items():
+            resources.give_back(nodes[rid], pair, broken=rid in broken)
+    return measured
+
+
+def _reach(node):
+    """Borrow connections to a node and gather its facts (in a thread of its own: no session,
+    no app context; the connections are this thread's alone until given back)."""
+    pair = resources.borrow(node)
+    try:
+        return pair, inventory.gather_facts(node, pair.ssh, pair.libvirt)
+    except BaseException:
+        resources.give_back(node, pair, broken=True)
+        raise
+
+
+def _between(servers, sources, destination, options, lent, measured) -> None:
+    """The source-to-destination measurements of every source, into `measured`."""
+    dst = lent[destination.id]
+    sample = options.live and current_app.config["SAMPLE_DIRTY_RATE"]
+    max_age = current_app.config["THROUGHPUT_MAX_AGE"]
+    for source in sources.values():
+        if source.id == destination.id:
+            continue
+        src = lent[source.id]
+        measured["probes"][source.name] = _probe_ports(src.ssh, dst.ssh, source, destination)
+        recent = recent_throughput(source.id, destination.id, max_age)
+        if recent is None:
+            recent, origin = _throughput(src.ssh, dst.ssh, destination), "probe"
+        else:
+            origin = "moves"
+        measured["throughput_bps"][source.name] = recent
+        measured["throughput_from"][source.name] = origin
+        for server in servers:
+            if server.compute_resource_id != source.id:
+                continue
+            verdict = lv_judge(src.libvirt, dst.libvirt, server.uuid, sample)
+            measured["cpu"][server.name] = [verdict.cpu_code, verdict.cpu_error]
+            if verdict.dirty_rate_bps is not None:
+                measured["dirty_rate_bps"][server.name] = verdict.dirty_rate_bps
+
+
+def lv_judge(src_host, dst_host, uuid, sample):
+    """app.infra.libvirt.judge_guest; libvirt is imported when a preflight reaches a node, not
+    when the CLI or a page imports this module."""
+    from app.infra import libvirt as lv
+    return lv.judge_guest(src_host, dst_host, uuid, sample)
+
+
+def recent_throughput(source_id: int, destination_id: int, max_age_s: int) -> float | None:
+    """Bytes per second of the recent finished live moves from source to destination (the
+    median of the last three, each its bytes over libvirt's elapsed time), or None when none
+    finished within max_age_s (0: always None, so the link is probed)."""
+    if max_age_s <= 0:
+        return None
+    rows = db.session.scalars(db.select(MigrationTask).where(
+        MigrationTask.source_id == source_id, MigrationTask.destination_id == destination_id,
+        MigrationTask.status == status.MIGRATION_FINISHED,
+        MigrationTask.mode == status.MODE_LIVE,
+        MigrationTask.finished_at >= utcnow() - timedelta(seconds=max_age_s),
+    ).order_by(MigrationTask.finished_at.desc()).limit(3)).all()
+    rates = [r.result["bytes"] / (r.result["total_ms"] / 1000) for r in rows
+             if (r.result or {}).get("bytes") and (r.result or {}).get("total_ms")]
+    return float(median(rates)) if rates else None
+
+
+def judge(servers, sources, destination, options, measured: dict, reused=None) -> dict:
+    """Run every check on what the database holds now and what the nodes measured."""
+    unreachable = [checks.CheckResult("reachable", checks.FAIL, message)
+                   for message in measured["unreachable"]]
+    cpu = {name: tuple(pair) for name, pair in measured["cpu"].items()}
+    # A stored report came back through JSON, which keeps the ports as text.
+    probes = {source: {int(port): result for port, result in ports.items()}
+              for source, ports in measured["probes"].items()}
     results = unreachable + checks.run_checks(
         [server_info(s) for s in servers], {n: resource_info(r) for n, r in sources.items()},
-        resource_info(destination), options, probes, cpu_results)
-    summary = checks.summarize(results)
-    etas = {}
+        resource_info(destination), options, probes, cpu)
+    return report_of(results, measured["throughput_bps"], measured["dirty_rate_bps"],
+                     etas(servers, options, measured), measured, reused)
+
+
+def report_of(results, throughput, dirty, eta, measured, reused=None) -> dict:
+    """The JSON-able report the dialog, the API, the CLI and the task show."""
+    return {
+        "results": [asdict(r) for r in results],
+        "summary": asdict(checks.summarize(results)),
+        "throughput_bps": throughput,
+        "dirty_rate_bps": dirty,
+        "eta": eta,
+        "measured": measured,
+        "reused": reused,
+    }
+
+
+def etas(servers, options, measured) -> dict:
+    """The pre-start ETA of every server whose source's throughput is known."""
+    result = {}
     factor = calibration.start_factor() if options.live else None
     for server in servers:
-        rate = throughput.get(server.compute_resource.name) if server.compute_resource else None
+        name = server.compute_resource.name if server.compute_resource else None
+        rate = measured["throughput_bps"].get(name)
         if not rate:
             continue
         disk_bytes = sum(d.allocation or 0 for d in server.disks)
         est = estimation.estimate_migration(
             memory_bytes=server.memory_mib * 1024 * 1024,
             disk_bytes=disk_bytes if options.live else 0,
-            throughput_bps=rate, dirty_rate_bps=float(dirty.get(server.name) or 0))
+            throughput_bps=rate,
+            dirty_rate_bps=float(measured["dirty_rate_bps"].get(server.name) or 0))
         if not options.live:  # offline: the disk copy is all there is
             seconds = 1.0 + disk_bytes / rate
             est = estimation.Estimate(seconds, seconds * 0.8, seconds * 1.3, 0, True, 0,
                                       "offline copy of the allocated disk data")
         # A guest that will not converge has an infinite estimate: JSON (and PostgreSQL)
         # cannot hold Infinity, so it is stored as null next to converges=False.
-        etas[server.name] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                             for k, v in calibrated(asdict(est), factor).items()}
-    return {
-        "results": [asdict(r) for r in results],
-        "summary": asdict(summary),
-        "throughput_bps": throughput,
-        "dirty_rate_bps": dirty,
-        "eta": etas,
-    }
+        result[server.name] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                               for k, v in calibrated(asdict(est), factor).items()}
+    return result
+
+
+def report_key(servers, destination, options: checks.MigrationOptions) -> str:
+    """What makes two preflights the same question: the servers, the destination, and the
+    options the checks read (an acknowledgement changes no check)."""
+    question = {"servers": sorted(s.id for s in servers), "destination": destination.id,
+                "options": asdict(options)}
+    return hashlib.sha256(json.dumps(question, sort_keys=True).encode()).hexdigest()
+
+
+def may_reuse(age_s: float, max_age_s: float, generations_then: dict, generations_now: dict
+              ) -> bool:
+    """The reuse rule: young enough, and no node involved changed since.
+
+    >>> may_reuse(2.0, 10, {"1": 4, "2": 7}, {"1": 4, "2": 7})
+    True
+    >>> may_reuse(12.0, 10, {"1": 4, "2": 7}, {"1": 4, "2": 7})
+    False
+    >>> may_reuse(2.0, 10, {"1": 4, "2": 7}, {"1": 4, "2": 8})
+    False
+    """
+    return 0 <= age_s < max_age_s and generations_then == generations_now
+
+
+def generations(involved) -> dict:
+    """{resource id (as text, the way JSON keeps it): inventory generation} read now."""
+    ids = sorted({r.id for r in involved})
+    rows = db.session.execute(db.select(ComputeResource.id, ComputeResource.generation)
+                              .where(ComputeResource.id.in_(ids))).all()
+    return {str(rid): generation for rid, generation in rows}
+
+
+def reusable(key: str, involved) -> PreflightReport | None:
+    """The stored report for this question that may stand in for a fresh preflight, or None."""
+    max_age = current_app.config["PREFLIGHT_REUSE_S"]
+    if max_age <= 0:
+        return None
+    stored = db.session.scalar(db.select(PreflightReport).where(PreflightReport.key == key)
+                               .order_by(PreflightReport.id.desc()).limit(1))
+    if stored is None:
+        return None
+    age = (utcnow() - stored.created_at).total_seconds()
+    return stored if may_reuse(age, max_age, stored.generations, generations(involved)) else None
+
+
+def store(key: str, involved, report: dict) -> None:
+    """Keep a report where a Start finds it, with the generations it was measured at; older
+    reports of the same question and any older than a day are dropped."""
+    db.session.execute(db.delete(PreflightReport).where(
+        (PreflightReport.key == key) | (PreflightReport.created_at < utcnow() - timedelta(days=1))))
+    db.session.add(PreflightReport(key=key, generations=generations(involved), report=report))
+    db.session.commit()
 
 
 def calibrated(eta: dict, factor: float | None) -> dict:

@@ -673,6 +673,22 @@ def check_backup_restore_space(server: ServerInfo, destination: ResourceInfo,
 
 # ---------------------------------------------------------------- together
 
+def run_database_checks(servers: Sequence[ServerInfo], destination: ResourceInfo,
+                        options: MigrationOptions) -> list[CheckResult]:
+    """The checks that need nothing from a node, only what the database holds: run first, so
+    a request they refuse is refused without logging in anywhere. run_checks runs them too."""
+    results = [check_same_state(servers), check_state_fits_mode(servers, options),
+               check_destination_not_source(servers, destination),
+               check_destination_active(destination), check_live_conversion(servers, options)]
+    claimed = 0
+    for server in servers:
+        ip = check_ip_addresses(server, destination, options, claimed)
+        claimed += ip.data.get("needed", 0)
+        results += [ip, check_disk_types(server, options), check_snapshots(server),
+                    check_storage_tags(server, destination), check_backups(server, options)]
+    return results
+
+
 def run_checks(servers: Sequence[ServerInfo], sources: Mapping[str, ResourceInfo],
                destination: ResourceInfo, options: MigrationOptions,
                port_probes: Mapping[str, Mapping[int, Union[str, bool, None]]],

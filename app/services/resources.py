@@ -6,9 +6,15 @@ Jobs and later services reach a node only through `open_ssh` and `open_libvirt`:
         ssh.run(conn, node.KERNEL)
     with resources.open_libvirt(resource) as host:   # app.infra.libvirt.Host
         host.guests()
+
+A preflight borrows both from the process's pool instead (`leased(Node.of(resource))`), so a
+Check and the Start right after it do not log in twice.
 """
+import atexit
 import contextlib
 import os
+from dataclasses import dataclass
+from typing import Any
 
 from flask import current_app
 
@@ -17,6 +23,7 @@ from app.errors import FerryError, NotFound
 from app.extensions import db
 from app.infra import ssh
 from app.infra.commands import node
+from app.infra.pool import Pool
 from app.models import ComputeResource
 from app.services import audit
 
@@ -66,6 +73,96 @@ def _open_host(endpoint, known_hosts, transport):
     CLI commands and pages that never reach a node start without it."""
     from app.infra import libvirt as lv
     return lv.open_host(endpoint, known_hosts, transport)
+
+
+@dataclass(frozen=True)
+class Node:
+    """How to reach a compute resource, read from its row once: threads that talk to nodes
+    in parallel need neither the database session nor the app context."""
+
+    id: int
+    name: str
+    endpoint: ssh.Endpoint  # holds the pinned host key: a re-pin makes another pool key
+    backup_dir: str
+    ssh_timeout: int
+    known_hosts_dir: str
+    transport: str
+
+    @classmethod
+    def of(cls, resource):
+        """The Node of a ComputeResource row, with this app's settings."""
+        return cls(resource.id, resource.name, ssh.Endpoint.of(resource), resource.backup_dir,
+                   current_app.config["SSH_TIMEOUT"], known_hosts_dir(),
+                   current_app.config["LIBVIRT_TRANSPORT"])
+
+    @property
+    def key(self):
+        """The pool's key: everything that makes a connection to this node what it is."""
+        return (self.endpoint, self.ssh_timeout, self.known_hosts_dir, self.transport)
+
+
+@dataclass
+class Connections:
+    """One SSH (Fabric) and one libvirt connection to a node, lent together."""
+
+    ssh: Any
+    libvirt: Any  # app.infra.libvirt.Host
+
+
+def _open_pair(key) -> Connections:
+    endpoint, timeout, known_hosts, transport = key
+    conn = ssh.connect(endpoint, timeout=timeout)
+    try:
+        return Connections(conn, _open_host(endpoint, known_hosts, transport))
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _close_pair(pair: Connections) -> None:
+    try:
+        pair.libvirt.close()
+    finally:
+        pair.ssh.close()
+
+
+def _pair_alive(pair: Connections) -> bool:
+    """Both ends still answer: the SSH transport is up and libvirt replies to a cheap call."""
+    try:
+        transport = pair.ssh.client.get_transport()
+        if transport is None or not transport.is_active():
+            return False
+        pair.libvirt.conn.getLibVersion()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: open a fresh one
+        return False
+
+
+POOL = Pool(_open_pair, _close_pair, _pair_alive)
+atexit.register(POOL.clear)
+
+
+def borrow(node: Node) -> Connections:
+    """SSH and libvirt to the node from the process's pool (opened if none is idle); give
+    them back with `give_back`, from any thread, once done."""
+    return POOL.acquire(node.id, node.key)
+
+
+def give_back(node: Node, pair: Connections, broken: bool = False) -> None:
+    """Return borrowed connections; `broken` (anything went wrong on them) closes them."""
+    POOL.release(node.id, node.key, pair, broken)
+
+
+@contextlib.contextmanager
+def leased(node: Node):
+    """`with leased(node) as pair:` borrow and give back; closed instead if the block raised."""
+    pair = borrow(node)
+    try:
+        yield pair
+    except BaseException:
+        give_back(node, pair, broken=True)
+        raise
+    give_back(node, pair)
 
 
 def _validate(name, host, port, user, key_path):
