@@ -9,10 +9,17 @@ import time
 
 from . import deps, lifecycle, net, servers
 from .common import CLEAN_ENV, Instance, LabError
+from .lvmnode import LvmNode
 from .nodes import OVERRIDES, Node, parse_node_names
 
 
-def _node(inst, name):
+def _node(inst, name, vm_ok=False):
+    if name == LvmNode(inst).name:
+        if not inst.load().get("lvm_node"):
+            raise LabError(f"lab {inst.name} has no LVM node (up --lvm-node)")
+        if not vm_ok:
+            raise LabError(f"{name} is the LVM node (a VM): this command is for namespace nodes")
+        return LvmNode(inst)
     k = parse_node_names(name)
     if k > inst.load().get("nodes", 0):
         raise LabError(f"lab {inst.name} has no {name}")
@@ -31,6 +38,8 @@ def parser():
                         "PATH, --nodeK-cpuinfo PATH")
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--fixtures", help="inventory fixtures JSON (default lab/fixtures.json)")
+    up.add_argument("--lvm-node", action="store_true",
+                    help="also run lvm1, a Debian VM with a volume group and a thin pool")
     down = sub.add_parser("down", help="stop and remove everything the lab made")
     down.add_argument("--purge", action="store_true", help="also forget the SSH keys")
     st = sub.add_parser("status")
@@ -49,6 +58,8 @@ def parser():
     mk.add_argument("--dirty-rate", type=int, default=0, help="MiB/s")
     mk.add_argument("--dirty-size", type=int, default=64, help="MiB")
     mk.add_argument("--stopped", action="store_true")
+    mk.add_argument("--storage", choices=["file", "lvm", "thinlvm"], default="file",
+                    help="lvm/thinlvm: a (thin) logical volume on the LVM node")
     mk.add_argument("--ip", help="ADDR/PREFIX (default: a free address in guest-a)")
     mk.add_argument("--json", action="store_true")
     rm = sub.add_parser("rmserver", help="remove a server from every node")
@@ -109,9 +120,9 @@ def run(args, extra):
     inst = Instance()
     if args.cmd == "up":
         t = time.time()
-        lifecycle.up(inst, args.nodes, _node_overrides(extra), args.fixtures)
-        print(f"lab {inst.name} up: {args.nodes} nodes on 10.{inst.net}.0.0/24 "
-              f"({time.time() - t:.1f}s)", file=sys.stderr)
+        lifecycle.up(inst, args.nodes, _node_overrides(extra), args.fixtures, args.lvm_node)
+        print(f"lab {inst.name} up: {args.nodes} nodes{' and lvm1' if args.lvm_node else ''} "
+              f"on 10.{inst.net}.0.0/24 ({time.time() - t:.1f}s)", file=sys.stderr)
     elif args.cmd == "down":
         lifecycle.down(inst, purge=args.purge)
     elif args.cmd == "status":
@@ -126,14 +137,20 @@ def run(args, extra):
     elif args.cmd == "ssh-config":
         print(lifecycle.ssh_config(inst), end="")
     elif args.cmd == "exec":
-        node = _node(inst, args.node)
+        node = _node(inst, args.node, vm_ok=True)
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not argv:
             raise LabError("exec NODE CMD...")
-        return subprocess.run(node.enter() + argv, env=CLEAN_ENV, cwd="/").returncode
+        if isinstance(node, LvmNode):
+            node.ssh_master()
+            full = node.ssh_argv(argv)
+        else:
+            full = node.enter() + argv
+        return subprocess.run(full, env=CLEAN_ENV, cwd="/").returncode
     elif args.cmd == "mkserver":
         srv = servers.mkserver(inst, args.node, args.name, args.memory, args.disk, args.format,
-                               args.dirty_rate, args.dirty_size, args.stopped, args.ip)
+                               args.dirty_rate, args.dirty_size, args.stopped, args.ip,
+                               args.storage)
         if args.json:
             _print_json(srv)
         else:

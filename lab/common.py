@@ -112,6 +112,17 @@ class Instance:
         """Management/migration address of node k."""
         return f"10.{self.net}.0.{10 + k}"
 
+    @property
+    def lvm_address(self):
+        """Management/migration address of the LVM node (lab/lvmnode.py)."""
+        return f"10.{self.net}.0.200"
+
+    def hosts_file(self):
+        """/etc/hosts of every node: the names of all possible nodes."""
+        return ("127.0.0.1 localhost\n"
+                + "".join(f"{self.node_address(k)} node{k}\n" for k in range(1, 100))
+                + f"{self.lvm_address} lvm1\n")
+
     def load(self):
         """The saved lab state (empty when the lab was never brought up)."""
         try:

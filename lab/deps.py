@@ -11,6 +11,8 @@ LAB_PACKAGES = ["qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvi
                 "libvirt-dev", "pkg-config", "openssh-server", "openssh-client",
                 "busybox-static", "cpio", "kmod", "gcc", "libc6-dev", "python3-dev",
                 "iproute2", "e2fsprogs", "iptables", "socat", "iputils-ping"]
+# ... what the LVM node's image build needs (up --lvm-node) ...
+LVM_NODE_PACKAGES = ["mmdebstrap"]
 # ... what the container and the monitoring checks need (make container, tests/test_contrib.py) ...
 OPERATOR_PACKAGES = ["podman", "runc", "mmdebstrap", "prometheus"]
 # ... packages wanted for a tool only, whose service must never start (prometheus: promtool) ...
@@ -68,9 +70,10 @@ def _services_kept_stopped(wanted):
 
 def install_deps():
     """Everything for `make test` and `make demo`."""
-    return install(LAB_PACKAGES + PROJECT_PACKAGES + OPERATOR_PACKAGES)
+    return install(list(dict.fromkeys(LAB_PACKAGES + LVM_NODE_PACKAGES + PROJECT_PACKAGES
+                                      + OPERATOR_PACKAGES)))
 
 
-def ensure_lab_deps():
-    """Only what the lab itself needs (called by `up`)."""
-    return install(LAB_PACKAGES)
+def ensure_lab_deps(lvm=False):
+    """Only what the lab itself needs (called by `up`; lvm: with the LVM node)."""
+    return install(LAB_PACKAGES + (LVM_NODE_PACKAGES if lvm else []))

@@ -7,6 +7,7 @@ import time
 
 from . import deps, guest, net
 from .common import LAB_DIR, LabError, kill_pids, run, write_file
+from .lvmnode import LvmNode
 from .nodes import OVERRIDES, Node
 
 DEFAULT_FIXTURES = os.path.join(LAB_DIR, "fixtures.json")
@@ -25,14 +26,13 @@ def nodes_of(inst, state=None):
     return [Node(inst, k) for k in sorted(ks)]
 
 
-def _ensure_keys(inst, count):
+def _ensure_keys(inst, count, lvm=False):
     os.makedirs(inst.keys_dir, exist_ok=True)
     if not os.path.exists(inst.client_key):
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"ferry-lab-{inst.name}",
              "-f", inst.client_key])
     lines = []
-    for k in range(1, count + 1):
-        node = Node(inst, k)
+    for node in [Node(inst, k) for k in range(1, count + 1)] + ([LvmNode(inst)] if lvm else []):
         if not os.path.exists(node.host_key):
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.name,
                  "-f", node.host_key])
@@ -56,30 +56,43 @@ def _node_set(spec, count):
     return sorted(set(out))
 
 
-def load_fixtures(path, inst, count):
-    """The storage tags per node and the IP blocks, resolved for this instance."""
+def load_fixtures(path, inst, count, lvm=False):
+    """The storage tags per node and the IP blocks, resolved for this instance.
+
+    The LVM node (when there is one) joins the blocks marked "lvm_node": true.
+    """
     with open(path) as f:
         raw = json.load(f)
     tags = raw.get("storage_tags", {})
-    per_node = {f"node{k}": tags.get(f"node{k}", tags.get("default", [])) for k in
-                range(1, count + 1)}
+    names = [f"node{k}" for k in range(1, count + 1)] + ([LvmNode(inst).name] if lvm else [])
+    per_node = {name: tags.get(name, tags.get("default", [])) for name in names}
     blocks = []
     for b in raw.get("ip_blocks", []):
+        members = [f"node{k}" for k in _node_set(b["nodes"], count)]
+        if lvm and b.get("lvm_node"):
+            members.append(LvmNode(inst).name)
         blocks.append({"name": b["name"], "cidr": b["cidr"].format(net=inst.net),
-                       "gateway": b["gateway"].format(net=inst.net),
-                       "nodes": [f"node{k}" for k in _node_set(b["nodes"], count)]})
+                       "gateway": b["gateway"].format(net=inst.net), "nodes": members})
     return {"storage_tags": per_node, "ip_blocks": blocks}
 
 
-def up(inst, count=3, overrides=None, fixtures=None):
-    """Bring the instance up (or repair it); a fast no-op when everything is alive."""
+def up(inst, count=3, overrides=None, fixtures=None, lvm=False):
+    """Bring the instance up (or repair it); a fast no-op when everything is alive.
+
+    lvm: also run the LVM node (lab/lvmnode.py); without it an LVM node is removed,
+    so a lab brought up without the flag is the same as one that never had it.
+    """
+    vm = LvmNode(inst)
     with inst.lock():
         state = inst.load()
         if (state.get("nodes") == count and not overrides and not fixtures
                 and all(n.alive() for n in nodes_of(inst, state))
-                and len(nodes_of(inst, state)) == count):
+                and len(nodes_of(inst, state)) == count
+                and bool(state.get("lvm_node")) == lvm and (not lvm or vm.alive())):
             return state
-        deps.ensure_lab_deps()
+        deps.ensure_lab_deps(lvm)
+        if not lvm:
+            vm.remove()
         state.setdefault("overrides", {})
         for n in nodes_of(inst, state):
             if n.k > count:  # the lab shrinks: remove the extra nodes entirely
@@ -93,12 +106,12 @@ def up(inst, count=3, overrides=None, fixtures=None):
         fixtures = os.path.abspath(fixtures) if fixtures else state.get("fixtures",
                                                                          DEFAULT_FIXTURES)
         state.update({"name": inst.name, "net": inst.net, "nodes": count,
-                      "fixtures": fixtures,
-                      "inventory": load_fixtures(fixtures, inst, count)})
-        guest.build()
+                      "fixtures": fixtures, "lvm_node": lvm,
+                      "inventory": load_fixtures(fixtures, inst, count, lvm)})
+        guest_build = guest.build()
         net.ensure_bridge(inst.mgmt_bridge, f"{inst.mgmt_gateway}/24")
         net.ensure_bridge(inst.guest_bridge, f"{inst.guest_gateway}/24")
-        known_hosts = _ensure_keys(inst, count)
+        known_hosts = _ensure_keys(inst, count, lvm)
         for k in range(1, count + 1):
             node = Node(inst, k)
             wanted = state["overrides"].get(node.name, {})
@@ -106,6 +119,8 @@ def up(inst, count=3, overrides=None, fixtures=None):
             if (k, "os-release") in (overrides or {}) or (k, "cpuinfo") in (overrides or {}):
                 for what, path in wanted.items():
                     node.set_override(what, path)
+        if lvm:
+            vm.start(known_hosts, guest_build)
         state["up_at"] = time.time()
         inst.save(state)
         return state
@@ -136,6 +151,7 @@ def down(inst, purge=False):
             node.teardown()
             # Daemons whose namespace entry is already gone (half-dead lab): by pid file.
             kill_pids(node.stray_pids())
+        LvmNode(inst).remove()
         for bridge in (inst.mgmt_bridge, inst.guest_bridge):
             net.delete_link(bridge)
         shutil.rmtree(inst.nodes_dir, ignore_errors=True)
@@ -165,7 +181,10 @@ def status(inst):
             "ip_blocks": [b["name"] for b in inventory["ip_blocks"] if node.name in b["nodes"]],
             "overrides": {w: over.get(w) for w in OVERRIDES},
             "processes": node.processes(),
+            "kind": "namespace",
         })
+    if state.get("lvm_node"):
+        nodes.append(_vm_status(inst, LvmNode(inst), inventory))
     return {
         "name": inst.name, "net": inst.net,
         "up": bool(nodes) and all(all(v == "running" for v in n["processes"].values())
@@ -178,11 +197,28 @@ def status(inst):
     }
 
 
+def _vm_status(inst, vm, inventory):
+    """The status entry of the LVM node: a VM, with its volume group and thin pool."""
+    return {
+        "name": vm.name, "address": vm.address, "port": 22, "user": "root",
+        "host_key_fingerprint": vm.fingerprint() if os.path.exists(vm.host_key) else None,
+        "libvirt_uri": f"qemu+ssh://root@{vm.address}/system?keyfile={inst.client_key}"
+                       "&no_verify=1",
+        "storage_dir": "/var/lib/libvirt/images",
+        "storage_tags": inventory["storage_tags"].get(vm.name, []),
+        "ip_blocks": [b["name"] for b in inventory["ip_blocks"] if vm.name in b["nodes"]],
+        "overrides": {w: None for w in OVERRIDES},
+        "processes": vm.processes(),
+        "kind": vm.kind, "lvm": dict(vm.lvm),
+    }
+
+
 def ssh_config(inst):
     """An OpenSSH client config for every node of the instance."""
     out = []
-    for k in range(1, inst.load().get("nodes", 0) + 1):
-        node = Node(inst, k)
+    state = inst.load()
+    nodes = [Node(inst, k) for k in range(1, state.get("nodes", 0) + 1)]
+    for node in nodes + ([LvmNode(inst)] if state.get("lvm_node") else []):
         out.append(f"Host {node.name} {inst.name}-{node.name}\n  HostName {node.address}\n"
                    f"  User root\n  Port 22\n  IdentityFile {inst.client_key}\n"
                    f"  IdentitiesOnly yes\n  UserKnownHostsFile {inst.known_hosts}\n"

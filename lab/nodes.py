@@ -93,6 +93,10 @@ class Node:
     def alive(self):
         return all(v == "running" for v in self.processes().values())
 
+    def libvirt_ready(self):
+        """True when the node's libvirtd runs (servers can be listed and defined)."""
+        return bool(self.holder_pid() and self.daemon_pid("libvirtd"))
+
     def enter(self):
         """The argv prefix that runs a command inside the node."""
         pid = self.holder_pid()
@@ -165,19 +169,10 @@ class Node:
         for d in ("var-lib-libvirt/images", "var-lib-ferry/backups", "log-libvirt/qemu",
                   "etc-libvirt/storage/autostart", "root/.ssh"):
             os.makedirs(self.path(d), exist_ok=True)
-        hosts = "127.0.0.1 localhost\n" + "".join(
-            f"{inst.node_address(k)} node{k}\n" for k in range(1, 100))
-        write_file(self.path("hosts"), hosts)
+        write_file(self.path("hosts"), inst.hosts_file())
         host_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"ferry-lab/{inst.name}/{self.name}")
-        write_file(self.path("etc-libvirt", "libvirtd.conf"),
-                   f'host_uuid = "{host_uuid}"\n'
-                   'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
-                   "keepalive_interval = 2\nkeepalive_count = 3\n")
-        write_file(self.path("etc-libvirt", "qemu.conf"),
-                   f'migration_address = "{self.address}"\nmigration_host = "{self.address}"\n'
-                   'security_driver = "none"\ndynamic_ownership = 0\nremember_owner = 0\n'
-                   'cgroup_controllers = [ ]\nuser = "root"\ngroup = "root"\n'
-                   "keepalive_interval = 2\nkeepalive_count = 3\n")
+        write_file(self.path("etc-libvirt", "libvirtd.conf"), libvirtd_conf(host_uuid))
+        write_file(self.path("etc-libvirt", "qemu.conf"), qemu_conf(self.address))
         write_file(self.path("etc-libvirt", "libvirt.conf"), 'uri_default = "qemu:///system"\n')
         write_file(self.path("etc-libvirt", "virtlogd.conf"), "")
         pool = self.path("etc-libvirt", "storage", "default.xml")
@@ -232,17 +227,7 @@ class Node:
         run(self.enter() + ["hostname", self.name])
 
     def _write_ssh(self, known_hosts):
-        inst = self.inst
-        ssh = self.path("root", ".ssh")
-        shutil.copy(inst.client_key, os.path.join(ssh, "id_ed25519"))
-        os.chmod(os.path.join(ssh, "id_ed25519"), 0o600)
-        shutil.copy(inst.client_key + ".pub", os.path.join(ssh, "id_ed25519.pub"))
-        shutil.copy(inst.client_key + ".pub", os.path.join(ssh, "authorized_keys"))
-        write_file(os.path.join(ssh, "known_hosts"), known_hosts)
-        # Fail fast when a peer is unreachable (link down) instead of TCP's minutes.
-        write_file(os.path.join(ssh, "config"),
-                   "Host *\n  ConnectTimeout 5\n  ServerAliveInterval 2\n"
-                   "  ServerAliveCountMax 3\n  StrictHostKeyChecking yes\n", 0o600)
+        write_root_ssh(self.path("root", ".ssh"), self.inst, known_hosts)
 
     def start_daemons(self):
         """Start whichever of virtlogd, libvirtd and sshd is not running."""
@@ -302,6 +287,36 @@ class Node:
         copy = self.path(f"override-{what}")
         shutil.copy(src, copy)
         run(self.enter() + ["mount", "--bind", copy, OVERRIDES[what]])
+
+
+def libvirtd_conf(host_uuid):
+    """libvirtd.conf of a lab node: its own host UUID (else libvirt refuses "migration to
+    the same host") and a keepalive that notices a dead peer in seconds."""
+    return (f'host_uuid = "{host_uuid}"\n'
+            'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
+            "keepalive_interval = 2\nkeepalive_count = 3\n")
+
+
+def qemu_conf(address):
+    """qemu.conf of a lab node: migration on its own address, QEMU as root, no cgroups."""
+    return (f'migration_address = "{address}"\nmigration_host = "{address}"\n'
+            'security_driver = "none"\ndynamic_ownership = 0\nremember_owner = 0\n'
+            'cgroup_controllers = [ ]\nuser = "root"\ngroup = "root"\n'
+            "keepalive_interval = 2\nkeepalive_count = 3\n")
+
+
+def write_root_ssh(ssh_dir, inst, known_hosts):
+    """root's ~/.ssh on a node: the lab's client key, authorized, and the pinned known_hosts."""
+    os.makedirs(ssh_dir, exist_ok=True)
+    shutil.copy(inst.client_key, os.path.join(ssh_dir, "id_ed25519"))
+    os.chmod(os.path.join(ssh_dir, "id_ed25519"), 0o600)
+    shutil.copy(inst.client_key + ".pub", os.path.join(ssh_dir, "id_ed25519.pub"))
+    shutil.copy(inst.client_key + ".pub", os.path.join(ssh_dir, "authorized_keys"))
+    write_file(os.path.join(ssh_dir, "known_hosts"), known_hosts)
+    # Fail fast when a peer is unreachable (link down) instead of TCP's minutes.
+    write_file(os.path.join(ssh_dir, "config"),
+               "Host *\n  ConnectTimeout 5\n  ServerAliveInterval 2\n"
+               "  ServerAliveCountMax 3\n  StrictHostKeyChecking yes\n", 0o600)
 
 
 def parse_node_names(text):

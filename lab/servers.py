@@ -4,14 +4,16 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import tempfile
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 
 from . import guest
-from .common import LabError, run
+from .common import LabError, kill_pids, read_pid, run
 from .lifecycle import nodes_of
+from .lvmnode import THIN_POOL, VG, LvmNode
 from .nodes import STORAGE_DIR
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -36,8 +38,23 @@ def disk_path(name, fmt):
     return f"{STORAGE_DIR}/{slug(name)}.{fmt}"
 
 
-def domain_xml(name, uid, memory_mib, ip, disk, fmt, build_dir, rate, size, mac):
-    """The libvirt XML of a lab server (TCG, direct kernel boot, IP in an OEM string)."""
+def lv_name(name):
+    """The logical volume of a server's disk on the LVM node (slugs are valid LVM names)."""
+    return slug(name)
+
+
+def all_nodes(inst, state=None):
+    """The namespace nodes and, when the lab has one, the LVM node."""
+    state = state if state is not None else inst.load()
+    return nodes_of(inst, state) + ([LvmNode(inst)] if state.get("lvm_node") else [])
+
+
+def domain_xml(name, uid, memory_mib, ip, disk, fmt, build_dir, rate, size, mac,
+               disk_type="file"):
+    """The libvirt XML of a lab server (TCG, direct kernel boot, IP in an OEM string).
+
+    disk_type "block": the disk is a logical volume (raw, no host page cache).
+    """
     d = ET.Element("domain", type="qemu")
     ET.SubElement(d, "name").text = name
     ET.SubElement(d, "uuid").text = uid
@@ -64,9 +81,13 @@ def domain_xml(name, uid, memory_mib, ip, disk, fmt, build_dir, rate, size, mac)
     ET.SubElement(d, "on_crash").text = "destroy"
     dev = ET.SubElement(d, "devices")
     ET.SubElement(dev, "emulator").text = "/usr/bin/qemu-system-x86_64"
-    disk_el = ET.SubElement(dev, "disk", type="file", device="disk")
-    ET.SubElement(disk_el, "driver", name="qemu", type=fmt)
-    ET.SubElement(disk_el, "source", file=disk)
+    disk_el = ET.SubElement(dev, "disk", type=disk_type, device="disk")
+    if disk_type == "block":
+        ET.SubElement(disk_el, "driver", name="qemu", type="raw", cache="none", io="native")
+        ET.SubElement(disk_el, "source", dev=disk)
+    else:
+        ET.SubElement(disk_el, "driver", name="qemu", type=fmt)
+        ET.SubElement(disk_el, "source", file=disk)
     ET.SubElement(disk_el, "target", dev="vda", bus="virtio")
     nic = ET.SubElement(dev, "interface", type="bridge")
     ET.SubElement(nic, "mac", address=mac)
@@ -83,7 +104,7 @@ def domain_xml(name, uid, memory_mib, ip, disk, fmt, build_dir, rate, size, mac)
 
 def node_domains(node):
     """[(name, state)] of the domains defined on a running node."""
-    if not node.holder_pid() or not node.daemon_pid("libvirtd"):
+    if not node.libvirt_ready():
         return []
     everything = node.virsh("list", "--all", "--name").stdout.splitlines()
     running = set(node.virsh("list", "--name").stdout.splitlines())
@@ -100,7 +121,7 @@ def domain_ip(node, name):
 def pick_ip(inst, state):
     """A free address in the guest-a block (.2 upward), not used by any lab domain."""
     used = set()
-    for node in nodes_of(inst, state):
+    for node in all_nodes(inst, state):
         for name, _ in node_domains(node):
             used.add(domain_ip(node, name))
     blocks = state.get("inventory", {}).get("ip_blocks", [])
@@ -112,17 +133,30 @@ def pick_ip(inst, state):
 
 
 def mkserver(inst, node_name, name, memory=256, disk=1, fmt="qcow2", dirty_rate=0,
-             dirty_size=64, stopped=False, ip=None):
-    """Define (and start) a lab server on a node; return its description."""
+             dirty_size=64, stopped=False, ip=None, storage="file"):
+    """Define (and start) a lab server on a node; return its description.
+
+    storage "lvm"/"thinlvm" (LVM node only): the disk is a thick or thin logical volume
+    in the node's volume group, holding the same seeded image as a file disk.
+    """
     state = inst.load()
-    nodes = {n.name: n for n in nodes_of(inst, state)}
-    if node_name not in nodes or not nodes[node_name].daemon_pid("libvirtd"):
+    nodes = {n.name: n for n in all_nodes(inst, state)}
+    if node_name not in nodes or not nodes[node_name].libvirt_ready():
         raise LabError(f"{node_name} is not a running node of lab {inst.name}")
     if fmt not in ("raw", "qcow2"):
         raise LabError("--format must be raw or qcow2")
+    if storage not in ("file", "lvm", "thinlvm"):
+        raise LabError("--storage must be file, lvm or thinlvm")
     if not name or "/" in name or len(name) > 200:
         raise LabError("a server name must be non-empty and contain no '/'")
     node = nodes[node_name]
+    vm = isinstance(node, LvmNode)
+    if storage != "file" and not vm:
+        raise LabError(f"--storage {storage} needs the LVM node (up --lvm-node; lvm1)")
+    if vm and not stopped:
+        # A TCG guest inside the TCG VM does not finish booting in minutes (LAB.md).
+        raise LabError(f"servers on {node.name} must be --stopped: guests there are too slow "
+                       "to boot")
     build_dir = guest.build()
     with inst.lock():
         for other in nodes.values():
@@ -134,31 +168,126 @@ def mkserver(inst, node_name, name, memory=256, disk=1, fmt="qcow2", dirty_rate=
                 ip += "/24"
         else:
             ip = pick_ip(inst, state)
-        path = disk_path(name, fmt)
-        host_disk = node.host_path(path)
-        run(["cp", "--sparse=always", guest.disk_template(build_dir, disk, fmt), host_disk])
+        template = guest.disk_template(build_dir, disk, "qcow2" if vm else fmt)
+        if storage != "file":
+            fmt, path = "raw", f"/dev/{VG}/{lv_name(name)}"
+            _lvcreate(node, lv_name(name), disk << 30, thin=storage == "thinlvm")
+            try:
+                _write_into_vm(inst, node, template, path, "raw", thin=storage == "thinlvm")
+            except BaseException:
+                node.run(["lvremove", "--yes", f"{VG}/{lv_name(name)}"], check=False)
+                raise
+        elif vm:
+            path = disk_path(name, fmt)
+            _write_into_vm(inst, node, template, path, fmt)
+        else:
+            path = disk_path(name, fmt)
+            run(["cp", "--sparse=always", template, node.host_path(path)])
         uid = str(uuid.uuid4())
         mac = mac_for(name)
         xml = domain_xml(name, uid, memory, ip, path, fmt, build_dir, dirty_rate, dirty_size,
-                         mac)
+                         mac, "block" if storage != "file" else "file")
         with tempfile.NamedTemporaryFile("w", suffix=".xml", dir=node.dir) as f:
             f.write(xml)
             f.flush()
             node.virsh("define", f.name)
-    node.virsh("pool-refresh", "default", check=False)
+    if storage == "file":
+        node.virsh("pool-refresh", "default", check=False)
     # The probe side may still cache another (removed) server's MAC for this address.
     run(["ip", "neigh", "del", ip.split("/")[0], "dev", inst.guest_bridge], check=False)
     if not stopped:
         node.virsh("start", name)
     return {"name": name, "node": node.name, "uuid": uid, "ip": ip.split("/")[0], "mac": mac,
-            "disk": {"path": path, "format": fmt, "virtual_size": disk << 30},
+            "disk": {"path": path, "format": fmt, "virtual_size": disk << 30,
+                     "storage": storage if storage != "file" else f"file-{fmt}"},
             "seed_md5": guest.seed_md5(build_dir), "memory_mib": memory}
+
+
+def _lvcreate(node, lv, size, thin):
+    """A new thick or thin logical volume of size bytes on the LVM node (one SSH command)."""
+    if thin:
+        create = ["lvcreate", "--yes", "-V", f"{size}b", "-T", f"{VG}/{THIN_POOL}", "-n", lv]
+    else:
+        create = ["lvcreate", "--yes", "--wipesignatures", "y", "-n", lv, "-L", f"{size}b", VG]
+    proc = node.run(["sh", "-c", 'if lvs "$1" >/dev/null 2>&1; then exit 17; fi; shift; "$@"',
+                     "ferry-lvcreate", f"{VG}/{lv}", *create], check=False)
+    if proc.returncode == 17:
+        raise LabError(f"{node.name} already has a logical volume {VG}/{lv}")
+    if proc.returncode:
+        raise LabError(f"lvcreate {VG}/{lv} on {node.name} failed: {proc.stderr.strip()}")
+
+
+def _write_into_vm(inst, node, template, target, fmt, thin=False):
+    """Copy a disk template from the host into the VM over NBD (scp is 3 MiB/s there).
+
+    The host serves the template read-only on its bridge address; the VM pulls it
+    with qemu-img, which skips the template's holes. A fresh thin volume reads as
+    zeros, so --target-is-zero keeps it thin; a thick one gets its zeros written.
+    """
+    with socket.socket() as s:  # a free port on the bridge address
+        s.bind((inst.mgmt_gateway, 0))
+        port = s.getsockname()[1]
+    pid_file = os.path.join(node.dir, f"nbd-{port}.pid")
+    run(["qemu-nbd", "--read-only", "--persistent", "--shared=4", "--fork", "-f", "qcow2",
+         f"--pid-file={pid_file}", "--bind", inst.mgmt_gateway, "--port", str(port),
+         template])
+    try:
+        url = f"nbd://{inst.mgmt_gateway}:{port}"
+        if target.startswith("/dev/"):
+            argv = ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw",
+                    *(["--target-is-zero"] if thin else []), url, target]
+        else:
+            argv = ["qemu-img", "convert", "-f", "raw", "-O", fmt, url, target]
+        node.run(argv, timeout=900)
+    finally:
+        kill_pids([read_pid(pid_file)])
+        if os.path.exists(pid_file):
+            os.unlink(pid_file)
+
+
+# Remove the volumes that exist and the files in one SSH command: every command costs
+# seconds inside the TCG VM (an active volume has its /dev node: no lvs needed to know).
+# Arguments: "lv:VG/NAME" and "file:PATH" items.
+_RM_VM_SCRIPT = """
+for item in "$@"; do
+    case $item in
+    lv:*) if [ -e "/dev/${item#lv:}" ]; then lvremove --yes "${item#lv:}" || exit 1; fi ;;
+    file:*) rm -f -- "${item#file:}" ;;
+    esac
+done
+"""
+
+
+def _rm_vm_server(node, name):
+    """Undefine a server on the LVM node and remove its volumes and files (idempotent)."""
+    dumped = node.virsh("dumpxml", "--inactive", name, check=False)
+    defined = dumped.returncode == 0
+    files = {disk_path(name, "raw"), disk_path(name, "qcow2"),
+             f"/var/log/libvirt/qemu/{slug(name)}-serial.log"}
+    volumes = {f"/dev/{VG}/{lv_name(name)}"}
+    if defined:
+        for src in ET.fromstring(dumped.stdout).iter("source"):
+            if (src.get("file") or "").startswith(STORAGE_DIR + "/"):
+                files.add(src.get("file"))
+            if (src.get("dev") or "").startswith(f"/dev/{VG}/"):
+                volumes.add(src.get("dev"))
+    if defined:
+        node.virsh("destroy", name, check=False)
+        node.virsh("undefine", name, "--managed-save", "--snapshots-metadata")
+    items = [f"lv:{VG}/{dev.rsplit('/', 1)[1]}" for dev in sorted(volumes)]
+    node.run(["sh", "-c", _RM_VM_SCRIPT, "ferry-rmserver", *items,
+              *[f"file:{f}" for f in sorted(files)]], timeout=300)
+    return defined
 
 
 def rmserver(inst, name):
     """Destroy, undefine and delete the disks of a server on every node (idempotent)."""
     found = []
-    for node in nodes_of(inst):
+    for node in all_nodes(inst):
+        if isinstance(node, LvmNode):
+            if node.alive() and _rm_vm_server(node, name):
+                found.append(node.name)
+            continue
         if not node.holder_pid():
             continue
         paths = {disk_path(name, "raw"), disk_path(name, "qcow2")}
@@ -183,7 +312,7 @@ def rmserver(inst, name):
 def servers(inst):
     """[{node, name, state}] for every domain on every node."""
     return [{"node": node.name, "name": n, "state": s}
-            for node in nodes_of(inst) for n, s in node_domains(node)]
+            for node in all_nodes(inst) for n, s in node_domains(node)]
 
 
 def guest_status(ip, timeout=5):
