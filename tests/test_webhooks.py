@@ -398,7 +398,8 @@ def test_it_answers_an_unknown_source_exactly_like_a_wrong_token(client, rack, a
     add_source("am", "alertmanager")
     body = payload("alertmanager_firing.json")
 
-    for token in ("fwh_x", None):
+    # The last one is the text whose hash stands in for an unknown source's token.
+    for token in ("fwh_x", None, "no such webhook source"):
         known, unknown = post(client, "am", body, token), post(client, "nobody", body, token)
         assert unknown.status_code == known.status_code == (403 if token else 401)
         assert unknown.get_data() == known.get_data()

@@ -49,7 +49,8 @@ def receive_alerts(name):
         db.select(WebhookSource).filter_by(name=name))
     # An unknown name answers exactly like a wrong token, after the same work, so that
     # source names cannot be found by trying them.
-    if not _bearer_ok(header, source.token_hash if source is not None else UNKNOWN_SOURCE_HASH):
+    token_ok = _bearer_ok(header, UNKNOWN_SOURCE_HASH if source is None else source.token_hash)
+    if source is None or not token_ok:
         raise ApiError(403, "the token is not this source's")
     if not source.enabled:
         raise ApiError(403, f"webhook source {name!r} is disabled")
