@@ -205,3 +205,16 @@ def test_it_reaches_a_redis_with_a_password_through_the_url_unchanged(app, tmp_p
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_it_runs_the_container_as_an_unprivileged_user():
+    """Read from the Containerfile: no image is built here (no registry to pull the base from)."""
+    lines = [line.strip() for line in
+             (TEMPLATES.parent / "Containerfile").read_text().replace("\\\n", " ").splitlines()]
+    users = [i for i, line in enumerate(lines) if line.upper().startswith("USER ")]
+    assert users, "no USER directive: the container runs as root"
+    user = lines[users[-1]].split()[1].split(":")[0]
+    assert user not in ("root", "0")
+    entrypoint = next(i for i, line in enumerate(lines) if line.upper().startswith("ENTRYPOINT"))
+    later_runs = [line for line in lines[users[-1]:entrypoint] if line.upper().startswith("RUN ")]
+    assert users[-1] < entrypoint and not later_runs
