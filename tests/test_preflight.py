@@ -5,16 +5,19 @@ What the nodes would answer (services.preflight.measure) is replaced by a canned
 no node can run here, and the lab tests (tests/test_migration_lab.py) ask real ones. Everything
 else is real: the database, the stored reports, the generations, the checks.
 """
+import threading
 from datetime import timedelta
 
 import pytest
 
 from app import status
 from app.extensions import db
+from app.infra.libvirt import GuestOnDestination
 from app.infra.pool import Pool
+from app.infra.ssh import SSHError
 from app.models import (ComputeResource, Disk, IpAddress, IpBlock, MigrationGroup, MigrationTask,
                         PreflightReport, Server, utcnow)
-from app.services import preflight
+from app.services import inventory, preflight, resources
 
 LIVE = {"mode": status.MODE_LIVE, "preserve_ip": True, "convert_to": None,
         "allow_postcopy": False}
@@ -250,3 +253,68 @@ def test_it_keeps_at_most_a_few_idle_connections_per_node():
     assert pool.idle_count(1) == 2 and conns[2].closed
     pool.clear()
     assert pool.idle_count() == 0 and all(c.closed for c in conns)
+
+
+@pytest.fixture
+def nodes(monkeypatch):
+    """What measure() does with the nodes, recorded: the functions that talk to a node answer
+    from here (no node runs here; the lab tests reach real ones)."""
+    seen = {"borrowed": [], "given_back": [], "threads": set(), "probes": 0}
+
+    def borrow(node):
+        seen["threads"].add(threading.get_ident())
+        if node.name in seen.get("down", ()):
+            raise SSHError(f"cannot reach {node.endpoint.host}:22")
+        seen["borrowed"].append(node.name)
+        return resources.Connections(ssh=f"ssh-{node.name}", libvirt=f"libvirt-{node.name}")
+
+    def give_back(node, pair, broken=False):
+        seen["given_back"].append((node.name, broken))
+
+    def throughput(src, dst, destination):
+        seen["probes"] += 1
+        return 50e6
+    monkeypatch.setattr(resources, "borrow", borrow)
+    monkeypatch.setattr(resources, "give_back", give_back)
+    monkeypatch.setattr(inventory, "gather_facts", lambda node, conn, host: dict(
+        FACTS, gathered_by=conn))
+    monkeypatch.setattr(preflight, "_probe_ports", lambda *a: {49152: "ok", 8081: "ok"})
+    monkeypatch.setattr(preflight, "_throughput", throughput)
+    monkeypatch.setattr(preflight, "lv_judge", lambda src, dst, uuid, sample: GuestOnDestination(
+        2, None, True))
+    return seen
+
+
+def test_it_gathers_from_both_nodes_in_threads_and_gives_the_connections_back(fleet, nodes):
+    report = check(fleet)
+
+    assert report["summary"]["status"] == "pass", report["results"]
+    assert sorted(nodes["borrowed"]) == ["node1", "node2"]
+    assert threading.get_ident() not in nodes["threads"]  # each node in a thread of its own
+    assert sorted(nodes["given_back"]) == [("node1", False), ("node2", False)]
+    assert fleet["node2"].facts["gathered_by"] == "ssh-node2"  # stored from the node's answer
+    assert report["measured"]["throughput_from"] == {"node1": "probe"} and nodes["probes"] == 1
+
+
+def test_it_uses_the_throughput_of_a_recent_move_instead_of_probing(fleet, nodes):
+    db.session.add(MigrationGroup(status=status.MIGRATION_FINISHED, options={}, tasks=[
+        MigrationTask(server=fleet["web"], source=fleet["node1"], destination=fleet["node2"],
+                      mode=status.MODE_LIVE, status=status.MIGRATION_FINISHED,
+                      finished_at=utcnow(), result={"bytes": 8 * 2**20, "total_ms": 1000})]))
+    db.session.commit()
+
+    report = check(fleet)
+    assert nodes["probes"] == 0
+    assert report["throughput_bps"] == {"node1": 8 * 2**20}
+    assert report["measured"]["throughput_from"] == {"node1": "moves"}
+
+
+def test_it_reports_a_node_it_cannot_reach_and_stores_nothing(fleet, nodes):
+    nodes["down"] = ("node2",)
+
+    report = check(fleet)
+    assert report["summary"]["status"] == "fail"
+    assert [r["message"] for r in report["results"] if r["name"] == "reachable"] == [
+        "node2 cannot be reached: cannot reach 10.0.0.2:22"]
+    assert nodes["given_back"] == [("node1", False)]
+    assert db.session.scalar(db.select(PreflightReport)) is None  # a Start asks again
