@@ -32,9 +32,9 @@ def enqueue(app, group_id):
 
 
 def in_flight(app, task_id):
-    """True once libvirt's job for the task runs and has reported progress."""
+    """True once libvirt's job for the task runs (its step is "migrate") and has reported progress."""
     row = task_row(app, task_id)
-    return row["phase"] == "migrating" and (row["progress"] or {}).get("data_processed")
+    return row["phase"] == "migrate" and (row["progress"] or {}).get("data_processed")
 
 
 def overlapping(a, b):
