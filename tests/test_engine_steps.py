@@ -38,8 +38,35 @@ def crash_at(monkeypatch):
     return arm
 
 
+@pytest.fixture(scope="module")
+def engine_app(tmp_path_factory):
+    """One migrated SQLite app for the module: these tests need rows, not a fresh schema each."""
+    from app import create_app, upgrade_database
+    folder = tmp_path_factory.mktemp("engine")
+    application = create_app({"TESTING": True, "SECRET_KEY": "test",
+                              "INSTANCE_PATH": str(folder / "instance"),
+                              "SQLALCHEMY_DATABASE_URI": f"sqlite:///{folder / 'ferry.sqlite'}",
+                              "REDIS_URL": "redis://127.0.0.1:1/0"})  # no test here queues a job
+    upgrade_database(application)
+    yield application
+    with application.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
 @pytest.fixture
-def world(app_context):
+def engine_context(engine_app):
+    """The module's app, emptied of rows before each test."""
+    with engine_app.app_context():
+        for table in reversed(db.metadata.sorted_tables):
+            db.session.execute(table.delete())
+        db.session.commit()
+        yield engine_app
+        db.session.rollback()
+
+
+@pytest.fixture
+def world(engine_context):
     """node1 holding server web (qcow2 disk, NVRAM, TPM), node2 empty; a task to move it."""
     def make(mode=status.MODE_OFFLINE, running=None, nvram=True, tpm=True, convert_to=None,
              disk_type="file", preserve_ip=True):
@@ -342,3 +369,28 @@ def test_recovery_settles_a_live_move_killed_at_every_boundary(world, crash_at, 
     moved = point not in ("live:before:prepare-destination-disks", "live:before:migrate")
     assert final == (status.MIGRATION_FINISHED if moved else status.MIGRATION_FAILED), task.error
     assert_safe(cluster, task, True, "node2" if moved else "node1")
+
+
+class _LosingLease:
+    """A lease that is lost after `keep` checks (another owner took the task meanwhile)."""
+
+    owner = "host-a:1:w1"
+
+    def __init__(self, keep):
+        self.keep = keep
+
+    def check(self):
+        from app.services.lease import LeaseLost
+        self.keep -= 1
+        if self.keep < 0:
+            raise LeaseLost("task 1: host-a:1:w1 lost its lease: renewed too late")
+
+
+def test_a_job_that_lost_its_lease_stops_and_records_nothing(world):
+    cluster, task = world()
+    final = engine.run(task, lease=_LosingLease(keep=2), nodes=FakeNodes(cluster))
+    assert final == status.MIGRATION_RUNNING  # the new owner records the outcome, not this job
+    assert [s.name for s in task.steps] == ["export", "copy"]
+    assert {s.owner for s in task.steps} == {"host-a:1:w1"}
+    assert engine.resume(task, nodes=FakeNodes(cluster)) == status.MIGRATION_FINISHED
+    assert_safe(cluster, task, False, "node2")

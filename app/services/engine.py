@@ -8,6 +8,7 @@ Both record the task's true outcome, whatever happens:
 A Cancelled ends the task cancelled, NeedsAttention needs-attention, another
 FerryError failed (the runner rolled back what it had begun), anything else
 needs-attention with the error, since the runner could not vouch for the nodes.
+A LeaseLost records nothing: the task's new owner does.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from app import status
 from app.errors import FerryError
 from app.extensions import db
 from app.services import live, offline, timeline
+from app.services.lease import LeaseLost
 from app.services.timeline import Cancelled, NeedsAttention
 
 log = logging.getLogger("ferry.engine")
@@ -45,6 +47,12 @@ def resume(task, lease=None, nodes=None) -> str:
 def _recorded(task, work) -> str:
     try:
         work()
+    except LeaseLost as exc:
+        # Another owner took the task (this one stalled past its lease): it records the
+        # outcome, never two of us. Nothing more is done or written here.
+        db.session.rollback()
+        log.error("task %s: stopped acting: %s", task.id, exc)
+        return task.status
     except Cancelled as exc:
         db.session.rollback()
         timeline.finish(task, status.MIGRATION_CANCELLED, str(exc))
