@@ -292,6 +292,7 @@ def test_running_on_both_nodes_keeps_one_copy_and_asks_for_a_person(world):
     assert run(task, cluster) == status.MIGRATION_ATTENTION
     assert cluster.running_on(UUID) == ["node1"]  # no switch-over recorded: the source is kept
     assert cluster.where(UUID) == ["node1"]
+    assert not any(p.startswith(IMAGES) or p == NVRAM for p in cluster.node("node2").files)
     assert any(e.kind == "split" for e in task.events)
 
 

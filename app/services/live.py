@@ -405,7 +405,8 @@ def both_running(move: Move) -> None:
 
     Pause both; keep the copy libvirt's job records as switched over (the destination only
     when its completed incoming job says so, else the source); let the kept one run and check
-    it does; only then stop and undefine the other. Its disks are kept for a person to look at.
+    it does; only then stop and undefine the other. A destination copy's disks (the task made
+    them) go with it; a source copy's disks are kept for a person to look at.
     """
     uuid = move.server.uuid
     for which in ("source", "destination"):
@@ -427,6 +428,8 @@ def both_running(move: Move) -> None:
     move.host(other).destroy(uuid)
     if move.place(other).defined:
         move.host(other).undefine(uuid)
+    if other == "destination":  # the copy it ran from files this task made: they go too
+        remove_unless_defined(move, journal.created(move.task, "destination"))
     move.event("split", f"{move.server.name} was running on both nodes. Both were paused; the copy "
                         f"on {move.resource(keep).name} was kept ({'libvirt recorded the switch-over' if keep == 'destination' else 'no switch-over was recorded'}) "
                         f"and runs; the one on {move.resource(other).name} was stopped and "
