@@ -140,17 +140,23 @@ def test_it_has_no_inline_script_in_any_template():
     assert not found, "\n".join(found)
 
 
-def test_it_puts_a_hostile_resource_name_into_the_confirm_as_text(app, client, bob, login):
+def add_hostile_rows(app):
+    """A compute resource named PAYLOAD and a planned evacuation of it (rows only, no node)."""
     with app.app_context():
         resource = ComputeResource(name=PAYLOAD, host="127.0.0.1", user="root", key_path="/k")
         db.session.add(resource)
         db.session.flush()
         evacuation = Evacuation(compute_resource=resource, plan={"moves": [
             {"server_id": 1, "server": "web-1", "destination_id": 2, "destination": "node2",
-             "mode": "live", "reasons": []}], "unplaced": []})
+             "mode": "live", "reasons": ["most free memory"]}], "unplaced": []})
         db.session.add(evacuation)
         db.session.commit()
-        pages = [f"/resources/{resource.id}", f"/evacuations/{evacuation.id}"]
+        return {"resource": resource.id, "evacuation": evacuation.id}
+
+
+def test_it_puts_a_hostile_resource_name_into_the_confirm_as_text(app, client, bob, login):
+    rows = add_hostile_rows(app)
+    pages = [f"/resources/{rows['resource']}", f"/evacuations/{rows['evacuation']}"]
     login(client, "bob")
     for url in pages:
         page = client.get(url).get_data(as_text=True)

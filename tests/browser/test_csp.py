@@ -16,13 +16,12 @@ from werkzeug.serving import make_server
 
 from app import status
 from app.extensions import db
-from app.models import ComputeResource, Evacuation, Server
+from app.models import ComputeResource, Server
 from tests.browser.test_demo import CHROMIUM_ARGS, SCREENSHOTS
 from tests.fixtures.app import PASSWORD
+from tests.test_security import PAYLOAD, add_hostile_rows
 
 pytestmark = pytest.mark.browser
-
-PAYLOAD = "x');window.__pwned=1;('"
 
 
 @pytest.fixture
@@ -39,16 +38,7 @@ def served(app, redis_conn):
 @pytest.fixture
 def hostile(app):
     """A compute resource with the payload for a name, and a planned evacuation of it."""
-    with app.app_context():
-        resource = ComputeResource(name=PAYLOAD, host="127.0.0.1", user="root", key_path="/k")
-        db.session.add(resource)
-        db.session.flush()
-        evacuation = Evacuation(compute_resource=resource, plan={"moves": [
-            {"server_id": 1, "server": "web-1", "destination_id": 2, "destination": "node2",
-             "mode": "live", "reasons": ["most free memory"]}], "unplaced": []})
-        db.session.add(evacuation)
-        db.session.commit()
-        return {"resource": resource.id, "evacuation": evacuation.id}
+    return add_hostile_rows(app)
 
 
 @pytest.fixture
