@@ -42,19 +42,45 @@ def get_queue(name=QUEUE_DEFAULT, connection=None):
 def enqueue(name, args=None, *, user=None, queue=QUEUE_DEFAULT, timeout=None, connection=None,
             module="worker.jobs"):
     """Create the Job row, commit it, then enqueue `<module>.<name>(job_id)`; returns the row."""
-    job = Job(name=name, args=args or {}, status=status.JOB_PENDING, user_id=getattr(user, "id", None))
+    return send(create(name, args, user_id=getattr(user, "id", None)), queue=queue,
+                timeout=timeout, connection=connection, module=module)
+
+
+def create(name, args=None, *, user_id=None):
+    """Commit a pending Job row (the worker must find it before RQ hands it the id)."""
+    job = Job(name=name, args=args or {}, status=status.JOB_PENDING, user_id=user_id)
     db.session.add(job)
-    db.session.commit()  # the worker must find the row: commit before enqueueing
+    db.session.commit()
+    return job
+
+
+def send(job, *, queue=QUEUE_DEFAULT, timeout=None, connection=None, module="worker.jobs"):
+    """Put a committed Job row's id on an RQ queue (never retried by RQ); returns the row."""
     rq_job = get_queue(queue, connection).enqueue(
-        f"{module}.{name}", job.id,
+        f"{module}.{job.name}", job.id,
         job_id=f"ferry-job-{job.id}",
         job_timeout=timeout or current_app.config["JOB_TIMEOUT"],
         result_ttl=3600, failure_ttl=86400,
-        description=f"{name} {args or {}}",
+        description=f"{job.name} {job.args or {}}",
     )
     job.rq_id = rq_job.id
     db.session.commit()
     return job
+
+
+def queued(job, connection=None):
+    """True while the RQ job of a pending row waits in Redis (False when Redis lost it)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job as RqJob
+    from rq.serializers import JSONSerializer
+    if not job.rq_id:
+        return False
+    try:
+        rq_job = RqJob.fetch(job.rq_id, connection=connection or redis_connection(),
+                             serializer=JSONSerializer)
+    except NoSuchJobError:
+        return False
+    return rq_job.get_status(refresh=False) in ("queued", "deferred", "scheduled")
 
 
 class _RowLogHandler(logging.Handler):

@@ -172,29 +172,42 @@ class Lease:
         self.ttl = ttl or ttl_seconds()
         self.owner = owner or me()
         self.engine = db.engine
-        self.lost, self.reason, self.until = False, None, None
+        self.lost, self.reason, self.until, self.refusal = False, None, None, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep, daemon=True,
                                         name=f"lease-{kind}-{row_id}")
 
-    def __enter__(self):
+    def take(self) -> bool:
+        """Take the lease and start renewing it; False (and `refusal` says why) if another
+        live owner holds it."""
         now = utcnow()
         if not take(self.kind, self.row_id, self.ttl, self.job, self.owner, self.engine, now):
             owner, job, until = holder(self.kind, self.row_id, self.engine)
-            raise LeaseHeld(f"{self.kind} {self.row_id} is held by {owner} (job {job}) until "
+            self.refusal = (f"{self.kind} {self.row_id} is held by {owner} (job {job}) until "
                             f"{until.isoformat() if until else '?'}; {self.owner} left it alone")
+            return False
         self.until = now + timedelta(seconds=self.ttl)
         self._thread.start()
-        return self
+        return True
 
-    def __exit__(self, *exc):
+    def release(self) -> None:
+        """Stop renewing and give the lease up (unless it was lost: then it is not ours)."""
         self._stop.set()
-        self._thread.join(10)
-        if not self.lost:
+        if self._thread.is_alive():
+            self._thread.join(10)
+        if not self.lost and self.until is not None:
             try:
                 release(self.kind, self.row_id, self.owner, self.engine)
             except Exception:  # noqa: BLE001 - it then expires on its own after the TTL
                 log.exception("could not release the lease of %s %s", self.kind, self.row_id)
+
+    def __enter__(self):
+        if not self.take():
+            raise LeaseHeld(self.refusal)
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
     def check(self) -> None:
         """Raise LeaseLost if this owner may no longer act (lost, or not renewed in time)."""
