@@ -1,4 +1,4 @@
-"""The periodic sync schedule: pure decision plus one tick against a real database and Redis."""
+"""The periodic schedule: pure decision plus ticks against a real database and Redis."""
 from datetime import datetime, timedelta, timezone
 
 from app import status
@@ -26,23 +26,25 @@ def test_it_enqueues_one_sync_per_due_resource_and_not_twice(app, redis_conn):
         assert db.session.scalar(db.select(db.func.count()).select_from(Job)) == 2
 
 
-def test_it_queues_one_recovery_pass_at_a_time_only_for_orphans(app, redis_conn):
-    assert schedule.reconcile_tick(app) is None  # nothing to settle: no job, no row
+def test_it_runs_a_recovery_pass_in_the_thread_only_when_something_needs_one(app, redis_conn):
+    assert schedule.recovery_tick(app) == []  # nothing to settle: no job, no row
     with app.app_context():
         node1, node2 = (ComputeResource(name=n, host="h", user="root", key_path="/k")
                         for n in ("node1", "node2"))
         task = MigrationTask(source=node1, destination=node2, mode=status.MODE_LIVE,
-                             status=status.MIGRATION_RUNNING,
-                             heartbeat_at=T)  # its job stopped beating long ago
-        db.session.add(MigrationGroup(status=status.MIGRATION_RUNNING, options={}, tasks=[task]))
+                             status=status.MIGRATION_PENDING, phase="waiting",
+                             heartbeat_at=T)  # its job died waiting, long ago
+        group = MigrationGroup(status=status.MIGRATION_RUNNING, options={}, tasks=[task])
+        db.session.add(group)
         db.session.commit()
-    first = schedule.reconcile_tick(app)
-    assert first is not None and schedule.reconcile_tick(app) is None
+        task_id, group_id = task.id, group.id
+
+    assert schedule.recovery_tick(app) == [(task_id, "requeued"),
+                                           (None, f"group {group_id} requeued")]
+    assert schedule.recovery_tick(app) == []  # its new job waits in Redis
     with app.app_context():
-        db.session.get(Job, first).status = "finished"
-        db.session.commit()
-    again = schedule.reconcile_tick(app)
-    assert again is not None and again != first
-    # A pass left "running" by a dead worker stops counting once it is old.
-    later = datetime.now(timezone.utc) + timedelta(seconds=schedule.RECONCILE_STALE_S + 1)
-    assert schedule.reconcile_tick(app, now=later) is not None
+        assert db.session.scalar(db.select(db.func.count()).select_from(Job).where(
+            Job.name == "reconcile")) == 0  # no pass queued behind migrations
+        [job] = db.session.scalars(db.select(Job)).all()
+        assert (job.name, job.args, job.status) == ("run_group", {"group_id": group_id},
+                                                    status.JOB_PENDING)

@@ -1,13 +1,12 @@
 """`python -m worker`: upgrade the schema, settle orphaned tasks, then run an RQ worker (JSON
 serializer) and the periodic syncs and recovery passes."""
 import argparse
-import logging
 
 from rq.serializers import JSONSerializer
 
 from app import upgrade_database
 from app.observability import logs
-from app.services import workers
+from app.services import lease, workers
 from app.services.jobs import QUEUE_DEFAULT, QUEUE_MIGRATIONS, redis_connection
 from worker import schedule
 from worker.runtime import FerryWorker, get_app
@@ -25,16 +24,13 @@ def main(argv=None):
     app = get_app()
     logs.configure(app.config["LOG_FORMAT"])  # text, or one JSON object per line
     upgrade_database(app)
-    # A worker that starts settles the tasks a dead one left behind, before taking new work.
-    from app.services import recovery
-    with app.app_context():
-        for task_id, outcome in recovery.reconcile():
-            logging.getLogger("ferry.recovery").warning("task %s reconciled: %s", task_id, outcome)
-    periodic = app.config["SYNC_INTERVAL"] or app.config["ORPHAN_AFTER"]
-    if periodic and not args.no_schedule and not args.burst:
-        schedule.start(app)  # inventory syncs and recovery passes
     worker = FerryWorker(args.queues or [QUEUE_DEFAULT, QUEUE_MIGRATIONS],
                          connection=redis_connection(app), serializer=JSONSerializer)
+    lease.set_worker_name(worker.name)  # leases it takes read hostname:pid:<worker name>
+    # A worker that starts settles what a dead one left behind, before taking new work.
+    schedule.recovery_tick(app)
+    if not args.no_schedule and not args.burst:
+        schedule.start(app)  # the outbox, inventory syncs and recovery passes
     workers.start_heartbeat(app, worker.name)  # /metrics and the dashboard see this worker
     worker.work(burst=args.burst, logging_level="INFO")
 

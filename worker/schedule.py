@@ -1,19 +1,25 @@
-"""The worker process's periodic work: inventory syncs and recovery passes, in a tiny loop.
+"""The worker process's periodic work: the outbox, inventory syncs and recovery passes.
 
-Kept as pure decisions (`due`) plus short I/O steps (`tick`, `reconcile_tick`)
-so that it is tested without waiting for a clock.
+Two daemon threads: one sends the outbox and queues due syncs every tick; the
+other runs the recovery pass itself, here and now, so that settling a dead
+task never waits in a queue behind a migration job that waits for that task's
+nodes (with one worker, it would wait forever). Every worker runs both; leases
+keep two passes from acting on the same task or group.
+
+Kept as pure decisions (`due`) plus short I/O steps (`tick`, `flush_tick`,
+`recovery_tick`) so that it is tested without waiting for a clock.
 """
 import logging
 import threading
 from datetime import timedelta
 
-from app import status
 from app.extensions import db
 from app.models import ComputeResource, Job, utcnow
+from app.services import lease
 
 log = logging.getLogger("ferry.schedule")
 
-RECONCILE_STALE_S = 600  # a pass waits at most 120 s per still-running migration
+TICK_S = 5  # the outbox and the recovery check: a query or two when there is nothing to do
 
 
 def due(resource_ids, recent_syncs, now, interval):
@@ -45,40 +51,50 @@ def tick(app, now=None):
                 for rid in due(ids, recent, now, interval)]
 
 
-def reconcile_tick(app, now=None):
-    """Queue a recovery pass when a task lost its job, unless a recent pass is queued or running.
-
-    Returns the new Job id, or None.
-
-    Every worker process runs this loop: the check keeps them from piling up
-    passes. A pass older than RECONCILE_STALE_S no longer counts (its worker
-    may have died with it).
-    """
-    from app.services import jobs, recovery
-    now = now or utcnow()
+def flush_tick(app):
+    """Send the outbox's unsent jobs to Redis; returns the Job ids sent."""
+    from app.services import outbox
     with app.app_context():
-        if not recovery.orphans(now) and not recovery.stalled_groups(now) \
-                and not recovery.abandoned_preflights(now):
-            return None  # the usual case: no Job row every ORPHAN_AFTER seconds
-        busy = db.session.scalar(db.select(Job.id).where(
-            Job.name == "reconcile", Job.status.in_((status.JOB_PENDING, status.JOB_RUNNING)),
-            Job.created_at > now - timedelta(seconds=RECONCILE_STALE_S)).limit(1))
-        return None if busy is not None else jobs.enqueue("reconcile").id
+        try:
+            return outbox.flush()
+        finally:
+            db.session.remove()
+
+
+def recovery_tick(app, now=None):
+    """Run a recovery pass in this thread when a task, group or preflight needs one.
+
+    Returns what the pass did ([] when nothing needed it: then it cost three queries).
+    """
+    from app.services import recovery
+    now = now or utcnow()
+    with app.app_context(), lease.acting_as("recovery"):
+        try:
+            if not recovery.orphans(now) and not recovery.stalled_groups(now) \
+                    and not recovery.abandoned_preflights(now):
+                return []
+            done = recovery.reconcile()
+            for task_id, outcome in done:
+                log.warning("recovery: %s", outcome if task_id is None else f"task {task_id} {outcome}")
+            return done
+        finally:
+            db.session.remove()
 
 
 def start(app, stop_event=None):
-    """Run the periodic steps in a daemon thread until `stop_event` is set.
+    """Run the periodic steps in two daemon threads until `stop_event` is set.
 
-    Inventory syncs when SYNC_INTERVAL is set; a recovery pass for tasks whose
-    job stopped beating, every ORPHAN_AFTER seconds (the worker also runs one
-    at its start).
+    The outbox every TICK_S, inventory syncs when SYNC_INTERVAL is set, and a
+    recovery check every TICK_S (or ORPHAN_AFTER, if shorter) when ORPHAN_AFTER
+    is set; the worker also runs one pass at its start.
     """
     stop_event = stop_event or threading.Event()
     interval, orphan_after = app.config["SYNC_INTERVAL"], app.config["ORPHAN_AFTER"]
-    steps = ([tick] if interval else []) + ([reconcile_tick] if orphan_after else [])
-    period = min([30] + [s for s in (interval, orphan_after) if s])
+    loops = {"ferry-schedule": (TICK_S, [flush_tick] + ([tick] if interval else []))}
+    if orphan_after:
+        loops["ferry-recovery"] = (min(TICK_S, orphan_after), [recovery_tick])
 
-    def loop():
+    def loop(period, steps):
         while not stop_event.wait(period):
             for step in steps:
                 try:
@@ -86,6 +102,6 @@ def start(app, stop_event=None):
                 except Exception:  # noqa: BLE001 - a hiccup (Redis restart) must not end the loop
                     log.exception("scheduled %s failed", step.__name__)
 
-    thread = threading.Thread(target=loop, name="ferry-schedule", daemon=True)
-    thread.start()
+    for name, (period, steps) in loops.items():
+        threading.Thread(target=loop, args=(period, steps), name=name, daemon=True).start()
     return stop_event

@@ -1,33 +1,34 @@
 """Migration groups and tasks: preflight, start under the limits, run one by one, cancel, report.
 
 The web, the API, the CLI and the jobs all call these functions. The database
-row is the truth: a group is created and committed, then its job is queued;
-the job runs the tasks in order, each one holding its two compute resources
-(limits.claim_resources) while it moves a server.
+row is the truth: a group is created and committed together with an outbox row
+for its job, which is sent to Redis after the commit (or by a scheduler tick);
+the job runs the tasks in order under the group's lease, each task under its
+own lease holding its two compute resources and its server
+(limits.claim_resources) while it moves the server.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import update
 
 from app import status
 from app.errors import FerryError
 from app.extensions import db
-from app.models import ComputeResource, MigrationGroup, MigrationTask, Server, utcnow
-from app.services import jobs, limits, preflight, timeline
+from app.models import ComputeResource, Evacuation, MigrationGroup, MigrationTask, Server, utcnow
+from app.services import engine as runners
+from app.services import jobs, lease, limits, outbox, preflight, timeline
 from app.services import preflight_checks as checks
-from app.services.timeline import Cancelled, NeedsAttention, cancel_requested, event
+from app.services.lease import Lease, LeaseLost
+from app.services.timeline import cancel_requested, event
 
 log = logging.getLogger("ferry.migration")
 
 CONVERSIONS = (status.STORAGE_FILE_RAW, status.STORAGE_FILE_QCOW2, status.STORAGE_LVM,
                status.STORAGE_THINLVM)
-HEARTBEAT_S = 5
 GROUP_JOB_TIMEOUT = 24 * 3600  # deadlines live in the ladder, not in RQ
 
 
@@ -124,41 +125,56 @@ def open_group(moves, options: dict, acknowledge_warnings: bool, user=None,
     db.session.add(group)
     db.session.commit()
 
+    # The preflight runs under the group's lease: if whoever runs it dies (a web worker, a
+    # CLI), recovery ends the group once the lease expires, and its servers are free again.
+    sent = None
+    with Lease(lease.GROUP, group.id) as held:
+        failures, unacknowledged = _preflight(group, options)
+        db.session.refresh(group)
+        if held.lost or group.status != status.MIGRATION_PREFLIGHT:
+            return group  # recovery ended it meanwhile: keep that
+        if failures:
+            return refuse(group, "Preflight failed: " + " ".join(failures))
+        if unacknowledged and not acknowledge_warnings:
+            return refuse(group, "Preflight has warnings that were not acknowledged.")
+        if not limits.claim_group_slot(group.id):
+            slots = current_app.config["MAX_PARALLEL_GROUPS"]
+            return refuse(group, f"{slots} migration groups are already running, the most "
+                                 "Ferry runs at once: start this group when one of them has "
+                                 "finished.")
+        group.status = status.MIGRATION_RUNNING
+        group.started_at = utcnow()
+        for task in group.tasks:
+            task.status = status.MIGRATION_PENDING
+        if enqueue:  # committed with the group's new status: a Redis failure only delays it
+            sent = _group_job(group, user)
+        db.session.commit()
+    # Sent once the lease is given back: the job takes it, and exits if someone still holds it.
+    if sent is not None:
+        outbox.flush_quietly([sent.id])
+    return group
+
+
+def _preflight(group, options: dict) -> tuple[list[str], bool]:
+    """Preflight the group's tasks once per (destination, mode); (failures, needs acknowledgement).
+
+    Each part's reports are committed before the next part probes its nodes, so no write
+    waits in the session (and, on SQLite, holds the lock) while a node is asked.
+    """
     parts = {}
     for task in group.tasks:
         parts.setdefault((task.destination_id, task.mode), []).append(task)
     failures, unacknowledged = [], False
-    # The preflight beats like a running task: if whoever runs it dies (a web worker, a
-    # CLI), recovery ends the group once the beat stops, and its servers are free again.
-    with Heartbeat(None, db.engine, group_id=group.id):
-        for (_, mode), tasks in parts.items():
-            report = preflight.run([t.server for t in tasks], tasks[0].destination,
-                                   dict(options, mode=mode))
-            for task in tasks:
-                task.preflight = report
-                task.eta = {"preflight": report["eta"].get(task.server.name), "history": []}
-            failures += [r["message"] for r in report["results"] if r["status"] == checks.FAIL]
-            unacknowledged |= bool(report["summary"]["needs_acknowledgement"])
-    db.session.commit()
-    db.session.refresh(group)
-    if group.status != status.MIGRATION_PREFLIGHT:  # recovery ended it meanwhile: keep that
-        return group
-    if failures:
-        return refuse(group, "Preflight failed: " + " ".join(failures))
-    if unacknowledged and not acknowledge_warnings:
-        return refuse(group, "Preflight has warnings that were not acknowledged.")
-    if not limits.claim_group_slot(group.id):
-        slots = current_app.config["MAX_PARALLEL_GROUPS"]
-        return refuse(group, f"{slots} migration groups are already running, the most Ferry "
-                              "runs at once: start this group when one of them has finished.")
-    group.status = status.MIGRATION_RUNNING
-    group.started_at = utcnow()
-    for task in group.tasks:
-        task.status = status.MIGRATION_PENDING
-    db.session.commit()
-    if enqueue:
-        enqueue_group(group, user)
-    return group
+    for (_, mode), tasks in parts.items():
+        report = preflight.run([t.server for t in tasks], tasks[0].destination,
+                               dict(options, mode=mode))
+        for task in tasks:
+            task.preflight = report
+            task.eta = {"preflight": report["eta"].get(task.server.name), "history": []}
+        failures += [r["message"] for r in report["results"] if r["status"] == checks.FAIL]
+        unacknowledged |= bool(report["summary"]["needs_acknowledgement"])
+        db.session.commit()
+    return failures, unacknowledged
 
 
 def refuse(group, reason: str) -> MigrationGroup:
@@ -174,10 +190,19 @@ def refuse(group, reason: str) -> MigrationGroup:
     return group
 
 
+def _group_job(group, user=None):
+    """The outbox row for the group's job (migrations are never retried by RQ)."""
+    return outbox.add("run_group", {"group_id": group.id}, user=user,
+                      queue=jobs.QUEUE_MIGRATIONS, timeout=GROUP_JOB_TIMEOUT)
+
+
 def enqueue_group(group, user=None):
-    """Queue the group's job (after its rows are committed); migrations are never retried by RQ."""
-    return jobs.enqueue("run_group", {"group_id": group.id}, user=user,
-                        queue=jobs.QUEUE_MIGRATIONS, timeout=GROUP_JOB_TIMEOUT)
+    """Queue the group's job now, through the outbox; returns its outbox row (sent_at is None
+    if Redis did not take it: a scheduler tick sends it later)."""
+    sent = _group_job(group, user)
+    db.session.commit()
+    outbox.flush_quietly([sent.id])
+    return sent
 
 
 def request_cancel(task_id: int, user=None) -> MigrationTask:
@@ -193,114 +218,165 @@ def request_cancel(task_id: int, user=None) -> MigrationTask:
     return task
 
 
-class Heartbeat:
-    """Touch heartbeat_at of a task (or of every task of a group) every few seconds from a
-    thread, on its own connection."""
-
-    def __init__(self, task_id: int | None, engine, group_id: int | None = None):
-        self.task_id, self.group_id, self.engine = task_id, group_id, engine
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True,
-                                        name=f"heartbeat-{task_id or f'group-{group_id}'}")
-
-    def _beat(self):
-        which = (MigrationTask.id == self.task_id if self.task_id is not None
-                 else MigrationTask.group_id == self.group_id)
-        while True:
-            with self.engine.begin() as conn:
-                conn.execute(update(MigrationTask).where(which).values(heartbeat_at=utcnow()))
-            if self._stop.wait(HEARTBEAT_S):
-                return
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(5)
-
-
 def run_group(group_id: int) -> dict:
-    """The group's job: run its pending tasks one by one, then free its slot."""
+    """The group's job: under the group's lease, run its pending tasks one by one, then end it.
+
+    A job that finds the group ended, or its lease held by another live job, does
+    nothing and says why in its result (and log). Only the lease holder ends the
+    group and frees its slot; a job interrupted with tasks left keeps both, and
+    recovery sends the group again once the lease expired.
+    """
     group = db.session.get(MigrationGroup, group_id)
     if group is None:
         raise FerryError(f"migration group {group_id} does not exist")
+    if group.status != status.MIGRATION_RUNNING:
+        return _left_alone(group_id, f"group {group_id} is {group.status}: nothing to run")
+    db.session.commit()
+    held = Lease(lease.GROUP, group_id, job=lease.current_job_id())
+    if not held.take():
+        return _left_alone(group_id, held.refusal)
     try:
-        for task in group.tasks:
-            if task.status == status.MIGRATION_PENDING:
+        db.session.refresh(group)
+        if group.status != status.MIGRATION_RUNNING:  # ended between our look and our lease
+            return _left_alone(group_id, f"group {group_id} is {group.status}: nothing to run")
+        return _run_tasks(group_id, held)
+    finally:
+        held.release()
+
+
+def _left_alone(group_id: int, reason: str) -> dict:
+    """What a group job that must not act returns (its Job row keeps it)."""
+    log.warning("group %s left alone: %s", group_id, reason)
+    return {"left_alone": reason}
+
+
+def _run_tasks(group_id: int, held) -> dict:
+    """Run the group's pending tasks in order while the lease holds; end the group when none is
+    left."""
+    group = db.session.get(MigrationGroup, group_id)
+    try:
+        for task_id in [t.id for t in group.tasks]:
+            held.check()
+            task = db.session.get(MigrationTask, task_id)
+            db.session.refresh(task)
+            if task.status == status.MIGRATION_PENDING:  # a finished task is never run again
                 run_task(task)
     finally:
         db.session.rollback()
-        limits.release_group_slot(group.id)
         group = db.session.get(MigrationGroup, group_id)
-        outcomes = {t.status for t in group.tasks}
-        if outcomes <= {status.MIGRATION_FINISHED}:
-            group.status = status.MIGRATION_FINISHED
-        elif status.MIGRATION_RUNNING in outcomes or status.MIGRATION_PENDING in outcomes:
-            group.status = status.MIGRATION_ATTENTION  # interrupted: recovery will look
-        elif outcomes <= {status.MIGRATION_CANCELLED, status.MIGRATION_FINISHED}:
-            group.status = status.MIGRATION_CANCELLED
-        else:
-            group.status = status.MIGRATION_FAILED
-        group.finished_at = utcnow()
-        db.session.commit()
-        from app.services import evacuation
-        evacuation.group_ended(group)
+        db.session.refresh(group)
+        unfinished = {t.status for t in group.tasks} & {status.MIGRATION_PENDING,
+                                                        status.MIGRATION_RUNNING}
+        if not held.lost and not unfinished:
+            end_group(group)
     return {t.server.name if t.server else str(t.id): t.status for t in group.tasks}
 
 
-def run_task(task) -> None:
-    """Move one server: wait for both hosts, run the live or offline runner, record the outcome."""
-    from app.services import live, offline
+def end_group(group) -> None:
+    """Record a group's outcome from its tasks, free its slot, tell its evacuation.
 
+    Only the holder of the group's lease calls this (the group job, or recovery).
+    """
+    outcomes = {t.status for t in group.tasks}
+    if outcomes <= {status.MIGRATION_FINISHED}:
+        group.status = status.MIGRATION_FINISHED
+    elif outcomes <= {status.MIGRATION_CANCELLED, status.MIGRATION_FINISHED}:
+        group.status = status.MIGRATION_CANCELLED
+    else:
+        group.status = status.MIGRATION_FAILED
+    group.finished_at = utcnow()
+    db.session.commit()
+    limits.release_group_slot(group.id)
+    Evacuation.group_ended(group)
+    db.session.commit()
+
+
+def run_task(task) -> None:
+    """Move one server under the task's lease: wait for its nodes and its server, run its mode's
+    runner, record the outcome. A task no longer pending, or leased by another, is left alone."""
+    if task.status != status.MIGRATION_PENDING:
+        return
+    db.session.commit()
+    held = Lease(lease.TASK, task.id, job=lease.current_job_id())
+    if not held.take():
+        log.warning("task %s left alone: %s", task.id, held.refusal)
+        return
+    try:
+        db.session.refresh(task)
+        if task.status == status.MIGRATION_PENDING:
+            _run_leased(task, held)
+    except LeaseLost as exc:  # the lease recorded it; whoever holds the task now settles it
+        db.session.rollback()
+        log.error("task %s: %s", task.id, exc)
+    finally:
+        held.release()
+
+
+def _run_leased(task, held) -> None:
+    """run_task's body, once the task's lease is held."""
     if task.cancel_requested:
         timeline.finish(task, status.MIGRATION_CANCELLED, "Cancelled before it started.")
         return
-    hosts = [task.source_id, task.destination_id]
     task.phase = "waiting"
-    task.heartbeat_at = utcnow()
     db.session.commit()
-    engine = db.engine
-    with Heartbeat(task.id, engine):
-        noted = False
-        while not limits.claim_resources(task.id, hosts):
-            if not noted:
-                event(task, "waiting", f"Waiting: {task.source.name} or {task.destination.name} "
-                                       "is busy with another migration task.")
-                noted = True
-            if cancel_requested(task.id):
-                timeline.finish(task, status.MIGRATION_CANCELLED, "Cancelled while waiting.")
-                return
-            time.sleep(1)
-        try:
-            task.status = status.MIGRATION_RUNNING
-            task.started_at = utcnow()
-            task.phase = "starting"
-            db.session.commit()
-            event(task, "started", f"{task.mode.capitalize()} migration of {task.server.name} "
-                                   f"from {task.source.name} to {task.destination.name} started.")
-            runner = live.run if task.mode == status.MODE_LIVE else offline.run
-            try:
-                runner(task)
-            except Cancelled as exc:
-                db.session.rollback()
-                timeline.finish(task, status.MIGRATION_CANCELLED, str(exc))
-            except NeedsAttention as exc:
-                db.session.rollback()
-                timeline.finish(task, status.MIGRATION_ATTENTION, str(exc))
-            except FerryError as exc:
-                db.session.rollback()
-                timeline.finish(task, status.MIGRATION_FAILED, str(exc))
-            except Exception as exc:  # noqa: BLE001 - a task must always end with its truth
-                db.session.rollback()
-                log.exception("task %s errored", task.id)
-                timeline.finish(task, status.MIGRATION_ATTENTION,
-                        f"Unexpected error: {type(exc).__name__}: {exc}. "
-                        "Ferry did not verify where the server is: check both hosts.")
-        finally:
-            db.session.rollback()
+    try:
+        if not _wait_for_claims(task, held):
+            return
+        held.check()
+        task.status = status.MIGRATION_RUNNING
+        task.started_at = utcnow()
+        task.phase = "starting"
+        db.session.commit()
+        event(task, "started", f"{task.mode.capitalize()} migration of {task.server.name} "
+                               f"from {task.source.name} to {task.destination.name} started.")
+        runners.run(task, held)
+    finally:
+        db.session.rollback()
+        if not held.lost:  # a lost task's claims are freed by whoever settles it
             limits.release_resources(task.id)
+
+
+def _wait_for_claims(task, held) -> bool:
+    """Wait until the task holds its two nodes and its server; False if it ended meanwhile.
+
+    The timeline says which task holds what; the wait is bounded by
+    FERRY_NODE_WAIT_TIMEOUT, after which the task fails with nothing moved.
+    """
+    nodes = [task.source_id, task.destination_id]
+    limit = current_app.config["NODE_WAIT_TIMEOUT"]
+    deadline = time.monotonic() + limit
+    said = None
+    while not limits.claim_resources(task.id, nodes, server_id=task.server_id):
+        held.check()
+        busy = limits.blockers(task.id, nodes, task.server_id)
+        reason = _waiting_reason(task, busy)
+        if reason != said:
+            event(task, "waiting", reason, data=busy)
+            said = reason
+        if cancel_requested(task.id):
+            timeline.finish(task, status.MIGRATION_CANCELLED, "Cancelled while waiting.")
+            return False
+        if time.monotonic() >= deadline:
+            timeline.finish(task, status.MIGRATION_FAILED,
+                            f"Gave up after waiting {limit} s (FERRY_NODE_WAIT_TIMEOUT): "
+                            f"{reason[len('Waiting: '):]} Nothing was moved.")
+            return False
+        time.sleep(1)
+    return True
+
+
+def _waiting_reason(task, busy: dict) -> str:
+    """'Waiting: node2 is busy with task 12; web1 is in task 13.' from limits.blockers()."""
+    names = {str(task.source_id): task.source.name, str(task.destination_id): task.destination.name}
+    parts = []
+    for key, holder in sorted(busy.items()):
+        kind, ident = key.split(":", 1)
+        if kind == limits.SERVER:
+            parts.append(f"{task.server.name} is in task {holder}")
+        else:
+            parts.append(f"{names.get(ident, f'compute resource {ident}')} is busy with task "
+                         f"{holder}")
+    return "Waiting: " + ("; ".join(parts) or "the nodes could not be claimed yet") + "."
 
 
 def group_report(group) -> dict:

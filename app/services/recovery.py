@@ -1,27 +1,32 @@
 """Never lose a server: settle tasks that claim to run but have no live job.
 
-A task's job touches `heartbeat_at` every few seconds. When a worker is
-killed the heartbeat stops; at worker start and periodically, every running
-task whose heartbeat is older than FERRY_ORPHAN_AFTER is reconciled: Ferry asks
-libvirt on both hosts where the domain is defined and running and whether a
-migration job is still active, then records what it saw. It never re-runs a
-migration: a peer-to-peer migration goes on without us, so we wait for it.
+A task's job holds the task's lease (services.lease) and renews it every few
+seconds. When a worker is killed the renewals stop; at worker start and from
+every worker's scheduler thread, each running or waiting task whose lease
+expired is taken over by compare-and-set and reconciled: Ferry asks libvirt on
+both nodes where the domain is and settles the task from its journal, then
+frees its claims whatever happened. Groups whose job died or was never sent
+are sent again through the outbox; groups with nothing left to run are ended
+under their lease, and their evacuation learns it.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
+from sqlalchemy import and_, or_
 
 from app import status
 from app.errors import FerryError
 from app.extensions import db
 from app.infra import migration as mig
-from app.models import Job, MigrationGroup, MigrationTask, utcnow
-from app.services import engine, limits
-from app.services.migration import enqueue_group, refuse
+from app.models import Evacuation, Job, MigrationGroup, MigrationTask, utcnow
+from app.services import engine, jobs, lease, limits, outbox, timeline
+from app.services.lease import Lease
+from app.services.migration import end_group, enqueue_group, refuse
 from app.services.timeline import event
 
 log = logging.getLogger("ferry.recovery")
@@ -70,54 +75,97 @@ def judge(mode: str, at_src: mig.DomainPlace, at_dst: mig.DomainPlace) -> Verdic
                               f"destination defined={at_dst.defined} running={at_dst.running}")
 
 
+def _orphaned(now, stale):
+    """SQL: a task's lease ran out (or, for a row never leased, its heartbeat is old)."""
+    task = MigrationTask
+    return or_(task.lease_until < now,
+               and_(task.lease_until.is_(None),
+                    or_(task.heartbeat_at.is_(None), task.heartbeat_at < stale)))
+
+
 def orphans(now=None) -> list[MigrationTask]:
-    """Running (or waiting) tasks whose job stopped beating."""
+    """Running (or waiting) tasks whose owner's lease expired: their job died or lost its lease."""
     now = now or utcnow()
     stale = now - timedelta(seconds=current_app.config["ORPHAN_AFTER"])
-    rows = db.session.scalars(db.select(MigrationTask).where(
-        MigrationTask.status == status.MIGRATION_RUNNING)).all()
-    waiting = db.session.scalars(db.select(MigrationTask).where(
-        MigrationTask.status == status.MIGRATION_PENDING, MigrationTask.phase == "waiting")).all()
-    return [t for t in rows + waiting if t.heartbeat_at is None or t.heartbeat_at < stale]
+    return db.session.scalars(db.select(MigrationTask).where(
+        or_(MigrationTask.status == status.MIGRATION_RUNNING,
+            and_(MigrationTask.status == status.MIGRATION_PENDING,
+                 MigrationTask.phase == "waiting")),
+        _orphaned(now, stale)).order_by(MigrationTask.id)).all()
 
 
-def stalled_groups(now=None) -> list[MigrationGroup]:
-    """Running groups whose job was picked up by a worker that died before any task began.
+def _lease_free(group, now) -> bool:
+    """Nobody holds the group's lease: never taken, released or expired."""
+    return group.lease_owner is None or group.lease_until is None or group.lease_until < now
 
-    Such a group has only pending tasks that never beat (run_task marks a
-    task the moment it begins), and its run_group job has been running for
-    longer than ORPHAN_AFTER with no other job for it queued. Nothing moved,
-    so queueing it again is safe.
-    """
-    now = now or utcnow()
-    stale = now - timedelta(seconds=current_app.config["ORPHAN_AFTER"])
-    jobs_by_group = {}
+
+def _run_group_jobs(group_ids) -> dict:
+    """{group id: [pending or running run_group Job rows]}."""
+    found = {}
     for job in db.session.scalars(db.select(Job).where(
             Job.name == "run_group", Job.status.in_((status.JOB_PENDING, status.JOB_RUNNING)))):
-        jobs_by_group.setdefault((job.args or {}).get("group_id"), []).append(job)
-    found = []
-    for group_id, group_jobs in jobs_by_group.items():
-        if any(j.status == status.JOB_PENDING or j.started_at is None or j.started_at >= stale
-               for j in group_jobs):
-            continue  # queued, or picked up recently: its worker may be alive
-        group = db.session.get(MigrationGroup, group_id)
-        if group is not None and group.status == status.MIGRATION_RUNNING and all(
-                t.status == status.MIGRATION_PENDING and t.heartbeat_at is None
-                for t in group.tasks):
-            found.append(group)
+        group_id = (job.args or {}).get("group_id")
+        if group_id in group_ids:
+            found.setdefault(group_id, []).append(job)
     return found
 
 
+def _job_alive(job, lease_live: bool, stale) -> bool:
+    """Whether a group's pending or running Job may still run it (then do not send another)."""
+    if job.status == status.JOB_RUNNING:  # a live one holds the lease within moments of starting
+        return lease_live or (job.started_at or job.created_at) >= stale
+    if job.created_at >= stale:
+        return True
+    try:
+        return jobs.queued(job)  # waiting behind other jobs, or lost with Redis's data
+    except Exception as exc:  # noqa: BLE001 - Redis unreachable: nothing could be sent anyway
+        log.warning("could not ask Redis about job %s: %s", job.id, exc)
+        return True
+
+
+def stalled_groups(now=None) -> list[MigrationGroup]:
+    """Running groups with pending tasks that no job is running or about to run.
+
+    Their lease is free (the job died, between tasks or before the first, or it
+    was never sent), no task of theirs runs, no unsent outbox row would send
+    them, and no Job for them is alive: queued in Redis, or picked up within
+    ORPHAN_AFTER. A group started moments ago is left to its caller. Nothing of
+    a pending task has moved, so sending the group again is safe; the lease
+    makes a second job for it harmless anyway.
+    """
+    now = now or utcnow()
+    stale = now - timedelta(seconds=current_app.config["ORPHAN_AFTER"])
+    groups = db.session.scalars(db.select(MigrationGroup).where(
+        MigrationGroup.status == status.MIGRATION_RUNNING,
+        or_(MigrationGroup.started_at.is_(None), MigrationGroup.started_at < stale),
+        or_(MigrationGroup.lease_owner.is_(None), MigrationGroup.lease_until.is_(None),
+            MigrationGroup.lease_until < now)).order_by(MigrationGroup.id)).all()
+    groups = [g for g in groups
+              if any(t.status == status.MIGRATION_PENDING for t in g.tasks)
+              and not any(t.status == status.MIGRATION_RUNNING for t in g.tasks)]
+    if not groups:
+        return []
+    unsent = {(row.args or {}).get("group_id") for row in outbox.unsent("run_group")}
+    jobs_by_group = _run_group_jobs({g.id for g in groups})
+    return [g for g in groups if g.id not in unsent and not any(
+        _job_alive(job, False, stale) for job in jobs_by_group.get(g.id, ()))]
+
+
 def abandoned_preflights(now=None) -> list[MigrationGroup]:
-    """Groups in preflight whose tasks stopped beating: the web request, API call or CLI that ran
-    the preflight died. Nothing moves before a preflight passes, so ending them is safe."""
+    """Groups in preflight whose lease expired: the web request, API call or CLI that ran the
+    preflight died. Nothing moves before a preflight passes, so ending them is safe.
+
+    A group written before leases existed counts when its tasks' heartbeats are old.
+    """
     now = now or utcnow()
     stale = now - timedelta(seconds=current_app.config["ORPHAN_AFTER"])
     groups = db.session.scalars(db.select(MigrationGroup).where(
         MigrationGroup.status == status.MIGRATION_PREFLIGHT,
-        MigrationGroup.created_at < stale)).all()
-    return [g for g in groups
-            if all(t.heartbeat_at is None or t.heartbeat_at < stale for t in g.tasks)]
+        MigrationGroup.created_at < stale,
+        or_(MigrationGroup.lease_owner.is_(None), MigrationGroup.lease_until < now))
+        .order_by(MigrationGroup.id)).all()
+    return [g for g in groups if g.lease_until is not None
+            or all(t.heartbeat_at is None or t.heartbeat_at < stale for t in g.tasks)]
 
 
 def _places(task):
@@ -172,47 +220,138 @@ def reconcile_task(task, lease=None) -> Verdict:
 
 
 def _close_dead_jobs(group_ids: set) -> None:
-    """End the Job rows of the groups' dead jobs, which would otherwise say running forever."""
-    for job in db.session.scalars(db.select(Job).where(Job.name == "run_group",
-                                                      Job.status == status.JOB_RUNNING)):
-        if (job.args or {}).get("group_id") in group_ids:
-            job.status = status.JOB_FAILED
-            job.error = "The worker running this job died; recovery settled its tasks."
-            job.finished_at = utcnow()
-    db.session.commit()
-
-
-def reconcile(wait_s: float = 120.0) -> list[tuple[int, str]]:
-    """Reconcile every orphaned task, then let interrupted groups go on with their other tasks."""
-    done = []
-    groups = set()
-    for task in orphans():
-        verdict = reconcile_task(task)
-        done.append((task.id, verdict.outcome))
-        groups.add(task.group_id)
-        log.warning("reconciled task %s: %s (%s)", task.id, verdict.outcome, verdict.reason)
-    db.session.commit()
-    for group in stalled_groups():
-        done.append((None, f"group {group.id} requeued"))
-        groups.add(group.id)
-        log.warning("group %s: its job died before any task began; queued again", group.id)
-    for group in abandoned_preflights():
-        refuse(group, "The preflight never finished: whoever started it stopped, or a node "
-                       "stopped answering. Nothing moved; start the migration again.")
-        done.append((None, f"group {group.id} preflight abandoned"))
-        log.warning("group %s: abandoned in preflight; ended, nothing moved", group.id)
-    _close_dead_jobs(groups)
-    for group_id in groups:
+    """End the Job rows of the groups' dead jobs, which would otherwise say running (or pending)
+    forever."""
+    now = utcnow()
+    stale = now - timedelta(seconds=current_app.config["ORPHAN_AFTER"])
+    for group_id, group_jobs in _run_group_jobs(group_ids).items():
         group = db.session.get(MigrationGroup, group_id)
-        if any(t.status == status.MIGRATION_PENDING for t in group.tasks):
-            group.status = status.MIGRATION_RUNNING
-            db.session.commit()
-            enqueue_group(group)  # continues with the tasks that never started
-        elif group.status in (status.MIGRATION_RUNNING, status.MIGRATION_ATTENTION):
-            limits.release_group_slot(group.id)
-            group.status = (status.MIGRATION_FINISHED
-                            if all(t.status == status.MIGRATION_FINISHED for t in group.tasks)
-                            else status.MIGRATION_FAILED)
-            group.finished_at = utcnow()
-            db.session.commit()
+        lease_live = group is not None and not _lease_free(group, now)
+        for job in group_jobs:
+            if _job_alive(job, lease_live, stale):
+                continue
+            job.error = ("The worker running this job died; recovery settled its tasks."
+                         if job.status == status.JOB_RUNNING else
+                         "This job never started (its queue entry was lost); recovery sent the "
+                         "group again.")
+            job.status, job.finished_at = status.JOB_FAILED, now
+    db.session.commit()
+
+
+def _settle(task) -> str | None:
+    """Settle one orphan under its lease (taken only once expired); None if another has it.
+
+    The task's claims are freed whatever happens (#11): a recovery that fails
+    ends the task needs-attention, so they never stay held by a task nobody runs.
+    """
+    db.session.commit()
+    held = Lease(lease.TASK, task.id)
+    if not held.take():
+        return None  # its owner came back, or another recovery pass has it
+    try:
+        db.session.refresh(task)
+        if task.status != status.MIGRATION_RUNNING and not (
+                task.status == status.MIGRATION_PENDING and task.phase == "waiting"):
+            return None  # ended or went on meanwhile
+        verdict = reconcile_task(task, held)
+        log.warning("reconciled task %s: %s (%s)", task.id, verdict.outcome, verdict.reason)
+        return verdict.outcome
+    except Exception as exc:  # noqa: BLE001 - one task's surprise must not stop the pass
+        db.session.rollback()
+        log.exception("recovery of task %s failed", task.id)
+        _quietly(timeline.finish, task, status.MIGRATION_ATTENTION,
+                 f"Recovery could not settle this task: {type(exc).__name__}: {exc}. Nothing "
+                 "more was done: check both nodes.")
+        return ATTENTION
+    finally:
+        db.session.rollback()
+        _quietly(limits.release_resources, task.id)
+        held.release()
+
+
+def _quietly(func, *args):
+    """Call func; log (and roll back) instead of raising: recovery's bookkeeping goes on."""
+    try:
+        return func(*args)
+    except Exception:  # noqa: BLE001
+        db.session.rollback()
+        log.exception("recovery could not %s", func.__name__)
+        return None
+
+
+def _send_again(group) -> None:
+    """Send a group's job again through the outbox (it carries on with its pending tasks)."""
+    if group.status != status.MIGRATION_RUNNING:  # an old job's 'interrupted' mark
+        group.status, group.finished_at = status.MIGRATION_RUNNING, None
+    enqueue_group(group)
+
+
+def reconcile(wait_s: float | None = None) -> list[tuple[int | None, str]]:
+    """One recovery pass: settle orphaned tasks, send stalled groups again, end abandoned
+    preflights and groups with nothing left to run. A few queries when there is nothing to do.
+
+    Every worker runs it from its scheduler thread (and once at start), never as a job
+    queued behind migrations; leases keep two passes from acting on one task or group.
+    """
+    done, touched, dead = [], set(), set()
+    for task in orphans():
+        owner = task.lease_owner
+        outcome = _settle(task)
+        if outcome is not None:
+            done.append((task.id, outcome))
+            touched.add(task.group_id)
+            dead.add(owner)
+    for group in stalled_groups():
+        _close_dead_jobs({group.id})
+        _send_again(group)
+        done.append((None, f"group {group.id} requeued"))
+        touched.discard(group.id)
+        log.warning("group %s: no job runs its pending tasks; sent again", group.id)
+    for group in abandoned_preflights():
+        if _with_group_lease(group, lambda g: refuse(g, (
+                "The preflight never finished: whoever started it stopped, or a node stopped "
+                "answering. Nothing moved; start the migration again."))):
+            done.append((None, f"group {group.id} preflight abandoned"))
+            log.warning("group %s: abandoned in preflight; ended, nothing moved", group.id)
+    for group_id in sorted(touched):
+        group = db.session.get(MigrationGroup, group_id)
+        _outlive(group, dead)
+        db.session.refresh(group)
+        statuses = {t.status for t in group.tasks}
+        if status.MIGRATION_RUNNING in statuses or group.status not in (
+                status.MIGRATION_RUNNING, status.MIGRATION_ATTENTION):
+            continue  # a task is still being settled, or the group already ended
+        if status.MIGRATION_PENDING in statuses:
+            if _lease_free(group, utcnow()):  # else its live job goes on with them
+                _close_dead_jobs({group.id})
+                _send_again(group)
+                done.append((None, f"group {group.id} requeued"))
+        elif _with_group_lease(group, end_group):
+            _close_dead_jobs({group.id})
     return done
+
+
+def _outlive(group, dead_owners: set) -> None:
+    """Wait out a group lease held by an owner whose task lease already ran out (it died with
+    the task; its group lease was only renewed a little later): at most one TTL."""
+    owner, _, until = lease.holder(lease.GROUP, group.id)
+    if owner is not None and owner in dead_owners and until is not None:
+        left = (until - utcnow()).total_seconds() + 0.5
+        time.sleep(max(0.0, min(left, lease.ttl_seconds() + 1)))
+
+
+def _with_group_lease(group, action) -> bool:
+    """Run action(group) holding the group's lease, then tell its evacuation; False if a live
+    job holds the lease (it ends the group itself)."""
+    db.session.commit()
+    held = Lease(lease.GROUP, group.id)
+    if not held.take():
+        return False
+    try:
+        db.session.refresh(group)
+        action(group)
+        Evacuation.group_ended(group)
+        db.session.commit()
+    finally:
+        held.release()
+    return True
