@@ -289,8 +289,11 @@ class LvmNode:
         while time.time() < deadline:
             if not self.qemu_pid():
                 raise LabError(f"{self.name}: QEMU exited; see {self.path('console.log')}")
-            if self.ssh_answers() and self.run(ready, check=False, timeout=30).returncode == 0:
-                return
+            try:
+                if self.ssh_answers() and self.run(ready, check=False, timeout=60).returncode == 0:
+                    return
+            except LabError:  # an SSH login that timed out while the VM is still booting
+                pass
             time.sleep(2)
         raise LabError(f"{self.name}: not ready within {BOOT_TIMEOUT}s; "
                        f"see {self.path('console.log')}")
