@@ -368,3 +368,25 @@ def test_it_ends_the_group_of_a_dead_task_once_the_dead_jobs_group_lease_runs_ou
 
     assert fresh(MigrationGroup, task.group_id).status == status.MIGRATION_FAILED
     assert db.session.scalars(db.select(Claim)).all() == []
+
+
+def test_it_leaves_a_task_to_whoever_took_its_lease(app_context, nodes, monkeypatch):
+    def lose_it(task, lease=None, nodes=None):
+        # Another owner took the task over (its renewals failed for longer than the TTL).
+        db.session.execute(db.update(MigrationTask).where(MigrationTask.id == task.id)
+                           .values(lease_owner=DEAD))
+        db.session.commit()
+        lease.renew_now()
+        lease.check()  # between two steps: raises LeaseLost
+    monkeypatch.setitem(engine.RUNNERS, status.MODE_LIVE, lose_it)
+    group = running_group(nodes, (0, 1))
+    task_id = group.tasks[0].id
+
+    migration.run_group(group.id)
+
+    task = fresh(MigrationTask, task_id)
+    assert task.status == status.MIGRATION_RUNNING and task.lease_owner == DEAD
+    assert "lease-lost" in [e.kind for e in task.events]
+    assert ("resource", str(nodes[0].id), f"task:{task_id}") in [
+        (c.kind, c.key, c.holder) for c in db.session.scalars(db.select(Claim))]
+    assert fresh(MigrationGroup, group.id).status == status.MIGRATION_RUNNING
