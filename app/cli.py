@@ -9,11 +9,12 @@ from app import status
 from app.errors import FerryError
 from app.extensions import db
 from app.models import ComputeResource, IpBlock, User
-from app.services import audit, credentials, inventory, resources
+from app.services import audit, certificates, credentials, inventory, resources
 
 resources_cli = AppGroup("resources", help="Compute resources (hypervisor hosts).")
 ipblocks_cli = AppGroup("ip-blocks", help="IP blocks and the compute resources that have them.")
 users_cli = AppGroup("users", help="People who sign in.")
+pki_cli = AppGroup("pki", help="Ferry's CA and the nodes' transfer TLS certificates.")
 
 
 def _fail(exc):
@@ -185,11 +186,36 @@ def _set_disabled(username, disabled):
     click.echo(f"User {user.username} {'disabled' if disabled else 'enabled'}.")
 
 
+@pki_cli.command("init")
+def pki_init():
+    """Create Ferry's CA (key and certificate, 0600) in the instance folder."""
+    try:
+        path = certificates.init_ca()
+    except FerryError as exc:
+        _fail(exc)
+    click.echo(f"Created Ferry's CA: {path}")
+
+
+@pki_cli.command("issue")
+@click.argument("name")
+def pki_issue(name):
+    """Issue (or rotate) a compute resource's certificate and install it over SSH."""
+    try:
+        verdict = certificates.issue(name)
+    except FerryError as exc:
+        _fail(exc)
+    if not verdict["valid"]:
+        _fail(FerryError(f"{name}: installed, but the node's certificate is not valid: "
+                         f"{verdict['reason']}"))
+    click.echo(f"{name}: certificate installed, {verdict['reason']}.")
+
+
 def register(app):
     """Attach the command groups to the app's CLI."""
     app.cli.add_command(resources_cli)
     app.cli.add_command(ipblocks_cli)
     app.cli.add_command(users_cli)
+    app.cli.add_command(pki_cli)
     from app.api.cli import revoke_token_command, token_command, tokens_command
     from app.webhooks.cli import hooks_cli
     users_cli.add_command(token_command)

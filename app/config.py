@@ -41,6 +41,11 @@ DEFAULTS = {
     # (services.lease); 0: ORPHAN_AFTER, so that one setting says how soon recovery steps in.
     "LEASE_TTL": 0,
     "NODE_WAIT_TIMEOUT": 3600,  # seconds a task waits for a busy node before it fails, unmoved
+    # Disk and memory streams between nodes: "tls" (required: preflight fails without valid
+    # certificates), "plain", or "auto" (TLS where both nodes hold valid ones: `pki issue`).
+    "TRANSFER_SECURITY": "auto",
+    "TLS_NBD_DIR": "/etc/ferry/pki/nbd",  # qemu-nbd / qemu-img credentials on each node
+    "TLS_MIGRATION_DIR": "/etc/pki/qemu",  # qemu.conf migrate_tls_x509_cert_dir on each node
     # None: the session cookie is Secure when the request came over HTTPS (as ProxyFix sees it);
     # True for a proxy that terminates TLS but sends no X-Forwarded-Proto.
     "SESSION_COOKIE_SECURE": None,
@@ -124,6 +129,9 @@ ENVIRONMENT = {
     "FERRY_THROUGHPUT_MAX_AGE": ("THROUGHPUT_MAX_AGE", _to_int),
     "FERRY_LEASE_TTL": ("LEASE_TTL", _to_int),
     "FERRY_NODE_WAIT_TIMEOUT": ("NODE_WAIT_TIMEOUT", _to_int),
+    "FERRY_TRANSFER_SECURITY": ("TRANSFER_SECURITY", _to_choice("auto", "tls", "plain")),
+    "FERRY_TLS_NBD_DIR": ("TLS_NBD_DIR", _to_str),
+    "FERRY_TLS_MIGRATION_DIR": ("TLS_MIGRATION_DIR", _to_str),
     "FERRY_SESSION_COOKIE_SECURE": ("SESSION_COOKIE_SECURE", _to_bool),
     "FERRY_TRUSTED_PROXIES": ("TRUSTED_PROXIES", _to_int),
     "FERRY_MAX_CONTENT_LENGTH": ("MAX_CONTENT_LENGTH", _to_int),

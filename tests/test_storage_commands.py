@@ -71,7 +71,7 @@ def test_it_keeps_hostile_names_single_quoted_arguments(name):
 
 def test_it_builds_the_nbd_export_with_a_pid_file_and_the_source_address():
     argv = cmd.nbd_export("/img/web.qcow2", "qcow2", "10.77.0.11", "ferry-3-0", "/run/f/3-0.pid")
-    assert argv == ["qemu-nbd", "--read-only", "--persistent", "--shared=2", "--fork",
+    assert argv == ["qemu-nbd", "--read-only", "--persistent", "--shared=1", "--fork",
                     "--pid-file=/run/f/3-0.pid", "--bind", "10.77.0.11", "--port", "8081",
                     "--format", "qcow2", "--export-name", "ferry-3-0", "--", "/img/web.qcow2"]
 
@@ -82,6 +82,33 @@ def test_it_reads_the_decoded_export_as_raw_whatever_the_target():
                       "nbd://10.77.0.11:8081/ferry-3-0", "/img/.web.part"]
     to_qcow2 = cmd.convert_from_nbd("fd00::11", "ferry-3-0", "/img/.web.part", "qcow2")
     assert to_qcow2[6:10] == ["qcow2", "-o", "preallocation=off", "nbd://[fd00::11]:8081/ferry-3-0"]
+
+
+def test_it_serves_and_reads_the_export_over_tls_with_verified_peers():
+    export = cmd.nbd_export("/img/web.qcow2", "qcow2", "10.77.0.11", "ferry-3-0-tok", "/run/p.pid",
+                            tls_dir="/etc/ferry/pki/nbd")
+    assert export[6:10] == ["--object", "tls-creds-x509,id=tls0,endpoint=server,"
+                            "dir=/etc/ferry/pki/nbd,verify-peer=on", "--tls-creds", "tls0"]
+    copy = cmd.convert_from_nbd("10.77.0.11", "ferry-3-0-tok", "/img/.web.part", "raw",
+                                port=8083, tls_dir="/etc/ferry/pki/nbd")
+    assert copy == ["qemu-img", "convert", "-p", "--object",
+                    "tls-creds-x509,id=tls0,endpoint=client,dir=/etc/ferry/pki/nbd", "--image-opts",
+                    "-O", "raw", "-S", "4k",
+                    "driver=nbd,host=10.77.0.11,port=8083,export=ferry-3-0-tok,tls-creds=tls0",
+                    "/img/.web.part"]
+    assert "-f" not in copy  # --image-opts and -f exclude each other
+    lv = cmd.convert_from_nbd_to_lv("10.0.0.1", "e", "vg0", "web", thin=False, tls_dir="/p")
+    assert lv[-2:] == ["driver=nbd,host=10.0.0.1,port=8081,export=e,tls-creds=tls0", "/dev/vg0/web"]
+    same = cmd.compare_with_export("10.77.0.11", "e", 8083, "/img/a,b.qcow2", "qcow2", tls_dir="/p")
+    assert same[-1] == "driver=qcow2,file.driver=file,file.filename=/img/a,,b.qcow2"
+
+
+def test_it_gives_every_export_a_random_unguessable_name():
+    first, second = cmd.export_token(), cmd.export_token()
+    assert first != second and len(first) >= 16
+    assert cmd.export_name(7, 1, first) == f"ferry-7-1-{first}"
+    with pytest.raises(RefusedCommand):
+        cmd.export_name(7, 1, "a/b")
 
 
 def test_it_builds_lvm_commands_at_the_command_level_only():
@@ -218,6 +245,44 @@ def test_it_exports_with_qemu_nbd_and_copies_over_tcp_for_real(tmp_path):
     else:
         pytest.fail("qemu-nbd still runs after stop")
     assert not os.path.exists(pid_file)
+
+
+def _credentials(directory, name, address, ca=None):
+    """Write a node's five credential files, from a new CA unless one is given."""
+    from app.infra import pki
+    ca_key, ca_cert = ca or pki.create_ca()
+    os.makedirs(directory, exist_ok=True)
+    for file_name, pem in pki.issue(ca_key, ca_cert, name, address).items():
+        with open(os.path.join(directory, file_name), "wb") as handle:
+            handle.write(pem)
+    return ca_key, ca_cert
+
+
+def test_it_copies_over_tls_for_real_and_refuses_clients_without_ferrys_certificate(tmp_path):
+    src = str(tmp_path / "seed.raw")
+    write_pattern(src, size=8 * MIB)
+    ca = _credentials(str(tmp_path / "server"), "node1", "127.0.0.1")
+    _credentials(str(tmp_path / "client"), "node2", "127.0.0.2", ca=ca)
+    _credentials(str(tmp_path / "stranger"), "node3", "127.0.0.3")  # another CA
+    port, pid_file = free_port(), str(tmp_path / "nbd.pid")
+    sh(cmd.nbd_export(src, "raw", "127.0.0.1", "ferry-9-0-x", pid_file, port=port,
+                      tls_dir=str(tmp_path / "server")))
+    try:
+        dst = str(tmp_path / ".dst.part")
+        sh(cmd.convert_from_nbd("127.0.0.1", "ferry-9-0-x", dst, "qcow2", port=port,
+                                tls_dir=str(tmp_path / "client")))
+        # --shared=1: the copy's client has gone, so the verify pass gets in after it
+        same = sh(cmd.compare_with_export("127.0.0.1", "ferry-9-0-x", port, dst, "qcow2",
+                                          tls_dir=str(tmp_path / "client")), check=False)
+        assert same.returncode == 0, same.stderr
+        plain = sh(cmd.convert_from_nbd("127.0.0.1", "ferry-9-0-x", dst + "2", "raw", port=port),
+                   check=False)
+        assert plain.returncode != 0 and "TLS" in plain.stderr
+        stranger = sh(cmd.convert_from_nbd("127.0.0.1", "ferry-9-0-x", dst + "3", "raw", port=port,
+                                           tls_dir=str(tmp_path / "stranger")), check=False)
+        assert stranger.returncode != 0
+    finally:
+        sh(cmd.stop_by_pid_file(pid_file), check=False)
 
 
 def test_it_probes_ports_for_real():

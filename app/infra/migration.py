@@ -27,9 +27,16 @@ BASE_FLAGS = (
 )
 
 
-def migration_flags(auto_converge: bool, postcopy: bool) -> int:
-    """The flags of a Ferry live migration; auto-converge and post-copy must be chosen at start."""
+def migration_flags(auto_converge: bool, postcopy: bool, tls: bool = False) -> int:
+    """The flags of a Ferry live migration; auto-converge and post-copy must be chosen at start.
+
+    tls: VIR_MIGRATE_TLS, QEMU's own TLS (certificates in qemu.conf's
+    migrate_tls_x509_cert_dir on both nodes) for the memory stream and, with
+    non-shared disks, the NBD disk copy.
+    """
     flags = BASE_FLAGS
+    if tls:
+        flags |= libvirt.VIR_MIGRATE_TLS
     if auto_converge:
         flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
     if postcopy:

@@ -13,7 +13,7 @@ from app.extensions import db
 from app.infra import ssh
 from app.infra.commands import lvm, node
 from app.models import ComputeResource, Disk, MigrationTask, Server, utcnow
-from app.services import jobs, resources
+from app.services import certificates, jobs, resources
 
 log = logging.getLogger("ferry.inventory")
 
@@ -37,6 +37,7 @@ def gather_facts(resource, conn, host):
         "nbd_module": nbd,
         "backup_dir": {"path": resource.backup_dir,
                        "free_bytes": node.parse_df(out(node.free_space(resource.backup_dir)))},
+        "tls": certificates.gather(resource, conn),
         "gathered_at": utcnow().isoformat(),
     }
 

@@ -32,7 +32,7 @@ from app.extensions import db
 from app.infra import migration as mig
 from app.infra.commands import storage
 from app.models import utcnow
-from app.services import calibration, disks, estimation, journal, ladder
+from app.services import calibration, certificates, disks, estimation, journal, ladder
 from app.services.steps import (ADOPT, ATTENTION, DONE, REDO, ROLLBACK, Decision, Move, Runner,
                                 Step, carry_state, check_start, drive, refuse_existing)
 from app.services.timeline import (Cancelled, NeedsAttention, cancel_requested, event,
@@ -302,7 +302,8 @@ class Migrate(Step):
     name = "migrate"
 
     def names(self, move):
-        return {"node": "source", "job": "migration", "uri": peer_uri(move.destination)}
+        return {"node": "source", "job": "migration", "uri": peer_uri(move.destination),
+                "tls": certificates.tls_for(move.source, move.destination)}
 
     def run(self, move, entry):
         server, settings = move.server, settings_for(move.task)
@@ -313,7 +314,8 @@ class Migrate(Step):
             dest_xml = mig.destination_xml(move.state["live_xml"], changes)
             persist_xml = mig.destination_xml(move.state["persist_xml"], changes)
         params = mig.migration_params([d["target"] for d in _plan(move)], dest_xml, persist_xml)
-        flags = mig.migration_flags(auto_converge=settings.auto_converge, postcopy=settings.postcopy)
+        flags = mig.migration_flags(auto_converge=settings.auto_converge, postcopy=settings.postcopy,
+                                    tls=bool(entry.names.get("tls")))
         migration = move.host("source").migration(server.uuid, entry.names["uri"], params, flags,
                                                   control=move.host("control"))
         # The ladder's first, lowest downtime is set before the start: once the job runs,
@@ -327,6 +329,7 @@ class Migrate(Step):
         db.session.commit()
         migration.start()
         move.event("migrating", "libvirt started the peer-to-peer migration"
+                   + (" over TLS" if entry.names.get("tls") else " in clear")
                    + (" with auto-converge" if settings.auto_converge else "")
                    + (", post-copy allowed" if settings.postcopy else "") + ".")
         try:
@@ -531,6 +534,7 @@ class LiveRunner(Runner):
                   "bytes": verify.get("bytes"), "memory_bytes": verify.get("memory_bytes"),
                   "disk_bytes": verify.get("disk_bytes"),
                   "postcopy": bool((migrate.data or {}).get("postcopy")),
+                  "tls": bool((migrate.names or {}).get("tls")),
                   "phases": {"migrate_ms": wall_ms}}
         disks.record_moved(server, move.destination, _plan(move), status.SERVER_RUNNING)
         seconds = f", {wall_ms / 1000:.1f} s in all" if wall_ms else ""

@@ -24,7 +24,7 @@ from app.errors import FerryError
 from app.extensions import db
 from app.infra import migration as mig
 from app.infra.commands import storage
-from app.services import disks, journal, limits, preflight
+from app.services import certificates, disks, journal, limits, preflight
 from app.services.steps import (ATTENTION, DONE, REDO, ROLLBACK, Decision, Move, Runner, Step,
                                 carry_state, check_start, drive, refuse_existing)
 from app.services.timeline import Cancelled, cancel_requested, finish_success
@@ -55,7 +55,8 @@ def _remove(move: Move, which: str, paths: list[str]) -> list[str]:
 
 
 class Export(Step):
-    """Serve each source disk read-only over NBD on the task's port."""
+    """Serve each source disk read-only over NBD on the task's port: over TLS with verified
+    peers when the site's setting and both nodes' certificates say so, under a random name."""
 
     name = "export"
 
@@ -64,16 +65,20 @@ class Export(Step):
         port = move.state.get("port") or (claim(move.task.id, move.source.id) if claim
                                           else storage.NBD_PORT)
         move.state["port"] = port
+        token = move.state.setdefault("export_token", storage.export_token())
+        tls = certificates.tls_for(move.source, move.destination)
         plan = _plan(move)
         return {"node": "source", "port": port,
-                "exports": [storage.export_name(move.task.id, i) for i in range(len(plan))],
+                "exports": [storage.export_name(move.task.id, i, token) for i in range(len(plan))],
+                "tls_dir": certificates.nbd_dir() if tls else None,
                 "pid_files": [pid_file(move.task.id, i, "nbd") for i in range(len(plan))]}
 
     def run(self, move, entry):
         for index, disk in enumerate(_plan(move)):
             exported = move.sh("source", storage.nbd_export(
                 disk["path"], disk["format"], move.source.host, entry.names["exports"][index],
-                entry.names["pid_files"][index], port=entry.names["port"]))
+                entry.names["pid_files"][index], port=entry.names["port"],
+                tls_dir=entry.names.get("tls_dir")))
             if not exported.ok:
                 raise FerryError(f"qemu-nbd could not export {disk['path']} on {move.source.name}: "
                                  f"{exported.stderr.strip()}")
@@ -110,10 +115,12 @@ class Copy(Step):
         for index, disk in enumerate(_plan(move)):
             started = time.monotonic()
             move.event("copy", f"Copying {disk['target']} ({disk['format']} → {disk['dst_format']}) "
-                               f"from {move.source.name} over NBD into {entry.names['paths'][index]}.")
+                               f"from {move.source.name} over NBD"
+                               f"{' with TLS' if export.get('tls_dir') else ' in clear'} "
+                               f"into {entry.names['paths'][index]}.")
             argv = storage.convert_from_nbd(move.source.host, export["exports"][index],
                                             entry.names["paths"][index], disk["dst_format"],
-                                            port=export["port"])
+                                            port=export["port"], tls_dir=export.get("tls_dir"))
             _copy(move, _with_pid(entry.names["pid_files"][index], argv),
                   entry.names["pid_files"][index], disk["target"])
             timings[f"copy_{disk['target']}_ms"] = int((time.monotonic() - started) * 1000)
@@ -175,9 +182,9 @@ class Verify(Step):
         paths = journal.last(move.task, "copy").names["paths"]
         for index, disk in enumerate(_plan(move)):
             started = time.monotonic()
-            same = move.sh("destination", storage.compare(
-                storage.nbd_url(move.source.host, export["exports"][index], export["port"]), "raw",
-                paths[index], disk["dst_format"]), timeout=24 * 3600)
+            same = move.sh("destination", storage.compare_with_export(
+                move.source.host, export["exports"][index], export["port"], paths[index],
+                disk["dst_format"], tls_dir=export.get("tls_dir")), timeout=24 * 3600)
             if not same.ok:
                 raise FerryError(f"the copy of {disk['target']} differs from the source: "
                                  f"{(same.stdout + same.stderr).strip()[-300:]}")
@@ -426,6 +433,7 @@ class OfflineRunner(Runner):
         result = {"downtime_ms": None, "total_ms": total_ms, "wall_ms": total_ms,
                   "bytes": sum(d.allocation or 0 for d in server.disks),
                   "phases": move.state.get("phases", {}),
+                  "tls": bool((journal.last(move.task, "export").names or {}).get("tls_dir")),
                   "new_address": move.state.get("new_address")}
         finish_success(move.task, message + ".", result)
 

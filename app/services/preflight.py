@@ -260,7 +260,8 @@ def judge(servers, sources, destination, options, measured: dict, reused=None) -
               for source, ports in measured["probes"].items()}
     results = unreachable + checks.run_checks(
         [server_info(s) for s in servers], {n: resource_info(r) for n, r in sources.items()},
-        resource_info(destination), options, probes, cpu)
+        resource_info(destination), options, probes, cpu,
+        transfer_security=current_app.config["TRANSFER_SECURITY"])
     return report_of(results, measured["throughput_bps"], measured["dirty_rate_bps"],
                      etas(servers, options, measured), measured, reused)
 

@@ -13,7 +13,8 @@ Facts dict (produced by the inventory sync), as read here:
  "libvirt_version", "qemu_version", "nested_virtualization",
  "memory": {"total_mib", "free_mib"},
  "storage_pools": [{"name", "type", "path", "capacity_bytes", "free_bytes"}],
- "nbd_module", "backup_dir": {"path", "free_bytes"}, "gathered_at"}
+ "nbd_module", "backup_dir": {"path", "free_bytes"},
+ "tls": {"valid", "reason", "not_after"}, "gathered_at"}
 """
 
 from __future__ import annotations
@@ -488,6 +489,42 @@ def check_nbd(source: ResourceInfo, destination: ResourceInfo,
         " space; load it (modprobe nbd) only if your own tools expect it."), data)
 
 
+def check_transfer_security(source: ResourceInfo, destination: ResourceInfo,
+                            setting: str) -> CheckResult:
+    """Check that a move's disk and memory streams can use TLS when the site requires it.
+
+    setting is FERRY_TRANSFER_SECURITY: "tls" fails without a valid certificate
+    on both nodes; "auto" uses TLS where both have one and says so; "plain" never.
+
+    >>> ok = {"tls": {"valid": True, "reason": "valid until 2028-01-01"}}
+    >>> r = ResourceInfo("a", "active", ok)
+    >>> check_transfer_security(r, ResourceInfo("b", "active", {}), "tls").status
+    'fail'
+    >>> check_transfer_security(r, ResourceInfo("b", "active", ok), "tls").status
+    'pass'
+    """
+    verdicts = {r.name: _fact(r.facts, "tls") or {} for r in (source, destination)}
+    data = {"setting": setting, "nodes": verdicts}
+    lacking = [f"{name} ({v.get('reason') or 'no certificate found at the last sync'})"
+               for name, v in verdicts.items() if not v.get("valid")]
+    if setting == "plain":
+        data["tls"] = False
+        return CheckResult("transfer_security", PASS, (
+            "Disk and memory streams go in clear: FERRY_TRANSFER_SECURITY is plain."), data)
+    data["tls"] = not lacking
+    if not lacking:
+        return CheckResult("transfer_security", PASS, (
+            f"Disk and memory streams between {source.name} and {destination.name} use TLS "
+            "with certificates from Ferry's CA, checked on both ends."), data)
+    if setting == "tls":
+        return CheckResult("transfer_security", FAIL, (
+            "FERRY_TRANSFER_SECURITY requires TLS, but these nodes have no valid certificate: "
+            + "; ".join(lacking) + ". Run `flask --app wsgi pki issue NODE`, then sync."), data)
+    return CheckResult("transfer_security", PASS, (
+        "Disk and memory streams go in clear: no valid certificate on "
+        + "; ".join(lacking) + " (`flask --app wsgi pki issue NODE` turns TLS on)."), data)
+
+
 def check_os_distribution(source: ResourceInfo, destination: ResourceInfo) -> CheckResult:
     """Check (live) that both nodes run the same OS distribution."""
     a, b, data = _pair(source, destination, "os", "id")
@@ -692,7 +729,8 @@ def run_database_checks(servers: Sequence[ServerInfo], destination: ResourceInfo
 def run_checks(servers: Sequence[ServerInfo], sources: Mapping[str, ResourceInfo],
                destination: ResourceInfo, options: MigrationOptions,
                port_probes: Mapping[str, Mapping[int, Union[str, bool, None]]],
-               cpu_results: Optional[Mapping[str, tuple]] = None) -> list[CheckResult]:
+               cpu_results: Optional[Mapping[str, tuple]] = None,
+               transfer_security: str = "auto") -> list[CheckResult]:
     """Run every check for a group; sources by name, probes by source name.
 
     cpu_results maps server name -> (compareHypervisorCPU code, error text or
@@ -716,6 +754,7 @@ def run_checks(servers: Sequence[ServerInfo], sources: Mapping[str, ResourceInfo
         results.append(check_ports(port_probes.get(source.name, {}), source.name,
                                    destination.name))
         results.append(check_nbd(source, destination, options))
+        results.append(check_transfer_security(source, destination, transfer_security))
     results += [check_memory(servers, destination, options),
                 check_disk_space(servers, destination, options),
                 check_live_conversion(servers, options)]

@@ -74,3 +74,32 @@ def parse_df(text):
         return int(lines[-1].split()[3])
     except (IndexError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------- transfer TLS credentials
+
+def install_credential(directory: str, file_name: str) -> list[str]:
+    """Write stdin (one PEM) as DIRECTORY/FILE_NAME, mode 0600 (0700 folder), replacing it
+    atomically so a running transfer never reads half a key.
+
+    >>> install_credential("/etc/pki/qemu", "server-key.pem")[-2:]
+    ['/etc/pki/qemu', 'server-key.pem']
+    """
+    if file_name not in ("ca-cert.pem", "server-cert.pem", "server-key.pem",
+                         "client-cert.pem", "client-key.pem"):
+        raise ValueError(f"not a credentials file: {file_name!r}")
+    if not directory.startswith("/") or "\0" in directory:
+        raise ValueError(f"not an absolute path: {directory!r}")
+    return ["sh", "-c",
+            'umask 077 && mkdir -p -- "$1" && cat > "$1/.$2.new" && mv -f -- "$1/.$2.new" "$1/$2"',
+            "ferry-pki", directory, file_name]
+
+
+def read_certificate(directory: str) -> list[str]:
+    """Print the node's server certificate in `directory` (exit 1 when it or a key is missing)."""
+    if not directory.startswith("/") or "\0" in directory:
+        raise ValueError(f"not an absolute path: {directory!r}")
+    return ["sh", "-c",
+            'for f in ca-cert.pem server-key.pem client-cert.pem client-key.pem; do'
+            ' [ -s "$1/$f" ] || { echo "missing $f" >&2; exit 1; }; done; exec cat -- "$1/server-cert.pem"',
+            "ferry-pki", directory]

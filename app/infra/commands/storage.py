@@ -13,7 +13,10 @@ status), bound to the source's address on TCP 8081; the destination runs
 `qemu-img convert -f raw nbd://SRC:8081/EXPORT` into the target format in
 one pass. Holes are skipped on both sides, no temporary full copy exists,
 and no nbd kernel module is needed. qemu-nbd forks once it listens and
-writes a pid file, so it is stopped by PID, never by name.
+writes a pid file, so it is stopped by PID, never by name. With TLS (the
+default where both nodes hold Ferry's certificates) the export and its reader
+authenticate each other with x509 certificates from Ferry's CA, the export
+name carries a random token and the export takes one client at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import re
+import secrets
 import shlex
 from typing import Iterable, Optional, Sequence
 
@@ -29,6 +33,7 @@ PROBE_PORT = 8082  # throughput probe listener on the destination
 FORMATS = ("raw", "qcow2")
 
 _EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TLS_ID = "tls0"
 # lvm(8): names of [a-zA-Z0-9+_.-], not starting with '-'
 _LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
@@ -120,13 +125,19 @@ def _lvm(name: str) -> str:
     return name
 
 
-def export_name(task_id: int, disk_index: int) -> str:
-    """Return the NBD export name Ferry uses for a task's disk.
+def export_name(task_id: int, disk_index: int, token: str) -> str:
+    """Return the NBD export name of a task's disk; `token` is random (see `export_token`),
+    so a client that knows the task id cannot guess it.
 
-    >>> export_name(12, 0)
-    'ferry-12-0'
+    >>> export_name(12, 0, "k3Xq9")
+    'ferry-12-0-k3Xq9'
     """
-    return _export(f"ferry-{int(task_id)}-{int(disk_index)}")
+    return _export(f"ferry-{int(task_id)}-{int(disk_index)}-{token}")
+
+
+def export_token() -> str:
+    """Return a fresh random token for export names (96 bits, URL-safe)."""
+    return secrets.token_urlsafe(12)
 
 
 def temp_path(final_path: str, task_id: int) -> str:
@@ -156,23 +167,63 @@ def lv_path(vg: str, name: str) -> str:
 # ---------------------------------------------------------------- NBD export
 
 def nbd_export(path: str, fmt: str, bind_address: str, name: str, pid_file: str,
-               port: int = NBD_PORT) -> list[str]:
+               port: int = NBD_PORT, tls_dir: str | None = None) -> list[str]:
     """Export a (stopped) server's disk read-only over TCP, as its decoded guest view.
 
     --fork returns once the server listens (no race with the reader);
-    --persistent keeps it up for the verify pass after the copy; --shared=2
-    lets the copy and a compare overlap.
+    --persistent keeps it up for the verify pass after the copy; --shared=1:
+    one client at a time (the copy, then the compare, never both at once), so
+    nobody can read the disk beside Ferry's own reader. With tls_dir (a
+    directory of ca-cert.pem, server-cert.pem, server-key.pem) the export
+    speaks only TLS and only to a client whose certificate Ferry's CA signed.
 
     >>> nbd_export("/img/web.qcow2", "qcow2", "10.0.0.1", "ferry-1-0", "/run/f.pid")[:6]
-    ['qemu-nbd', '--read-only', '--persistent', '--shared=2', '--fork', '--pid-file=/run/f.pid']
+    ['qemu-nbd', '--read-only', '--persistent', '--shared=1', '--fork', '--pid-file=/run/f.pid']
+    >>> nbd_export("/img/w", "raw", "10.0.0.1", "ferry-1-0", "/run/f.pid", tls_dir="/etc/ferry/pki/nbd")[6:10]
+    ['--object', 'tls-creds-x509,id=tls0,endpoint=server,dir=/etc/ferry/pki/nbd,verify-peer=on', '--tls-creds', 'tls0']
     """
+    tls = []
+    if tls_dir is not None:
+        tls = ["--object", f"tls-creds-x509,id={TLS_ID},endpoint=server,dir={_opt_path(tls_dir)},"
+                           "verify-peer=on", "--tls-creds", TLS_ID]
     return [
-        "qemu-nbd", "--read-only", "--persistent", "--shared=2", "--fork",
-        f"--pid-file={_path(pid_file)}",
+        "qemu-nbd", "--read-only", "--persistent", "--shared=1", "--fork",
+        f"--pid-file={_path(pid_file)}", *tls,
         "--bind", _address(bind_address), "--port", str(_port(port)),
         "--format", _format(fmt), "--export-name", _export(name),
         "--", _path(path),
     ]
+
+
+def _opt_path(path: str) -> str:
+    """Return a path as a value inside a QEMU option string: a comma is doubled (QEMU's
+    escape), else it would start the next option.
+
+    >>> _opt_path("/img/a,b")
+    '/img/a,,b'
+    """
+    return _path(path).replace(",", ",,")
+
+
+def nbd_source(address: str, name: str, port: int = NBD_PORT,
+               tls_dir: str | None = None) -> tuple[list[str], str]:
+    """Return (options, image) for a qemu-img command reading an export as raw.
+
+    Plain: (["-f", "raw"], nbd://...). With tls_dir (ca-cert.pem, client-cert.pem,
+    client-key.pem) the client proves itself with Ferry's certificate and checks
+    the server's against the address: the image becomes an --image-opts string.
+
+    >>> nbd_source("10.0.0.1", "ferry-1-0")
+    (['-f', 'raw'], 'nbd://10.0.0.1:8081/ferry-1-0')
+    >>> nbd_source("10.0.0.1", "ferry-1-0", tls_dir="/p")
+    (['--object', 'tls-creds-x509,id=tls0,endpoint=client,dir=/p', '--image-opts'], 'driver=nbd,host=10.0.0.1,port=8081,export=ferry-1-0,tls-creds=tls0')
+    """
+    if tls_dir is None:
+        return ["-f", "raw"], nbd_url(address, name, port)
+    return (["--object", f"tls-creds-x509,id={TLS_ID},endpoint=client,dir={_opt_path(tls_dir)}",
+             "--image-opts"],
+            f"driver=nbd,host={_address(address)},port={_port(port)},export={_export(name)},"
+            f"tls-creds={TLS_ID}")
 
 
 def stop_by_pid_file(pid_file: str, expect: str | None = None) -> list[str]:
@@ -204,17 +255,18 @@ def stop_by_pid_file(pid_file: str, expect: str | None = None) -> list[str]:
 # ---------------------------------------------------------------- copy and convert
 
 def convert_from_nbd(address: str, name: str, dst_path: str, dst_fmt: str,
-                     port: int = NBD_PORT) -> list[str]:
+                     port: int = NBD_PORT, tls_dir: str | None = None) -> list[str]:
     """Copy an exported disk into a new file of dst_fmt, keeping it sparse.
 
     The export is the decoded guest view, so the source is read as raw
-    whatever its format on disk.
+    whatever its format on disk (see `nbd_source`, also for tls_dir).
 
     >>> convert_from_nbd("10.0.0.1", "ferry-1-0", "/img/.w.part", "qcow2")
     ['qemu-img', 'convert', '-p', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=off', 'nbd://10.0.0.1:8081/ferry-1-0', '/img/.w.part']
     """
-    return ["qemu-img", "convert", "-p", "-f", "raw", "-O", _format(dst_fmt),
-            *_sparse_options(dst_fmt), nbd_url(address, name, port), _path(dst_path)]
+    options, image = nbd_source(address, name, port, tls_dir)
+    return ["qemu-img", "convert", "-p", *options, "-O", _format(dst_fmt),
+            *_sparse_options(dst_fmt), image, _path(dst_path)]
 
 
 def convert_file(src_path: str, src_fmt: str, dst_path: str, dst_fmt: str) -> list[str]:
@@ -231,17 +283,18 @@ def _sparse_options(dst_fmt: str) -> list[str]:
 
 
 def convert_from_nbd_to_lv(address: str, name: str, vg: str, lv: str, thin: bool,
-                           port: int = NBD_PORT) -> list[str]:
+                           port: int = NBD_PORT, tls_dir: str | None = None) -> list[str]:
     """Copy an exported disk into a pre-created logical volume, as raw.
 
     -n: the volume exists (lvcreate made it). A new thin volume reads as
     zeros, so --target-is-zero skips writing zeros and keeps it thin; a thick
     volume may hold an earlier tenant's data, so its zeros are written.
     """
-    argv = ["qemu-img", "convert", "-p", "-n", "-f", "raw", "-O", "raw"]
+    options, image = nbd_source(address, name, port, tls_dir)
+    argv = ["qemu-img", "convert", "-p", "-n", *options, "-O", "raw"]
     if thin:
         argv.append("--target-is-zero")
-    return argv + [nbd_url(address, name, port), lv_path(vg, lv)]
+    return argv + [image, lv_path(vg, lv)]
 
 
 def lvcreate(vg: str, name: str, size: int) -> list[str]:
@@ -292,6 +345,23 @@ def _image(spec: str) -> str:
         host = match.group(1).strip("[]")
         return nbd_url(host, match.group(3), int(match.group(2)))
     return _path(spec)
+
+
+def compare_with_export(address: str, name: str, port: int, path: str, fmt: str,
+                        tls_dir: str | None = None) -> list[str]:
+    """Compare an export (read as raw, over TLS with tls_dir) with a local image of fmt.
+
+    >>> compare_with_export("10.0.0.1", "ferry-1-0", 8081, "/img/w", "qcow2")[2:]
+    ['-f', 'raw', '-F', 'qcow2', 'nbd://10.0.0.1:8081/ferry-1-0', '/img/w']
+    >>> compare_with_export("10.0.0.1", "e", 8081, "/img/w", "qcow2", tls_dir="/p")[-2:]
+    ['driver=nbd,host=10.0.0.1,port=8081,export=e,tls-creds=tls0', 'driver=qcow2,file.driver=file,file.filename=/img/w']
+    """
+    if tls_dir is None:
+        return compare(nbd_url(address, name, port), "raw", path, fmt)
+    options, image = nbd_source(address, name, port, tls_dir)
+    # --image-opts applies to both images: the local one is spelled as options too.
+    local = f"driver={_format(fmt)},file.driver=file,file.filename={_opt_path(path)}"
+    return ["qemu-img", "compare", *options, image, local]
 
 
 def image_info(path: str, force_share: bool = False) -> list[str]:
