@@ -78,7 +78,11 @@ SCHEMAS = {
         "results": arr(obj({"name": S, "status": enum(("pass", "warn", "fail")), "message": S},
                            required=["name", "status", "message"])),
         "summary": ANY_OBJECT, "throughput_bps": ANY_OBJECT, "dirty_rate_bps": ANY_OBJECT,
-        "eta": ANY_OBJECT}),
+        "eta": ANY_OBJECT,
+        # What the nodes answered (null when the database alone refused), and whether those
+        # answers came from a preflight of the same question a few seconds ago.
+        "measured": n(ANY_OBJECT),
+        "reused": n(obj({"report_id": I, "age_s": {"type": "number"}}))}),
     "Evacuation": obj({
         "id": I, "kind": enum((status.EVACUATION_EVACUATE, status.EVACUATION_RETURN)),
         "status": S, "compute_resource_id": n(I), "compute_resource": n(S),
