@@ -35,8 +35,8 @@ demo: venv services ## a 3-node lab with servers, the app and a worker on http:/
 bench: venv services ## benchmarks against bare virsh, results in bench/results/
 	$(TEST_LAB) $(PY) -m bench
 
-faults: venv services ## fault-injection suite, result in bench/results/faults.json
-	$(TEST_LAB) $(PY) -m bench.faults
+faults: venv services ## random fault injections (bench/results/faults.*), then a fault at every step boundary (fault-matrix.*)
+	$(TEST_LAB) $(PY) -m bench.faults; random=$$?; $(TEST_LAB) $(PY) -m bench.fault_matrix && exit $$random
 
 lab-down: ## take both labs down (demo and test)
 	-$(LAB) down

@@ -45,7 +45,8 @@ from bench import ROOT, fuzz, report
 from bench.scale import free_port
 from bench.stage import (BENCH_SECRET_KEY, DATABASE_URL, PREFIX, bring_up_lab, fresh_database,
                          make_app, register, remove_leftover_servers)
-from tests.fixtures.fleet import Workers, images, sync, where
+from bench.workers import Workers
+from tests.fixtures.fleet import images, sync, where
 
 FAULTS = ("worker-kill", "web-kill", "redis-restart", "source-libvirtd-restart",
           "source-libvirtd-kill", "destination-libvirtd-restart", "destination-libvirtd-kill",

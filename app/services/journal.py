@@ -12,13 +12,17 @@ Test hook: with FERRY_TEST_HOOKS=1 in the worker's environment (never set
 outside the fault tests), FERRY_DIE_AT="<mode>:<before|after>:<step>" makes
 the process SIGKILL itself at that boundary: "before" is after the intent was
 committed and before the node was touched, "after" is after the outcome was
-committed.
+committed. FERRY_PAUSE_AT="<mode>:<before|after>:<step>" with FERRY_PAUSE_DIR=<dir> makes
+it stop there instead, once: it creates <dir>/reached, then waits until <dir>/release
+exists (at most PAUSE_MAX_S), so the fault matrix (bench/fault_matrix.py) can kill a
+libvirtd or cut a link exactly at that boundary and then let the worker go on.
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import time
 
 from app import status
 from app.extensions import db
@@ -26,14 +30,34 @@ from app.models import MigrationStep, utcnow
 
 log = logging.getLogger("ferry.journal")
 
+PAUSE_MAX_S = 600  # a harness that never releases must not hold a worker forever
+
 
 def boundary(task, when: str, name: str) -> None:
-    """The fault tests' stop-dead point (a no-op unless the test hook is on)."""
+    """The fault tests' stop-dead (or pause) point (a no-op unless the test hook is on)."""
     if os.environ.get("FERRY_TEST_HOOKS") != "1":
         return
-    if os.environ.get("FERRY_DIE_AT") == f"{task.mode}:{when}:{name}":
-        log.warning("test hook: dying at %s:%s:%s", task.mode, when, name)
+    point = f"{task.mode}:{when}:{name}"
+    if os.environ.get("FERRY_DIE_AT") == point:
+        log.warning("test hook: dying at %s", point)
         die()
+    if os.environ.get("FERRY_PAUSE_AT") == point and os.environ.get("FERRY_PAUSE_DIR"):
+        pause(point, os.environ["FERRY_PAUSE_DIR"])
+
+
+def pause(point: str, folder: str) -> None:
+    """Wait at a boundary until the harness releases it; only the first time it is reached."""
+    try:
+        fd = os.open(os.path.join(folder, "reached"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return  # paused here once already (a resumed step reaching it again goes on)
+    os.write(fd, f"{point} {os.getpid()}\n".encode())
+    os.close(fd)
+    log.warning("test hook: paused at %s", point)
+    deadline = time.monotonic() + PAUSE_MAX_S
+    while not os.path.exists(os.path.join(folder, "release")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log.warning("test hook: released at %s", point)
 
 
 def die() -> None:
