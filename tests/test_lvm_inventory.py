@@ -20,23 +20,27 @@ GIB = 1 << 30
 
 def lv(path, segtype="linear", pool="", size=str(GIB), percent="", dm_path=None):
     """One lvs report entry, every field a string as lvs prints it."""
-    name = path.rsplit("/", 1)[1]
-    return {"lv_path": path, "lv_dm_path": dm_path or f"/dev/mapper/ferry-{name}",
-            "segtype": segtype, "pool_lv": pool, "lv_size": size, "data_percent": percent}
+    vg, name = path.split("/")[-2:]
+    return {"vg_name": vg, "lv_name": name, "lv_path": path,
+            "lv_dm_path": dm_path or f"/dev/mapper/{vg}-{name}", "segtype": segtype,
+            "pool_lv": pool, "lv_size": size, "data_percent": percent, "metadata_percent": ""}
 
 
-def report(*entries):
-    return json.dumps({"report": [{"lv": list(entries)}]})
+def report(*entries, key="lv"):
+    return json.dumps({"report": [{key: list(entries)}]})
 
 
 LAB_OUTPUT = report(
     lv("/dev/ferry/thick-web"),
     lv("/dev/ferry/thin-db", "thin", "thinpool", str(2 * GIB), "1.47"),
     # The pool itself has no device path: not a disk any server can have.
-    {"lv_path": "", "lv_dm_path": "/dev/mapper/ferry-thinpool", "segtype": "thin-pool",
-     "pool_lv": "", "lv_size": str(6 * GIB), "data_percent": "0.49"},
+    {"vg_name": "ferry", "lv_name": "thinpool", "lv_path": "",
+     "lv_dm_path": "/dev/mapper/ferry-thinpool", "segtype": "thin-pool", "pool_lv": "",
+     "lv_size": str(6 * GIB), "data_percent": "0.49", "metadata_percent": "10.84"},
     lv("/dev/ferry/striped", "striped", size="4194304"),
 )
+VGS_OUTPUT = report({"vg_name": "ferry", "vg_size": "17175674880", "vg_free": "10712252416"},
+                    key="vg")
 
 
 def block(path, target="vda", size=0, allocation=0):
@@ -44,10 +48,12 @@ def block(path, target="vda", size=0, allocation=0):
                     allocation, "block")
 
 
-def test_it_builds_lvs_as_an_argument_list_asking_for_bytes_and_json():
-    assert lvm.LVS[:3] == ["lvs", "--reportformat", "json"]
-    assert "--nosuffix" in lvm.LVS and lvm.LVS[lvm.LVS.index("--units") + 1] == "b"
-    assert lvm.LVS[-1] == "lv_path,lv_dm_path,segtype,pool_lv,lv_size,data_percent"
+def test_it_builds_lvs_and_vgs_as_argument_lists_asking_for_bytes_and_json():
+    for argv, command in ((lvm.LVS, "lvs"), (lvm.VGS, "vgs")):
+        assert argv[:3] == [command, "--reportformat", "json"]
+        assert "--nosuffix" in argv and argv[argv.index("--units") + 1] == "b"
+    assert "segtype" in lvm.LVS[-1].split(",") and "data_percent" in lvm.LVS[-1].split(",")
+    assert lvm.VGS[-1] == "vg_name,vg_size,vg_free"
 
 
 def test_it_passes_the_doctests_of_the_lvm_module_and_storage_type():
@@ -56,7 +62,7 @@ def test_it_passes_the_doctests_of_the_lvm_module_and_storage_type():
 
 
 def test_it_reads_thick_thin_and_striped_volumes_by_both_device_paths():
-    volumes = lvm.parse_lvs(LAB_OUTPUT)
+    volumes = lvm.by_device(lvm.parse_lvs(LAB_OUTPUT))
 
     thick, thin = volumes["/dev/ferry/thick-web"], volumes["/dev/ferry/thin-db"]
     assert (thick.segtype, thick.thin, thick.size, thick.allocation) == ("linear", False, GIB, GIB)
@@ -68,12 +74,22 @@ def test_it_reads_thick_thin_and_striped_volumes_by_both_device_paths():
 
 
 def test_it_reads_a_node_without_volumes_as_empty():
-    assert lvm.parse_lvs(json.dumps({"report": [{"lv": []}]})) == {}
-    assert lvm.parse_lvs(json.dumps({"report": []})) == {}
+    assert lvm.parse_lvs(json.dumps({"report": [{"lv": []}]})) == []
+    assert lvm.parse_lvs(json.dumps({"report": []})) == []
+    assert lvm.facts([], []) == {"volume_groups": [], "thin_pools": []}
+
+
+def test_it_records_volume_groups_and_thin_pools_as_facts():
+    facts = lvm.facts(lvm.parse_vgs(VGS_OUTPUT), lvm.parse_lvs(LAB_OUTPUT))
+
+    assert facts == {
+        "volume_groups": [{"name": "ferry", "size": 17175674880, "free": 10712252416}],
+        "thin_pools": [{"vg": "ferry", "name": "thinpool", "size": 6 * GIB,
+                        "data_percent": 0.49, "metadata_percent": 10.84}]}
 
 
 def test_it_types_block_disks_thin_or_thick_from_the_segment_type():
-    volumes = lvm.parse_lvs(LAB_OUTPUT)
+    volumes = lvm.by_device(lvm.parse_lvs(LAB_OUTPUT))
 
     thin = with_volume(block("/dev/ferry/thin-db"), volumes)
     thick = with_volume(block("/dev/mapper/ferry-thick-web"), volumes)
@@ -87,7 +103,7 @@ def test_it_types_block_disks_thin_or_thick_from_the_segment_type():
 
 
 def test_it_leaves_file_disks_and_block_devices_that_are_no_volume_alone():
-    volumes = lvm.parse_lvs(LAB_OUTPUT)
+    volumes = lvm.by_device(lvm.parse_lvs(LAB_OUTPUT))
     qcow2 = DiskInfo("vda", "/dev/ferry/thin-db", "qcow2", status.STORAGE_FILE_QCOW2, GIB, 5)
     raw_device = block("/dev/sdb", size=GIB, allocation=GIB)
 
@@ -102,7 +118,7 @@ def test_it_applies_the_volumes_to_every_disk_of_every_guest():
                         [DiskInfo("vda", "/img/f.qcow2", "qcow2", status.STORAGE_FILE_QCOW2,
                                   GIB, 7)])]
 
-    typed = with_lvm_details(guests, lvm.parse_lvs(LAB_OUTPUT))
+    typed = with_lvm_details(guests, lvm.by_device(lvm.parse_lvs(LAB_OUTPUT)))
 
     assert [d.storage_type for d in typed[0].disks] == [status.STORAGE_THINLVM,
                                                         status.STORAGE_LVM]
@@ -118,6 +134,8 @@ def test_it_applies_the_volumes_to_every_disk_of_every_guest():
     ('{"report": ["lv"]}', "without a report list"),
     ('{"report": [{"lv": {"lv_path": "/dev/ferry/x"}}]}', "lv is not a list"),
     ('{"report": [{"lv": ["/dev/ferry/x"]}]}', "is not an object"),
+    (report(dict(lv("/dev/ferry/x"), vg_name="")), "odd vg_name"),
+    (report(dict(lv("/dev/ferry/x"), lv_name="-x")), "odd lv_name"),
     (report(lv("/dev/ferry/x", size="1.00g")), "not bytes"),
     (report(lv("/dev/ferry/x", size="-5")), "not bytes"),
     (report(lv("/dev/ferry/x", size="0")), "not bytes"),
@@ -131,8 +149,47 @@ def test_it_applies_the_volumes_to_every_disk_of_every_guest():
     (report(lv("/dev/ferry/x", "thin", pool="../pool")), "odd pool_lv"),
     (report(lv("/dev/ferry/x", "thin", "pool", percent="12%")), "odd data_percent"),
     (report(lv("/dev/ferry/x", "thin", "pool", percent="250.0")), "odd data_percent"),
+    (report(dict(lv("/dev/ferry/x"), metadata_percent="NaN")), "odd metadata_percent"),
     ("[" * 100000, "did not print JSON"),
 ])
-def test_it_refuses_output_of_any_other_shape_with_a_clear_error(output, complaint):
+def test_it_refuses_lvs_output_of_any_other_shape_with_a_clear_error(output, complaint):
     with pytest.raises(lvm.UnexpectedOutput, match=complaint):
         lvm.parse_lvs(output)
+
+
+@pytest.mark.parametrize("output, complaint", [
+    ("vgs: command failed", "did not print JSON"),
+    (report({"vg_name": "ferry", "vg_size": "1.00g", "vg_free": "0"}, key="vg"), "not bytes"),
+    (report({"vg_name": "ferry", "vg_size": "100", "vg_free": "-1"}, key="vg"), "not bytes"),
+    (report({"vg_name": "a b", "vg_size": "100", "vg_free": "0"}, key="vg"), "odd vg_name"),
+    (report("ferry", key="vg"), "is not an object"),
+])
+def test_it_refuses_vgs_output_of_any_other_shape_with_a_clear_error(output, complaint):
+    with pytest.raises(lvm.UnexpectedOutput, match=complaint):
+        lvm.parse_vgs(output)
+
+
+def test_it_reads_an_empty_volume_group_as_full_of_room_and_none_as_nothing():
+    groups = lvm.parse_vgs(report({"vg_name": "vg0", "vg_size": "100", "vg_free": "0"},
+                                  key="vg"))
+    assert groups == [lvm.VolumeGroup("vg0", 100, 0)]
+
+
+def test_it_reads_groups_and_volumes_from_one_report_command():
+    assert lvm.REPORT[:2] == ["sh", "-c"] and len(lvm.REPORT) == 3  # a constant script
+    groups, volumes = lvm.parse_report(f"{VGS_OUTPUT}\n{lvm.SEPARATOR}\n{LAB_OUTPUT}\n")
+
+    assert [g.name for g in groups] == ["ferry"]
+    assert sorted(v.name for v in volumes) == ["striped", "thick-web", "thin-db", "thinpool"]
+
+
+def test_it_reads_a_node_without_lvm2_as_having_no_lvm():
+    # "sh: vgs: not found" goes to stderr: only the separator reaches stdout.
+    assert lvm.parse_report(f"{lvm.SEPARATOR}\n") == ([], [])
+
+
+@pytest.mark.parametrize("output", ["", VGS_OUTPUT, f"{lvm.SEPARATOR}\n{lvm.SEPARATOR}\n",
+                                    f"garbage\n{lvm.SEPARATOR}\n{LAB_OUTPUT}"])
+def test_it_refuses_a_report_of_another_shape(output):
+    with pytest.raises(lvm.UnexpectedOutput):
+        lvm.parse_report(output)

@@ -18,10 +18,15 @@ from app.services import certificates, jobs, resources
 log = logging.getLogger("ferry.inventory")
 
 
-def gather_facts(resource, conn, host):
-    """The facts dict stored on the resource (shape documented in the README and used by preflight)."""
+def gather_facts(resource, conn, host, lvm_report=None):
+    """The facts dict stored on the resource (shape documented in the README and used by preflight).
+
+    lvm_report: (volume groups, logical volumes) when the caller read them already.
+    """
     def out(argv):
         return ssh.run(conn, argv).stdout
+
+    groups, volumes = lvm_report if lvm_report is not None else read_lvm(conn)
 
     cpu = host.cpu()
     cpu["cpuinfo"] = node.parse_cpuinfo(out(node.CPUINFO))
@@ -35,6 +40,7 @@ def gather_facts(resource, conn, host):
         "memory": host.memory(),
         "storage_pools": [p.__dict__ for p in host.storage_pools()],
         "nbd_module": nbd,
+        "lvm": lvm.facts(groups, volumes),
         "backup_dir": {"path": resource.backup_dir,
                        "free_bytes": node.parse_df(out(node.free_space(resource.backup_dir)))},
         "tls": certificates.gather(resource, conn),
@@ -42,16 +48,12 @@ def gather_facts(resource, conn, host):
     }
 
 
-def read_volumes(conn):
-    """{device path: LogicalVolume} of the node, from `lvs`; empty where LVM is absent.
+def read_lvm(conn):
+    """(volume groups, logical volumes) of the node from vgs and lvs; empty where LVM is absent.
 
-    Raises lvm.UnexpectedOutput when lvs prints something other than its report.
+    Raises lvm.UnexpectedOutput when either prints something other than its report.
     """
-    result = ssh.run(conn, lvm.LVS)
-    if not result.ok and not result.stdout.strip():
-        log.info("lvs on %s: exit %d, %s", conn.host, result.exited, result.stderr.strip()[:200])
-        return {}
-    return lvm.parse_lvs(result.stdout)
+    return lvm.parse_report(ssh.run(conn, lvm.REPORT).stdout)
 
 
 def with_lvm_details(guests, volumes):
@@ -112,10 +114,9 @@ def sync(resource_id):
     resource = resources.get(resource_id)
     try:
         with resources.open_ssh(resource) as conn, resources.open_libvirt(resource) as host:
-            facts = gather_facts(resource, conn, host)
-            guests = host.guests()
-            if any(d.disk_type == "block" for g in guests for d in g.disks):
-                guests = with_lvm_details(guests, read_volumes(conn))
+            groups, volumes = read_lvm(conn)
+            facts = gather_facts(resource, conn, host, (groups, volumes))
+            guests = with_lvm_details(host.guests(), lvm.by_device(volumes))
     except lvm.UnexpectedOutput as exc:
         # The node answered, but with something Ferry will not guess about: record nothing.
         raise FerryError(f"{resource.name}: {exc}; nothing was recorded") from exc

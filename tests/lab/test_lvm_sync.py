@@ -52,6 +52,11 @@ def test_it_reads_lvm_and_thin_lvm_servers_with_their_sizes(app, lvm_lab, lab_se
     with app.app_context():
         facts = db.session.get(ComputeResource, lvm_node["lvm1"]).facts
     assert {p["name"]: p["type"] for p in facts["storage_pools"]}["ferry"] == "logical"
+    [group] = facts["lvm"]["volume_groups"]
+    assert group["name"] == "ferry" and 0 < group["free"] < group["size"]
+    [pool] = facts["lvm"]["thin_pools"]
+    assert (pool["vg"], pool["name"], pool["size"]) == ("ferry", "thinpool", 6 * GIB)
+    assert 0 < pool["data_percent"] < 100 and 0 < pool["metadata_percent"] < 100
 
 
 def test_it_refuses_a_node_whose_lvs_prints_something_else_and_records_nothing(
@@ -71,7 +76,9 @@ def test_it_refuses_a_node_whose_lvs_prints_something_else_and_records_nothing(
             lvm1 = db.session.get(ComputeResource, lvm_node["lvm1"])
             assert lvm1.status != status.RESOURCE_UNREACHABLE and lvm1.facts in (None, {})
             inventory.sync(lvm_node["node1"])  # the other node is not affected
-            assert db.session.get(ComputeResource, lvm_node["node1"]).last_synced_at
+            node1 = db.session.get(ComputeResource, lvm_node["node1"])
+            assert node1.last_synced_at
+            assert node1.facts["lvm"] == {"volume_groups": [], "thin_pools": []}  # no lvm2
     finally:
         lvm_lab.exec("lvm1", "rm", "-f", fake, check=True)
     with app.app_context():
