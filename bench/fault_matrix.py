@@ -472,7 +472,8 @@ def main(argv=None) -> int:
     database_url = os.environ.get("FERRY_MATRIX_DATABASE_URL", DATABASE_URL + "_matrix")
     redis_url = os.environ.get("FERRY_MATRIX_REDIS_URL", "redis://127.0.0.1:6379/12")
     t0 = time.monotonic()
-    document = {"mode": "short" if args.short else "full", "started_at": report.stamp(),
+    document = {"mode": "short" if args.short else "full", "only": args.only,
+                "planned": len(cases), "started_at": report.stamp(),
                 "machine_at_start": report.machine(),
                 "settings": {"orphan_after_s": ORPHAN_AFTER, "lease_ttl_s": ORPHAN_AFTER,
                              "tick_s": TICK_S, "budget_s": BUDGET_S, "hold_s": HOLD_S,
@@ -527,7 +528,9 @@ def markdown(doc: dict) -> str:
              f"{doc['machine_at_start']['loadavg'][0]}). Workers: ORPHAN_AFTER and lease TTL "
              f"{doc['settings']['orphan_after_s']} s, recovery every {doc['settings']['tick_s']} s; "
              f"a task must end within {doc['settings']['budget_s']} s of the fault.", "",
-             f"**{s['cases']} cases, {s['passed']} passed every check.**", "",
+             f"**{s['cases']} cases, {s['passed']} passed every check.**"
+             + (f" Only the cases matching `{doc['only']}` ({doc['planned']} of "
+                f"{len(all_cases())}) were run." if doc.get("only") else ""), "",
              "| Boundary | Fault | Outcome | Where | Result | Settled (s) | Case (s) |",
              "|---|---|---|---|---|---|---|"]
     for c in doc["cases"]:
