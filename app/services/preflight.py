@@ -156,8 +156,9 @@ def measure(servers, sources, destination, options) -> dict:
                 "throughput_from": {}, "dirty_rate_bps": {}}
     nodes = {r.id: resources.Node.of(r) for r in list(sources.values()) + [destination]}
     lent, broken = {}, set()
+    app = current_app._get_current_object()
     with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-        reached = {rid: pool.submit(_reach, node) for rid, node in nodes.items()}
+        reached = {rid: pool.submit(_reach, app, node) for rid, node in nodes.items()}
     surprises = []
     for rid, future in reached.items():
         try:
@@ -189,12 +190,14 @@ def measure(servers, sources, destination, options) -> dict:
     return measured
 
 
-def _reach(node):
-    """Borrow connections to a node and gather its facts (in a thread of its own: no session,
-    no app context; the connections are this thread's alone until given back)."""
+def _reach(app, node):
+    """Borrow connections to a node and gather its facts (in a thread of its own: the app's
+    context only for its settings, no session; the connections are this thread's alone until
+    given back)."""
     pair = resources.borrow(node)
     try:
-        return pair, inventory.gather_facts(node, pair.ssh, pair.libvirt)
+        with app.app_context():  # the facts' TLS verdict reads the CA from the instance folder
+            return pair, inventory.gather_facts(node, pair.ssh, pair.libvirt)
     except BaseException:
         resources.give_back(node, pair, broken=True)
         raise
