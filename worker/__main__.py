@@ -1,6 +1,11 @@
 """`python -m worker`: upgrade the schema, settle orphaned tasks, then run an RQ worker (JSON
-serializer) and the periodic syncs and recovery passes."""
+serializer) and the periodic syncs and recovery passes.
+
+FERRY_WORKER_NAME names the RQ worker (default: a random one), which also ends its lease
+owner id (hostname:pid:name; FERRY_WORKER_HOST overrides the hostname, see services.lease).
+"""
 import argparse
+import os
 
 from rq.serializers import JSONSerializer
 
@@ -25,6 +30,7 @@ def main(argv=None):
     logs.configure(app.config["LOG_FORMAT"])  # text, or one JSON object per line
     upgrade_database(app)
     worker = FerryWorker(args.queues or [QUEUE_DEFAULT, QUEUE_MIGRATIONS],
+                         name=os.environ.get("FERRY_WORKER_NAME") or None,
                          connection=redis_connection(app), serializer=JSONSerializer)
     lease.set_worker_name(worker.name)  # leases it takes read hostname:pid:<worker name>
     # A worker that starts settles what a dead one left behind, before taking new work.
