@@ -10,7 +10,7 @@ TEST_LAB := FERRY_LAB_NAME=ferrytest FERRY_LAB_NET=78
 TEST_DB := postgresql+psycopg://postgres@127.0.0.1:5432/ferry_test
 PYTEST_ARGS ?=
 
-.PHONY: deps venv services test demo bench faults lab-down clean
+.PHONY: deps venv services test container demo bench faults lab-down clean
 
 deps: ## system packages for the lab, the app and the tests (apt, only what is missing)
 	$(LAB) install-deps
@@ -28,6 +28,9 @@ services: deps ## Redis and PostgreSQL, started only where none runs
 
 test: venv services ## the whole suite: unit, SQLite and PostgreSQL, Redis, the lab, the browser
 	$(TEST_LAB) FERRY_TEST_DATABASE_URL=$(TEST_DB) $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+
+container: venv services ## build the Containerfile with podman, run it on the test database, sign in
+	FERRY_TEST_DATABASE_URL=$(TEST_DB) $(PY) -m pytest -q -p no:cacheprovider -m container tests/test_container.py $(PYTEST_ARGS)
 
 demo: venv services ## a 3-node lab with servers, the app and a worker on http://127.0.0.1:8080
 	$(PY) -m lab.demo
