@@ -453,11 +453,35 @@ def _ps() -> list[str]:
 
 
 def select(short: bool, only: str | None) -> list[Case]:
-    """The cases of this run."""
+    """The cases of this run: with `only`, those whose key contains one of its comma-separated
+    parts."""
     cases = list(SHORT) if short else all_cases()
     if only:
-        cases = [c for c in cases if only in c.key]
+        parts = [p.strip() for p in only.split(",") if p.strip()]
+        cases = [c for c in cases if any(p in c.key for p in parts)]
     return cases
+
+
+def merge_earlier(document: dict) -> None:
+    """A run of some cases (--only) keeps the earlier full document's other cases, in matrix
+    order, and says which run measured which (`runs`)."""
+    path = os.path.join(report.RESULTS, "fault-matrix.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as handle:
+        earlier = json.load(handle)
+    mine = {c["point"] + " x " + c["fault"] for c in document["cases"]}
+    kept = [c for c in earlier.get("cases", []) if c["point"] + " x " + c["fault"] not in mine]
+    order = {c.key: i for i, c in enumerate(all_cases())}
+    for case in kept:
+        case.setdefault("run", earlier.get("started_at"))
+    for case in document["cases"]:
+        case["run"] = document["started_at"]
+    document["cases"] = sorted(kept + document["cases"],
+                               key=lambda c: order.get(c["point"] + " x " + c["fault"], 0))
+    document["runs"] = (earlier.get("runs") or [{"started_at": earlier.get("started_at"),
+                                                 "only": earlier.get("only")}]) + [
+        {"started_at": document["started_at"], "only": document.get("only")}]
 
 
 def main(argv=None) -> int:
@@ -465,7 +489,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fault_matrix", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help=f"the {len(SHORT)} cases of make test")
-    parser.add_argument("--only", help="run the cases whose 'mode:when:step x fault' contains this")
+    parser.add_argument("--only", help="run the cases whose 'mode:when:step x fault' contains "
+                        "this (comma-separated: any of these); merged into the last full results")
     args = parser.parse_args(argv)
     report.exit_cleanly_on_sigterm()
     cases = select(args.short, args.only)
@@ -511,6 +536,8 @@ def main(argv=None) -> int:
     finally:
         if rig is not None:
             rig.close()
+    if args.only and not args.short:
+        merge_earlier(document)
     cases_done = document["cases"]
     document["summary"] = {"cases": len(cases_done),
                            "passed": sum(1 for c in cases_done if c["passed"]),
@@ -529,8 +556,11 @@ def markdown(doc: dict) -> str:
              f"{doc['settings']['orphan_after_s']} s, recovery every {doc['settings']['tick_s']} s; "
              f"a task must end within {doc['settings']['budget_s']} s of the fault.", "",
              f"**{s['cases']} cases, {s['passed']} passed every check.**"
-             + (f" Only the cases matching `{doc['only']}` ({doc['planned']} of "
-                f"{len(all_cases())}) were run." if doc.get("only") else ""), "",
+             + (f" This run: the cases matching `{doc['only']}` ({doc['planned']} of "
+                f"{len(all_cases())}); the others come from earlier runs (`run` in the JSON):"
+                + "".join(f" {r['started_at']} ({r['only'] or 'all'})" for r in doc["runs"])
+                if doc.get("runs") else (f" Only the cases matching `{doc['only']}` were run."
+                                          if doc.get("only") else "")), "",
              "| Boundary | Fault | Outcome | Where | Result | Settled (s) | Case (s) |",
              "|---|---|---|---|---|---|---|"]
     for c in doc["cases"]:
