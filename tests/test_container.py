@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -21,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from tests.fixtures.app import TEST_REDIS_URL, _postgres_url, _reset_postgres
+from tests.fixtures.app import TEST_REDIS_URL, _postgres_url, _reset_postgres, free_port
 
 pytestmark = pytest.mark.container
 
@@ -54,13 +53,6 @@ def image():
                           timeout=3600)
     assert done.returncode == 0, f"the container did not build:\n{done.stdout}\n{done.stderr}"
     return IMAGE
-
-
-def free_port():
-    """A TCP port nothing listens on (the container shares the host's network)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from flask import Flask
 from app import config
 from app.errors import ConfigError
 from app.observability.logs import ContextFilter, JsonFormatter, current_context, log_context
-from tests.fixtures.app import TEST_REDIS_URL, _postgres_url, _reset_postgres
+from tests.fixtures.app import TEST_REDIS_URL, _postgres_url, _reset_postgres, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,9 +153,7 @@ def test_it_stops_the_worker_at_start_on_a_bad_format(environ):
 
 
 def test_it_makes_gunicorns_own_lines_json_too(environ, redis_conn, tmp_path):
-    with socket.socket() as probe:  # a free port on loopback
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     out, err = open(tmp_path / "out", "w+"), open(tmp_path / "err", "w+")
     web = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "--bind", f"127.0.0.1:{port}",
