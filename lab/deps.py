@@ -10,7 +10,8 @@ from .common import CLEAN_ENV, run
 LAB_PACKAGES = ["qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
                 "libvirt-dev", "pkg-config", "openssh-server", "openssh-client",
                 "busybox-static", "cpio", "kmod", "gcc", "libc6-dev", "python3-dev",
-                "iproute2", "e2fsprogs", "iptables", "socat", "iputils-ping"]
+                "iproute2", "e2fsprogs", "iptables", "socat", "iputils-ping",
+                "tcpdump"]  # tests/lab/test_tls.py captures transfers on the lab bridge
 # ... what the LVM node's image build needs (up --lvm-node) ...
 LVM_NODE_PACKAGES = ["mmdebstrap"]
 # ... what the container and the monitoring checks need (make container, tests/test_contrib.py) ...

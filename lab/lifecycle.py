@@ -182,6 +182,7 @@ def status(inst):
             "overrides": {w: over.get(w) for w in OVERRIDES},
             "processes": node.processes(),
             "kind": "namespace",
+            "transfer_tls_dirs": node.has_transfer_tls_dirs(),
         })
     if state.get("lvm_node"):
         nodes.append(_vm_status(inst, LvmNode(inst), inventory))

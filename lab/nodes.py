@@ -21,7 +21,9 @@ STORAGE_DIR = "/var/lib/libvirt/images"
 BINDS = [("etc-libvirt", "/etc/libvirt"), ("var-lib-libvirt", "/var/lib/libvirt"),
          ("run-libvirt", "/run/libvirt"), ("log-libvirt", "/var/log/libvirt"),
          ("cache-libvirt", "/var/cache/libvirt"), ("var-lib-ferry", "/var/lib/ferry"),
-         ("root", "/root"), ("hosts", "/etc/hosts")]
+         ("root", "/root"), ("hosts", "/etc/hosts"),
+         # transfer TLS credentials (Ferry's defaults): each node its own, never the host's
+         ("pki-qemu", "/etc/pki/qemu"), ("etc-ferry", "/etc/ferry")]
 OVERRIDES = {"os-release": "/etc/os-release", "cpuinfo": "/proc/cpuinfo"}
 DAEMONS = ("virtlogd", "libvirtd", "sshd")
 
@@ -189,7 +191,7 @@ class Node:
             "MaxStartups 200:30:400", "MaxSessions 200", "UseDNS no", "PrintMotd no",
             "PrintLastLog no", "Subsystem sftp /usr/lib/openssh/sftp-server", ""]))
         for mount in ("/run/libvirt", "/var/cache/libvirt", "/var/log/libvirt",
-                      "/var/lib/ferry", "/run/sshd"):
+                      "/var/lib/ferry", "/run/sshd", "/etc/pki/qemu", "/etc/ferry"):
             os.makedirs(mount, exist_ok=True)
 
     def _make_namespaces(self):
@@ -275,6 +277,12 @@ class Node:
         with open(f"/proc/{self.holder_pid()}/mounts") as f:
             return any(line.split()[1] == real for line in f)
 
+    def has_transfer_tls_dirs(self):
+        """True when the node has its own /etc/pki/qemu and /etc/ferry (nodes built before
+        these were bound would write certificates into the host's, shared by every node)."""
+        return bool(self.holder_pid()) and self._mounted("/etc/pki/qemu") \
+            and self._mounted("/etc/ferry")
+
     def clear_override(self, what):
         """Remove an os-release/cpuinfo override inside the running node."""
         target = OVERRIDES[what]
@@ -302,7 +310,10 @@ def qemu_conf(address):
     return (f'migration_address = "{address}"\nmigration_host = "{address}"\n'
             'security_driver = "none"\ndynamic_ownership = 0\nremember_owner = 0\n'
             'cgroup_controllers = [ ]\nuser = "root"\ngroup = "root"\n'
-            "keepalive_interval = 2\nkeepalive_count = 3\n")
+            "keepalive_interval = 2\nkeepalive_count = 3\n"
+            # VIR_MIGRATE_TLS: certificates from Ferry's CA in /etc/pki/qemu (migrate_tls_x509_
+            # cert_dir's default), the peer's checked; libvirtd reads this at start only.
+            "migrate_tls_x509_verify = 1\n")
 
 
 def write_root_ssh(ssh_dir, inst, known_hosts):

@@ -91,7 +91,12 @@ def issue(name_or_id) -> dict:
 
 
 def gather(resource, conn) -> dict:
-    """The `tls` fact: are valid Ferry certificates installed in both folders of the node?"""
+    """The `tls` fact: are valid Ferry certificates installed in both folders of the node?
+
+    `resource` is a ComputeResource or the pool's Node of one (preflight gathers through it).
+    """
+    endpoint = getattr(resource, "endpoint", None)
+    address = endpoint.host if endpoint is not None else resource.host
     ca_cert = ca_certificate()
     if ca_cert is None:
         return pki.Verdict(False, "Ferry has no CA (flask --app wsgi pki init)").as_fact()
@@ -101,7 +106,7 @@ def gather(resource, conn) -> dict:
         if not read.ok:
             reason = (read.stderr.strip().splitlines() or ["unreadable"])[-1][:120]
             return pki.Verdict(False, f"{directory}: {reason}").as_fact()
-        verdict = pki.judge(read.stdout[:65536], ca_cert, resource.host)
+        verdict = pki.judge(read.stdout[:65536], ca_cert, address)
         if not verdict.valid:
             return pki.Verdict(False, f"{directory}: {verdict.reason}", verdict.not_after).as_fact()
         verdicts.append(verdict)
