@@ -228,6 +228,7 @@ class FakeHost:
         return 1
 
     def migration(self, uuid, dest_uri, params, flags, control):
+        self.cluster.migration_flags = flags
         return FakeMigration(self.cluster, self.node_name, uuid, params)
 
 
@@ -329,6 +330,18 @@ class FakeShell:
         stdin = in_stream.read() if in_stream else None
         return self._do(argv, stdin)
 
+    def _export_read(self, argv, spec):
+        """The export a qemu-img reader names (nbd:// URL or --image-opts), or None when the
+        export speaks TLS and the reader does not (qemu-nbd refuses it)."""
+        if spec.startswith("driver=nbd,"):
+            options = dict(o.split("=", 1) for o in spec.split(","))
+            export, tls = options["export"], "tls-creds" in options
+        else:
+            export, tls = spec.rsplit("/", 1)[1], False
+        if export in getattr(self.cluster, "tls_exports", set()) and not tls:
+            return None
+        return export
+
     def _do(self, argv, stdin):
         files, pids = self.node.files, self.node.pids
         if argv[:2] == ["test", "-e"]:
@@ -340,6 +353,9 @@ class FakeShell:
             self.node.files[pid] = "1"
             self.cluster.exports = getattr(self.cluster, "exports", {})
             self.cluster.exports[export] = (self.node_name, argv[-1])
+            self.cluster.tls_exports = getattr(self.cluster, "tls_exports", set())
+            if "--tls-creds" in argv:
+                self.cluster.tls_exports.add(export)
             return _Result(0)
         if argv[0] == "sh":
             tag = argv[3]
@@ -383,13 +399,20 @@ class FakeShell:
                 return _Result(0)
         if argv[:2] == ["qemu-img", "convert"]:
             url, dst = argv[-2], argv[-1]
-            export = url.rsplit("/", 1)[1]
+            export = self._export_read(argv, url)
+            if export is None:
+                return _Result(1, "", "TLS negotiation required before option NBD_OPT_GO")
             node, path = self.cluster.exports[export]
             files[dst] = self.cluster.node(node).files[path]
             return _Result(0, "    (100.00/100%)\n")
         if argv[:2] == ["qemu-img", "compare"]:
             url, path = argv[-2], argv[-1]
-            node, src = self.cluster.exports[url.rsplit("/", 1)[1]]
+            export = self._export_read(argv, url)
+            if export is None:
+                return _Result(2, "", "TLS negotiation required before option NBD_OPT_GO")
+            if path.startswith("driver="):  # --image-opts: the local image as options too
+                path = path.split("file.filename=", 1)[1].replace(",,", ",")
+            node, src = self.cluster.exports[export]
             same = self.cluster.node(node).files.get(src) == files.get(path)
             return _Result(0 if same else 1, "" if same else "Content mismatch")
         if argv[:2] == ["qemu-img", "info"]:

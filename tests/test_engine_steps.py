@@ -6,7 +6,9 @@ paths on real nodes. A crash is the journal's own test hook (`journal.die`)
 raising instead of SIGKILLing the test process.
 """
 import doctest
+import re
 
+import libvirt
 import pytest
 
 from app import status
@@ -259,7 +261,41 @@ def test_recovery_settles_an_offline_move_killed_at_every_boundary(world, crash_
     assert len(task.steps) >= offline.RUNNER.index(name) + 1
 
 
+def _with_certificates(task):
+    """Both nodes' facts say they hold valid certificates of Ferry's CA (as a sync records)."""
+    valid = {"valid": True, "reason": "valid until 2028-01-01", "not_after": "2028-01-01"}
+    for node in (task.source, task.destination):
+        node.facts = {**node.facts, "tls": valid}
+    db.session.commit()
+
+
+def test_it_copies_offline_over_tls_under_a_random_name_when_both_nodes_hold_certificates(world):
+    cluster, task = world()
+    _with_certificates(task)
+    assert run(task, cluster) == status.MIGRATION_FINISHED, task.error
+    assert_safe(cluster, task, False, "node2")
+    export = journal.last(task, "export").names
+    assert export["tls_dir"] == "/etc/ferry/pki/nbd" and task.result["tls"] is True
+    assert set(export["exports"]) <= cluster.tls_exports  # the fake refuses a plain reader
+    assert re.fullmatch(rf"ferry-{task.id}-0-[A-Za-z0-9_-]{{16}}", export["exports"][0])
+
+
+def test_it_copies_in_clear_when_a_node_has_no_certificate_and_tls_is_not_required(world):
+    cluster, task = world()
+    assert run(task, cluster) == status.MIGRATION_FINISHED, task.error
+    assert journal.last(task, "export").names["tls_dir"] is None
+    assert task.result["tls"] is False and not getattr(cluster, "tls_exports", set())
+
+
 # ---------------------------------------------------------------- live
+
+def test_it_migrates_live_with_libvirts_tls_when_both_nodes_hold_certificates(world):
+    cluster, task = world(mode=status.MODE_LIVE, tpm=False)
+    _with_certificates(task)
+    assert run(task, cluster) == status.MIGRATION_FINISHED, task.error
+    assert cluster.migration_flags & libvirt.VIR_MIGRATE_TLS
+    assert task.result["tls"] is True
+
 
 def test_it_moves_a_running_server_live_and_removes_the_source_copy(world):
     cluster, task = world(mode=status.MODE_LIVE, tpm=False)
