@@ -211,6 +211,7 @@ def _vm_status(inst, vm, inventory):
         "overrides": {w: None for w in OVERRIDES},
         "processes": vm.processes(),
         "kind": vm.kind, "lvm": dict(vm.lvm),
+        "transfer_tls_dirs": False,  # no certificates from Ferry's CA inside the VM
     }
 
 
