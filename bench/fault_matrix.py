@@ -561,12 +561,13 @@ def markdown(doc: dict) -> str:
                 + "".join(f" {r['started_at']} ({r['only'] or 'all'})" for r in doc["runs"])
                 if doc.get("runs") else (f" Only the cases matching `{doc['only']}` were run."
                                           if doc.get("only") else "")), "",
-             "| Boundary | Fault | Outcome | Where | Result | Settled (s) | Case (s) |",
-             "|---|---|---|---|---|---|---|"]
+             "| Boundary | Fault | Route | Outcome | Where | Result | Settled (s) | Case (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in doc["cases"]:
         where = ", ".join(f"{n} {st}" for n, st in (c.get("where") or {}).items()) or "-"
         result = "pass" if c["passed"] else "**FAIL**: " + "; ".join(c["violations"])[:300]
-        lines.append(f"| {c['point']} | {c['fault']} | {c.get('status', '-')} | {where} | "
+        lines.append(f"| {c['point']} | {c['fault']} | {c.get('route', '-')} | "
+                     f"{c.get('status', '-')} | {where} | "
                      f"{result.replace('|', '/')} | {c.get('settle_s', '-')} | "
                      f"{c.get('seconds', '-')} |")
     for error in doc["errors"]:

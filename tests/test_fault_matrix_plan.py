@@ -28,10 +28,12 @@ def test_it_writes_one_row_per_case_with_its_verdict():
            "settings": {"orphan_after_s": 10, "tick_s": 5, "budget_s": 80},
            "summary": {"cases": 2, "passed": 1},
            "cases": [{"point": "live:before:migrate", "fault": "link-cut", "status": "failed",
+                      "route": "node1->node2",
                       "where": {"node1": "running"}, "passed": True, "violations": [],
                       "settle_s": 3.5, "seconds": 40},
                      {"point": "offline:after:copy", "fault": "worker-kill", "status": "running",
                       "where": {}, "passed": False, "violations": ["task still running | x"]}]}
     text = markdown(doc)
-    assert "| live:before:migrate | link-cut | failed | node1 running | pass | 3.5 | 40 |" in text
+    assert ("| live:before:migrate | link-cut | node1->node2 | failed | node1 running | pass | 3.5 "
+            "| 40 |") in text
     assert "**FAIL**: task still running / x" in text
