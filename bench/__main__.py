@@ -13,19 +13,21 @@ import sys
 import time
 import traceback
 
-from bench import cli, figures, report, scale
+from bench import cli, figures, report, scale, tls
 from bench.stage import DATABASE_URL, Stage
 
 # Full run: >= 5 pairs per figure, sized to finish in about 15 minutes on a quiet 2-core machine.
 FULL = {"overhead_pairs": 5, "convergence_pairs": 5, "deadline_s": 20, "dirty_mbit": 200,
         "dirty_rate": 40, "eta_runs": 5, "eta_mbit": 200, "evacuation_pairs": 5,
         "evacuation_servers": 6, "servers": 5000, "resources": 200, "big": 500, "small": 50,
-        "page_rounds": 200, "planning_pairs": 5, "cli_runs": 21}
+        "page_rounds": 200, "planning_pairs": 5, "cli_runs": 21, "tls_pairs": 5}
 # Quick run (make test): every figure once, at a tiny scale; it proves the bench works.
 QUICK = {**FULL, "overhead_pairs": 1, "convergence_pairs": 1, "deadline_s": 15, "eta_runs": 1,
          "evacuation_pairs": 1, "evacuation_servers": 2, "servers": 300, "resources": 10,
-         "big": 50, "small": 5, "page_rounds": 5, "planning_pairs": 1, "cli_runs": 3}
-FIGURES = ("overhead", "convergence", "link_eta", "evacuation", "control_plane", "cli")
+         "big": 50, "small": 5, "page_rounds": 5, "planning_pairs": 1, "cli_runs": 3,
+         "tls_pairs": 1}
+FIGURES = ("overhead", "convergence", "link_eta", "evacuation", "control_plane", "cli",
+           "tls_cost")
 # Figures that need no lab: `python -m bench --only control_plane cli` runs anywhere with
 # PostgreSQL.
 WITHOUT_LAB = ("control_plane", "cli")
@@ -49,6 +51,8 @@ def run_figure(name: str, settings: dict, stage) -> dict:
                                    s["big"], s["small"], s["page_rounds"], s["planning_pairs"])
     if name == "cli":
         return cli.startup(DATABASE_URL + "_cli", s["cli_runs"])
+    if name == "tls_cost":
+        return tls.cost(stage, s["tls_pairs"])
     raise ValueError(f"unknown figure {name}")
 
 
@@ -143,6 +147,13 @@ def markdown(doc: dict) -> str:
         rows.append(("  CPU s (user + system), resources list / --help", "",
                      f"{report.spread(c['cpu_s']['resources_list'])} / "
                      f"{report.spread(c['cpu_s']['help'])}", ""))
+    if "tls_cost" in f:
+        for mode in ("live", "offline"):
+            t = f["tls_cost"][mode]
+            rows.append((f"Transfer TLS cost, {mode} move: task time TLS / plain", "report only",
+                         report.spread(t["ratio"]), ""))
+            rows.append(("  seconds, TLS / plain", "", f"{report.spread(t['tls_s'])} / "
+                         f"{report.spread(t['plain_s'])}", ""))
     text = [f"# Ferry benchmarks ({doc['mode']} run)", "",
             f"Started {doc['started_at']}, took {doc['duration_s']} s on "
             f"{doc['machine_at_start']['cpus']} CPUs (load average at start "

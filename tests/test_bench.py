@@ -41,7 +41,7 @@ def is_summary(stats):
 
 
 def test_it_runs_every_figure_quickly_and_writes_valid_results(lab):
-    run_quick("bench", lab, timeout=600)
+    run_quick("bench", lab, timeout=900)  # tls_cost adds four moves
 
     doc, summary_md = load("bench-short")
     assert doc["mode"] == "quick" and doc["errors"] == {}
@@ -66,6 +66,9 @@ def test_it_runs_every_figure_quickly_and_writes_valid_results(lab):
     pages = f["control_plane"]["pages"]
     assert all(pages["p95_s"][p] > 0 for p in ("dashboard", "servers", "static"))
     assert is_summary(f["control_plane"]["planning"]["ratio"])
+    for mode in ("live", "offline"):
+        pair = f["tls_cost"][mode]["pairs"][0]
+        assert pair["tls"]["ok"] and pair["plain"]["ok"], pair
     for figure in ("overhead", "convergence", "evacuation"):
         assert isinstance(f[figure]["met"], bool)
     assert "| Overhead: Ferry live / bare virsh |" in summary_md
