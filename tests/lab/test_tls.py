@@ -77,6 +77,15 @@ def _tls_of(app, name):
         return (task.result or {}).get("tls")
 
 
+def _captured_move(app, fleet, capture, name, to, live):
+    """Move a server while tcpdump watches; returns (moved over TLS?, the captured bytes)."""
+    tcpdump = capture()
+    report = migrate(app, fleet, [name], to, live=live)
+    seen = tcpdump.stop()
+    assert report["tasks"][0]["status"] == status.MIGRATION_FINISHED, report
+    return _tls_of(app, name), seen
+
+
 def _assert_certificates(app, names):
     with app.app_context():
         for name in names:
@@ -100,20 +109,14 @@ def test_it_copies_a_stopped_servers_disk_over_tls_where_a_capture_cannot_read_i
     sync(app, fleet)
     _assert_certificates(app, ["node1", "node2"])
 
-    tcpdump = capture()
-    there = migrate(app, fleet, ["tls-cold"], "node2", live=False)
-    seen = tcpdump.stop()
-    assert there["tasks"][0]["status"] == status.MIGRATION_FINISHED, there
-    assert _tls_of(app, "tls-cold") is True
+    tls, seen = _captured_move(app, fleet, capture, "tls-cold", "node2", live=False)
+    assert tls is True
     assert len(seen) > 1024 * 1024  # the copy did cross the bridge ...
     assert marker.encode() not in seen  # ... and not in clear
 
     app.config["TRANSFER_SECURITY"] = "plain"
-    tcpdump = capture()
-    back = migrate(app, fleet, ["tls-cold"], "node1", live=False)
-    seen = tcpdump.stop()
-    assert back["tasks"][0]["status"] == status.MIGRATION_FINISHED, back
-    assert _tls_of(app, "tls-cold") is False
+    tls, seen = _captured_move(app, fleet, capture, "tls-cold", "node1", live=False)
+    assert tls is False
     assert marker.encode() in seen  # the capture can see the marker when it is there
 
 
@@ -125,6 +128,7 @@ def _boot_with_marker(lab, node, name, marker):
     path = f"/var/lib/ferry/{name}.xml"
     lab.ssh(node, f"cat > {path} <<'FERRY_XML_END'\n{xml}\nFERRY_XML_END\n", check=True)
     lab.exec(node, "virsh", "define", path, check=True)
+    lab.exec(node, "rm", "-f", path)
     lab.exec(node, "virsh", "start", name, check=True)
 
 
@@ -137,19 +141,13 @@ def test_it_moves_a_running_servers_memory_over_tls_where_a_capture_cannot_read_
     sync(app, fleet)
     _assert_certificates(app, ["node1", "node2"])
 
-    tcpdump = capture()
-    there = migrate(app, fleet, ["tls-live"], "node2", live=True)
-    seen = tcpdump.stop()
-    assert there["tasks"][0]["status"] == status.MIGRATION_FINISHED, there
-    assert _tls_of(app, "tls-live") is True
+    tls, seen = _captured_move(app, fleet, capture, "tls-live", "node2", live=True)
+    assert tls is True
     assert len(seen) > 16 * 1024 * 1024  # memory and disk did cross the bridge ...
     assert marker.encode() not in seen  # ... and not in clear
     assert lab.wait_for_guest(made["ip"], timeout=60)  # and the guest runs on after it
 
     app.config["TRANSFER_SECURITY"] = "plain"
-    tcpdump = capture()
-    back = migrate(app, fleet, ["tls-live"], "node1", live=True)
-    seen = tcpdump.stop()
-    assert back["tasks"][0]["status"] == status.MIGRATION_FINISHED, back
-    assert _tls_of(app, "tls-live") is False
+    tls, seen = _captured_move(app, fleet, capture, "tls-live", "node1", live=True)
+    assert tls is False
     assert marker.encode() in seen  # the guest's RAM, in clear without TLS
