@@ -60,7 +60,7 @@ def test_it_keeps_hostile_names_single_quoted_arguments(name):
     path = f"/var/lib/libvirt/images/{name}.qcow2"
     for argv in (cmd.create_disk(path, "qcow2", GIB_1),
                  cmd.convert_file(path, "qcow2", path + ".raw", "raw"),
-                 cmd.image_info(path), cmd.remove_disk(path, ["/var/lib/libvirt/images"]),
+                 cmd.image_info(path, "qcow2"), cmd.remove_disk(path, ["/var/lib/libvirt/images"]),
                  cmd.nbd_export(path, "qcow2", "10.0.0.1", "ferry-1-0", "/run/ferry/1.pid"),
                  cmd.rename_disk(path + ".part", path)):
         line = cmd.to_shell(argv)
@@ -177,7 +177,7 @@ def test_it_creates_sparse_disks_for_real_with_a_hostile_name(tmp_path):
     path = str(tmp_path / "db;touch x $(id) 'q'.qcow2")
     sh(cmd.create_disk(path, "qcow2", GIB_1), cwd=tmp_path)
     assert os.path.exists(path) and not (tmp_path / "x").exists()
-    info = json.loads(sh(cmd.image_info(path)).stdout)
+    info = json.loads(sh(cmd.image_info(path, "qcow2")).stdout)
     assert (info["format"], info["virtual-size"]) == ("qcow2", GIB_1)
     assert allocated(path) < 2 * MIB  # sparse, not inflated
     raw = str(tmp_path / "web$(id).raw")
@@ -228,7 +228,7 @@ def test_it_exports_with_qemu_nbd_and_copies_over_tcp_for_real(tmp_path):
             assert allocated(dst) < 8 * MIB  # holes stayed holes across NBD
             assert sh(cmd.compare(url, "raw", dst, fmt)).returncode == 0  # verify step
             assert sh(cmd.compare(src_raw, "raw", dst, fmt)).returncode == 0
-        info = json.loads(sh(cmd.image_info(url)).stdout)
+        info = json.loads(sh(cmd.image_info(url, "raw")).stdout)
         assert info["virtual-size"] == 64 * MIB
         # read-only: a write through the export is refused
         write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write 0 512", url],

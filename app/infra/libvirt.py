@@ -5,6 +5,7 @@ known_hosts file written from the pinned key and strict verification, so a
 node with another key is refused here exactly as it is by Fabric.
 """
 import os
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
@@ -32,6 +33,84 @@ STATES = {
 
 class LibvirtError(FerryError):
     """libvirt refused or failed; the message is libvirt's, with the node named."""
+
+
+class UnexpectedXML(LibvirtError):
+    """A node's libvirt answered with XML Ferry will not guess about (it is untrusted input)."""
+
+
+_TARGET = re.compile(r"^[a-z][a-z0-9]{1,31}$")  # vda, sdb, hdc, nvme0n1
+_FORMAT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,15}$")  # raw, qcow2, vmdk, ...
+_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")  # arch, vendor, model, pool type
+_MAX_XML = 16 * 1024 * 1024  # a domain with hundreds of disks is a few hundred KiB
+
+
+def parse_xml(text, what="XML"):
+    """The root element of XML a node sent; UnexpectedXML for anything that is not XML.
+
+    >>> parse_xml("<domain type='kvm'/>").get("type")
+    'kvm'
+    """
+    if not isinstance(text, str) or len(text) > _MAX_XML:
+        raise UnexpectedXML(f"{what} is not text of a sane size")
+    try:
+        return ET.fromstring(text)
+    except (ET.ParseError, ValueError, RecursionError) as exc:
+        raise UnexpectedXML(f"{what} is not XML ({exc}): {text.strip()[:80]!r}") from exc
+
+
+def _token(value, pattern=_TOKEN):
+    """A short word from a node's XML, or None when it is absent or not such a word."""
+    return value if isinstance(value, str) and pattern.match(value) else None
+
+
+def cpu_facts(caps_xml):
+    """CPU facts from libvirt's capabilities XML: arch, vendor, model, features, the <cpu> XML."""
+    cpu = parse_xml(caps_xml, "the capabilities").find("host/cpu")
+    if cpu is None:
+        return {"arch": None, "vendor": None, "model": None, "features": [], "host_cpu_xml": ""}
+    try:
+        cpu_xml = ET.tostring(cpu, encoding="unicode").strip()
+    except RecursionError as exc:
+        raise UnexpectedXML("the capabilities' <cpu> is nested too deep") from exc
+    return {
+        "arch": _token(cpu.findtext("arch")),
+        "vendor": _token(cpu.findtext("vendor")),
+        "model": _token(cpu.findtext("model")),
+        "features": [f.get("name") for f in cpu.findall("feature") if _token(f.get("name"))],
+        "host_cpu_xml": cpu_xml,
+    }
+
+
+def pool_facts(pool_xml):
+    """(type, target path) of a storage pool from its XML."""
+    root = parse_xml(pool_xml, "a storage pool")
+    path = root.findtext("target/path")
+    if path is not None and (not path.startswith("/") or len(path) > 4096):
+        raise UnexpectedXML(f"a storage pool's target path is not a path: {path[:80]!r}")
+    return _token(root.get("type")), path
+
+
+def domain_disks(dom_xml):
+    """The disks (device='disk') of a domain XML as dicts: target, path, format, type.
+
+    Raises UnexpectedXML when a disk has no sane target name, format or type.
+    """
+    disks = []
+    for element in parse_xml(dom_xml, "a domain").findall("devices/disk[@device='disk']"):
+        source, driver, target = element.find("source"), element.find("driver"), element.find("target")
+        path = ""
+        if source is not None:
+            path = source.get("file") or source.get("dev") or source.get("name") or ""
+        dev = target.get("dev") if target is not None else None
+        fmt = driver.get("type", "raw") if driver is not None else "raw"
+        disk_type = element.get("type") or "file"
+        if not _token(dev, _TARGET) or not _token(fmt, _FORMAT) or not _token(disk_type, _FORMAT) \
+                or len(path) > 4096:
+            raise UnexpectedXML(f"a disk of the domain has no usable target, format, type or path: "
+                                f"{dev!r:.40} {fmt!r:.40} {disk_type!r:.40} {path[:80]!r}")
+        disks.append({"target": dev, "path": path, "format": fmt, "type": disk_type})
+    return disks
 
 
 @dataclass(frozen=True)
@@ -156,17 +235,7 @@ class Host:
 
     def cpu(self):
         """CPU facts from libvirt's capabilities: arch, vendor, model, features, the <cpu> XML."""
-        caps = ET.fromstring(self.conn.getCapabilities())
-        cpu = caps.find("host/cpu")
-        if cpu is None:
-            return {"arch": None, "vendor": None, "model": None, "features": [], "host_cpu_xml": ""}
-        return {
-            "arch": cpu.findtext("arch"),
-            "vendor": cpu.findtext("vendor"),
-            "model": cpu.findtext("model"),
-            "features": [f.get("name") for f in cpu.findall("feature")],
-            "host_cpu_xml": ET.tostring(cpu, encoding="unicode").strip(),
-        }
+        return cpu_facts(self.conn.getCapabilities())
 
     def versions(self):
         """libvirt and QEMU versions as "9.0.0" strings."""
@@ -182,10 +251,9 @@ class Host:
         """Every storage pool with type, path and free space (inactive pools show zero room)."""
         pools = []
         for pool in self.conn.listAllStoragePools():
-            xml = ET.fromstring(pool.XMLDesc())
+            pool_type, path = pool_facts(pool.XMLDesc())
             _, capacity, _, available = pool.info()
-            pools.append(PoolInfo(pool.name(), xml.get("type"), xml.findtext("target/path"),
-                                  int(capacity), int(available)))
+            pools.append(PoolInfo(pool.name(), pool_type, path, int(capacity), int(available)))
         return sorted(pools, key=lambda p: p.name)
 
     def guests(self):
@@ -195,31 +263,26 @@ class Host:
     def _guest(self, dom):
         """GuestInfo of one domain."""
         state, max_mem_kib, _, vcpus, _ = dom.info()
-        xml = ET.fromstring(dom.XMLDesc(0))
+        disks = domain_disks(dom.XMLDesc(0))
         return GuestInfo(
             uuid=dom.UUIDString(), name=dom.name(), state=STATES.get(state, status.SERVER_UNKNOWN),
             vcpus=int(vcpus), memory_mib=int(max_mem_kib // 1024),
             snapshot_count=dom.snapshotNum(0), persistent=bool(dom.isPersistent()),
-            disks=[self._disk(dom, d) for d in xml.findall("devices/disk[@device='disk']")])
+            disks=[self._disk(dom, d) for d in disks])
 
-    def _disk(self, dom, element):
-        """DiskInfo from a <disk> element, sizes from libvirt (works for stopped domains too)."""
-        source = element.find("source")
-        path = ""
-        if source is not None:
-            path = source.get("file") or source.get("dev") or source.get("name") or ""
-        fmt = element.find("driver").get("type") if element.find("driver") is not None else "raw"
-        target = element.find("target").get("dev")
+    def _disk(self, dom, disk):
+        """DiskInfo from one of domain_disks, sizes from libvirt (works for stopped domains too)."""
         capacity = allocation = 0
         try:
-            capacity, allocation, _ = dom.blockInfo(target)
+            capacity, allocation, _ = dom.blockInfo(disk["target"])
         except libvirt.libvirtError:
             try:
-                _, capacity, allocation = self.conn.storageVolLookupByPath(path).info()
+                _, capacity, allocation = self.conn.storageVolLookupByPath(disk["path"]).info()
             except libvirt.libvirtError:
                 pass  # a disk whose file is gone: still listed, with unknown size
-        return DiskInfo(target, path, fmt, storage_type(element.get("type"), fmt),
-                        int(capacity), int(allocation), element.get("type") or "file")
+        return DiskInfo(disk["target"], disk["path"], disk["format"],
+                        storage_type(disk["type"], disk["format"]),
+                        int(capacity), int(allocation), disk["type"])
 
 
 # What preflight asks of libvirt, so services never import libvirt themselves.
@@ -239,7 +302,7 @@ class GuestOnDestination:
 
 def compare_cpu(dst_host, dom_xml: str) -> tuple:
     """The destination's compareHypervisorCPU verdict on a domain XML's <cpu>: (code, error)."""
-    root = ET.fromstring(dom_xml)
+    root = parse_xml(dom_xml, "the domain")
     cpu = root.find("cpu")
     if cpu is None:
         return libvirt.VIR_CPU_COMPARE_SUPERSET, None  # no CPU model asked: the default
@@ -262,7 +325,11 @@ def judge_guest(src_host, dst_host, uuid: str, sample_dirty_rate: bool = False) 
         xml, active = dom.XMLDesc(0), bool(dom.isActive())
     except libvirt.libvirtError as exc:
         return GuestOnDestination(libvirt.VIR_CPU_COMPARE_ERROR, str(exc), False)
-    code, error = compare_cpu(dst_host, xml)
+    try:
+        code, error = compare_cpu(dst_host, xml)
+    except (UnexpectedXML, RecursionError) as exc:  # the source's XML: untrusted
+        return GuestOnDestination(libvirt.VIR_CPU_COMPARE_ERROR, str(exc) or "XML nested too deep",
+                                  active)
     dirty = None
     if sample_dirty_rate and active:
         from app.infra.migration import sample_dirty_rate as sample  # the engine's module

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import libvirt
 
 from app.errors import FerryError
+from app.infra.libvirt import parse_xml
 
 BASE_FLAGS = (
     libvirt.VIR_MIGRATE_LIVE
@@ -261,7 +262,7 @@ def destination_xml(dom_xml: str, disk_changes: dict[str, tuple[str, str]]) -> s
     disk vda into a raw file at that path: libvirt then copies the guest's disk
     into a destination image of another format during a live migration.
     """
-    root = ET.fromstring(dom_xml)
+    root = parse_xml(dom_xml, "the domain")
     for disk in root.findall("./devices/disk"):
         target = disk.find("target")
         if target is None or target.get("dev") not in disk_changes:
@@ -283,7 +284,7 @@ def destination_xml(dom_xml: str, disk_changes: dict[str, tuple[str, str]]) -> s
 def disk_targets(dom_xml: str) -> list[dict]:
     """The file-backed disks of a domain XML: target dev, path, format."""
     disks = []
-    for disk in ET.fromstring(dom_xml).findall("./devices/disk"):
+    for disk in parse_xml(dom_xml, "the domain").findall("./devices/disk"):
         if disk.get("device", "disk") != "disk":
             continue
         source, target, driver = disk.find("source"), disk.find("target"), disk.find("driver")
@@ -309,7 +310,7 @@ def with_guest_ip(dom_xml: str, address_cidr: str) -> str:
     `<entry>ferry.ip=10.78.1.140/24</entry>` under <sysinfo type='smbios'><oemStrings>
     and turns on <smbios mode='sysinfo'/> so QEMU passes it to the guest.
     """
-    root = ET.fromstring(dom_xml)
+    root = parse_xml(dom_xml, "the domain")
     sysinfo = root.find("./sysinfo[@type='smbios']")
     if sysinfo is None:
         sysinfo = ET.SubElement(root, "sysinfo", type="smbios")

@@ -47,15 +47,29 @@ class Endpoint:
 
 def fingerprint(key):
     """OpenSSH's SHA256 fingerprint of a paramiko key or a "type base64" string."""
-    blob = base64.b64decode(key.split()[1]) if isinstance(key, str) else key.asbytes()
+    blob = _key_blob(key) if isinstance(key, str) else key.asbytes()
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def _key_blob(host_key):
+    """The key bytes of "type base64[ comment]"; SSHError on anything else (a node may send it)."""
+    parts = host_key.split() if isinstance(host_key, str) else []
+    try:
+        if len(parts) < 2:
+            raise ValueError("expected 'type base64'")
+        return base64.b64decode(parts[1], validate=True)
+    except ValueError as exc:  # binascii.Error is a ValueError
+        raise SSHError(f"not an SSH host key: {str(host_key)[:80]!r} ({exc})") from exc
 
 
 def _pkey(host_key):
     """A paramiko key from "type base64"."""
     import paramiko
-    key_type, b64 = host_key.split()[:2]
-    return paramiko.PKey.from_type_string(key_type, base64.b64decode(b64))
+    blob = _key_blob(host_key)
+    try:
+        return paramiko.PKey.from_type_string(host_key.split()[0], blob)
+    except (paramiko.SSHException, paramiko.pkey.UnknownKeyType, ValueError, TypeError) as exc:
+        raise SSHError(f"not an SSH host key: {host_key[:80]!r} ({exc})") from exc
 
 
 def fetch_host_key(host, port, timeout=10):

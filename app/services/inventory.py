@@ -34,7 +34,7 @@ def gather_facts(resource, conn, host, lvm_report=None):
     return {
         "cpu": cpu,
         "os": node.parse_os_release(out(node.OS_RELEASE)),
-        "kernel": out(node.KERNEL).strip(),
+        "kernel": node.text_field(out(node.KERNEL)),
         **host.versions(),
         "nested_virtualization": node.parse_nested(out(node.NESTED)),
         "memory": host.memory(),

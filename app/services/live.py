@@ -18,7 +18,6 @@ Journaled steps (services.steps), each a line on the task's timeline:
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import posixpath
@@ -64,17 +63,14 @@ def settings_for(task) -> ladder.LadderSettings:
 
 def _virtual_size(move: Move, path: str, fmt: str) -> int:
     """A disk's virtual size read on the source with qemu-img (force-share: the guest runs)."""
-    result = move.sh("source", storage.image_info(path, force_share=True))
+    result = move.sh("source", storage.image_info(path, fmt, force_share=True))
     if not result.ok:
         raise FerryError(f"cannot read disk {path} on {move.source.name}: {result.stderr.strip()}")
     try:
-        size = int(json.loads(result.stdout)["virtual-size"])
-    except (ValueError, KeyError, TypeError) as exc:
+        return storage.parse_virtual_size(result.stdout)
+    except ValueError as exc:
         raise FerryError(f"{move.source.name} answered qemu-img info for {path} with something "
                          f"Ferry cannot read: {exc}") from exc
-    if size <= 0:
-        raise FerryError(f"{move.source.name} reports a virtual size of {size} for {path}")
-    return size
 
 
 def _progress(stats: ladder.JobStats, history: list) -> dict:

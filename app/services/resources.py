@@ -246,7 +246,7 @@ def test_connection(resource_id):
     resource = get(resource_id)
     try:
         with open_ssh(resource) as conn:
-            kernel = ssh.run(conn, node.KERNEL).stdout.strip()
+            kernel = node.text_field(ssh.run(conn, node.KERNEL).stdout)
         with open_libvirt(resource) as host:
             versions = host.versions()
     except FerryError as exc:

@@ -2,7 +2,9 @@
 
 No server name or other user-supplied string is ever part of these commands;
 where a path from the database is needed it is a separate, quoted argument.
+What a node prints is untrusted: the parsers bound and clean it, never assume it.
 """
+import re
 
 OS_RELEASE = ["cat", "/etc/os-release"]
 CPUINFO = ["cat", "/proc/cpuinfo"]
@@ -11,6 +13,21 @@ NESTED = ["cat", "/sys/module/kvm_intel/parameters/nested", "/sys/module/kvm_amd
 NBD_LOADED = ["test", "-d", "/sys/module/nbd"]
 NBD_AVAILABLE = ["modinfo", "-n", "nbd"]
 TRUE = ["true"]
+
+_FIELD_LIMIT = 256  # a node's text kept in facts: no real value is longer
+_DF_NUMBER = re.compile(r"^[0-9]{1,20}$")
+
+
+def text_field(value):
+    """A value a node printed, as kept in facts: printable, at most 256 characters, or None.
+
+    >>> text_field("  6.1.0-18-amd64\\n"), text_field("\\x00\\x1b"), text_field("")
+    ('6.1.0-18-amd64', None, None)
+    """
+    if value is None:
+        return None
+    kept = "".join(c for c in str(value) if c.isprintable()).strip()[:_FIELD_LIMIT]
+    return kept or None
 
 
 def free_space(path):
@@ -29,8 +46,9 @@ def parse_os_release(text):
         if "=" in line and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
             values[key.strip()] = value.strip().strip('"').strip("'")
-    return {"id": values.get("ID"), "version_id": values.get("VERSION_ID"),
-            "name": values.get("NAME"), "pretty_name": values.get("PRETTY_NAME")}
+    return {"id": text_field(values.get("ID")), "version_id": text_field(values.get("VERSION_ID")),
+            "name": text_field(values.get("NAME")),
+            "pretty_name": text_field(values.get("PRETTY_NAME"))}
 
 
 def parse_cpuinfo(text):
@@ -47,9 +65,11 @@ def parse_cpuinfo(text):
             continue
         key, _, value = line.partition(":")
         first.setdefault(key.strip(), value.strip())
-    return {"vendor_id": first.get("vendor_id"), "family": first.get("cpu family"),
-            "model": first.get("model"), "model_name": first.get("model name"),
-            "flags": first.get("flags", "").split()}
+    flags = [f for f in (text_field(first.get("flags")) or "").split() if len(f) <= 64]
+    return {"vendor_id": text_field(first.get("vendor_id")),
+            "family": text_field(first.get("cpu family")),
+            "model": text_field(first.get("model")), "model_name": text_field(first.get("model name")),
+            "flags": flags}
 
 
 def parse_nested(text):
@@ -70,10 +90,10 @@ def parse_df(text):
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) < 2:
         return None
-    try:
-        return int(lines[-1].split()[3])
-    except (IndexError, ValueError):
-        return None
+    fields = lines[-1].split()
+    if len(fields) < 4 or not _DF_NUMBER.match(fields[3]):
+        return None  # df printed something else: room unknown
+    return int(fields[3])
 
 
 # ---------------------------------------------------------------- transfer TLS credentials

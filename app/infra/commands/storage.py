@@ -22,6 +22,7 @@ name carries a random token and the export takes one client at a time.
 from __future__ import annotations
 
 import ipaddress
+import json
 import posixpath
 import re
 import secrets
@@ -37,8 +38,9 @@ TLS_ID = "tls0"
 # lvm(8): names of [a-zA-Z0-9+_.-], not starting with '-'
 _LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
-_PROGRESS = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
-_DD_SUMMARY = re.compile(r"^(\d+) bytes .* copied, ([\d.,]+) s", re.MULTILINE)
+_PROGRESS = re.compile(r"\(([0-9]{1,3}(?:\.[0-9]{1,6})?)/100%\)")
+_DD_SUMMARY = re.compile(r"^([0-9]{1,20}) bytes .* copied, ([0-9]{1,12}(?:[.,][0-9]{1,12})?) s", re.MULTILINE)
+_MAX_IMAGE = 1 << 60  # an exbibyte: anything larger is not a real disk
 
 
 class RefusedCommand(ValueError):
@@ -364,13 +366,37 @@ def compare_with_export(address: str, name: str, port: int, path: str, fmt: str,
     return ["qemu-img", "compare", *options, image, local]
 
 
-def image_info(path: str, force_share: bool = False) -> list[str]:
+def image_info(path: str, fmt: str, force_share: bool = False) -> list[str]:
     """Describe an image as JSON (virtual-size, actual-size, format).
 
-    force_share (-U) reads an image a running QEMU holds open.
+    fmt is the format from the definition, always passed with -f: a node must
+    not get to choose how its file is read (a raw disk whose guest wrote a qcow2
+    header would otherwise be read through that header). force_share (-U)
+    reads an image a running QEMU holds open.
+
+    >>> image_info("/img/web.qcow2", "qcow2", force_share=True)
+    ['qemu-img', 'info', '--output=json', '-f', 'qcow2', '-U', '/img/web.qcow2']
     """
-    return ["qemu-img", "info", "--output=json", *(["-U"] if force_share else []),
-            _image(path)]
+    return ["qemu-img", "info", "--output=json", "-f", _format(fmt),
+            *(["-U"] if force_share else []), _image(path)]
+
+
+def parse_virtual_size(text: str) -> int:
+    """The virtual size in bytes from `qemu-img info --output=json`; ValueError on anything else.
+
+    The JSON comes from a node, so its shape is checked, never assumed.
+
+    >>> parse_virtual_size('{"virtual-size": 1073741824, "format": "raw"}')
+    1073741824
+    """
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {(text or '').strip()[:80]!r}") from exc
+    size = doc.get("virtual-size") if isinstance(doc, dict) else None
+    if type(size) is not int or not 0 < size <= _MAX_IMAGE:
+        raise ValueError(f"no plausible virtual-size in {(text or '').strip()[:80]!r}")
+    return size
 
 
 def create_disk(path: str, fmt: str, size: int) -> list[str]:
@@ -450,7 +476,8 @@ def probe_result(exit_code: int, stderr: str) -> str:
     if not lines:
         return f"failed (exit {exit_code})"
     last = lines[-1]
-    return last.rsplit("): ", 1)[-1].strip() if "): " in last else last.strip()
+    reason = last.rsplit("): ", 1)[-1].strip() if "): " in last else last.strip()
+    return reason[:200] or f"failed (exit {exit_code})"  # the node's text, kept short
 
 
 def throughput_receiver(bind_address: str, port: int = PROBE_PORT,
@@ -490,8 +517,8 @@ def parse_convert_progress(output: str) -> Optional[float]:
     >>> parse_convert_progress("    (0.00/100%)\\r    (42.50/100%)\\r")
     42.5
     """
-    found = _PROGRESS.findall(output or "")
-    return float(found[-1]) if found else None
+    found = [float(p) for p in _PROGRESS.findall(output or "") if float(p) <= 100]
+    return found[-1] if found else None
 
 
 # ---------------------------------------------------------------- exclusive files, small state
