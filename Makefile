@@ -38,8 +38,9 @@ demo: venv services ## a 3-node lab with servers, the app and a worker on http:/
 bench: venv services ## benchmarks against bare virsh, results in bench/results/
 	$(TEST_LAB) $(PY) -m bench
 
-faults: venv services ## random fault injections (bench/results/faults.*), then a fault at every step boundary (fault-matrix.*)
-	$(TEST_LAB) $(PY) -m bench.faults; random=$$?; $(TEST_LAB) $(PY) -m bench.fault_matrix && exit $$random
+faults: venv services ## node-output fuzzing (10000 inputs per parser), random fault injections (bench/results/faults.*), then a fault at every step boundary (fault-matrix.*)
+	FERRY_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q -p no:cacheprovider tests/test_node_output_fuzz.py; fuzz=$$?; \
+	$(TEST_LAB) $(PY) -m bench.faults; random=$$?; $(TEST_LAB) $(PY) -m bench.fault_matrix && [ $$fuzz -eq 0 ] && exit $$random
 
 lab-down: ## take both labs down (demo and test)
 	-$(LAB) down
