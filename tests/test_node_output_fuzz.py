@@ -26,7 +26,7 @@ from app.infra import libvirt as lv
 from app.infra import migration, pki, ssh
 from app.infra.commands import lvm, node, storage
 from app.models import ComputeResource, Disk, Server
-from app.services import inventory, live, resources
+from app.services import disks, inventory, live, resources
 from tests.fakes import domain_xml
 
 EXAMPLES = int(os.environ.get("FERRY_FUZZ_EXAMPLES", "200"))
@@ -145,6 +145,16 @@ def test_it_reads_any_domain_xml_into_disk_targets_or_refuses_it(text):
     for disk in handled(migration.disk_targets, text) or []:
         assert set(disk) == {"target", "path", "format", "type"}
         assert disk["path"] is None or isinstance(disk["path"], str)
+
+
+@FUZZ
+@given(st.one_of(xml_values(), st.text(max_size=60).map(
+    lambda t: f"<domain><os><nvram>{t}</nvram></os><devices><tpm><backend type='emulator'/></tpm></devices></domain>")))
+def test_it_reads_any_domain_xml_for_nvram_and_tpm_or_refuses_it(text):
+    path = handled(disks.nvram_path, text)
+    assert path is None or storage._path(path) == path  # fit for a command on either node
+    assert handled(disks.tpm_dir, text, "6f1c0a52-3c1e-4f3e-9d6a-0a0b0c0d0e0f") in (
+        None, "/var/lib/libvirt/swtpm/6f1c0a52-3c1e-4f3e-9d6a-0a0b0c0d0e0f")
 
 
 @FUZZ

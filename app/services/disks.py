@@ -6,7 +6,6 @@ offline runners and by the preflight.
 from __future__ import annotations
 
 import posixpath
-import xml.etree.ElementTree as ET
 
 from app import status
 from app.errors import FerryError
@@ -95,8 +94,11 @@ def nvram_path(xml: str) -> str | None:
     >>> nvram_path("<domain><os/></domain>") is None
     True
     """
-    node = ET.fromstring(xml).find("./os/nvram")
+    node = mig.parse_xml(xml, "the domain").find("./os/nvram")
     text = (node.text or "").strip() if node is not None else ""
+    if text and (not text.startswith("/") or posixpath.normpath(text) != text or len(text) > 4096):
+        # The source's XML is untrusted: this path reaches commands on both nodes.
+        raise FerryError(f"the domain's NVRAM file is not a plain absolute path: {text[:80]!r}")
     return text or None
 
 
@@ -106,7 +108,7 @@ def tpm_dir(xml: str, uuid: str) -> str | None:
     >>> tpm_dir("<domain><devices><tpm><backend type='emulator'/></tpm></devices></domain>", "u-1")
     '/var/lib/libvirt/swtpm/u-1'
     """
-    for tpm in ET.fromstring(xml).findall("./devices/tpm"):
+    for tpm in mig.parse_xml(xml, "the domain").findall("./devices/tpm"):
         backend = tpm.find("backend")
         if backend is not None and backend.get("type") == "emulator":
             return posixpath.join(SWTPM_DIR, uuid)
