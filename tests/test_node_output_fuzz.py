@@ -411,3 +411,9 @@ def test_it_fails_only_the_node_that_answers_garbage(two_nodes, what, garbage):
     assert db.session.scalar(db.select(db.func.count(Server.id)).filter_by(
         compute_resource_id=evil.id)) == 0  # nothing of the garbage was recorded
     assert db.session.scalar(db.select(db.func.count(Disk.id))) == len(before[4][0][5])
+
+
+@pytest.mark.parametrize("path", ["/", "/var/lib/nvram/", "/a/../etc/shadow", "VARS.fd", "/x\x00"])
+def test_it_refuses_an_nvram_path_no_command_should_get(path):
+    with pytest.raises(FerryError):  # "/" was found by the fuzzer: it reached the commands
+        disks.nvram_path(f"<domain><os><nvram>{path}</nvram></os></domain>")

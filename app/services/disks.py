@@ -96,7 +96,8 @@ def nvram_path(xml: str) -> str | None:
     """
     node = mig.parse_xml(xml, "the domain").find("./os/nvram")
     text = (node.text or "").strip() if node is not None else ""
-    if text and (not text.startswith("/") or posixpath.normpath(text) != text or len(text) > 4096):
+    if text and (not text.startswith("/") or text.endswith("/") or posixpath.normpath(text) != text
+                 or len(text) > 4096):
         # The source's XML is untrusted: this path reaches commands on both nodes.
         raise FerryError(f"the domain's NVRAM file is not a plain absolute path: {text[:80]!r}")
     return text or None
