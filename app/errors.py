@@ -11,3 +11,7 @@ class ConfigError(FerryError):
 
 class NotFound(FerryError):
     """The thing asked for does not exist."""
+
+
+class UnexpectedAnswer(FerryError):
+    """A node answered with something Ferry will not guess about (its output is untrusted input)."""

@@ -16,7 +16,7 @@ import libvirt
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 from app import status
-from app.errors import FerryError
+from app.errors import FerryError, UnexpectedAnswer
 from app.infra.ssh import HostKeyMismatch
 
 STATES = {
@@ -35,7 +35,7 @@ class LibvirtError(FerryError):
     """libvirt refused or failed; the message is libvirt's, with the node named."""
 
 
-class UnexpectedXML(LibvirtError):
+class UnexpectedXML(LibvirtError, UnexpectedAnswer):
     """A node's libvirt answered with XML Ferry will not guess about (it is untrusted input)."""
 
 

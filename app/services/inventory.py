@@ -8,7 +8,7 @@ import logging
 from dataclasses import replace
 
 from app import status
-from app.errors import FerryError
+from app.errors import FerryError, UnexpectedAnswer
 from app.extensions import db
 from app.infra import ssh
 from app.infra.commands import lvm, node
@@ -117,7 +117,7 @@ def sync(resource_id):
             groups, volumes = read_lvm(conn)
             facts = gather_facts(resource, conn, host, (groups, volumes))
             guests = with_lvm_details(host.guests(), lvm.by_device(volumes))
-    except lvm.UnexpectedOutput as exc:
+    except UnexpectedAnswer as exc:
         # The node answered, but with something Ferry will not guess about: record nothing.
         raise FerryError(f"{resource.name}: {exc}; nothing was recorded") from exc
     except FerryError as exc:

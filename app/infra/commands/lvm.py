@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass, replace
 
 from app import status
-from app.errors import FerryError
+from app.errors import UnexpectedAnswer
 
 LV_FIELDS = ("vg_name", "lv_name", "lv_path", "lv_dm_path", "segtype", "pool_lv", "lv_size",
              "data_percent", "metadata_percent")
@@ -34,7 +34,7 @@ _PERCENT = re.compile(r"^\d{1,3}(\.\d{1,6})?$")
 _MAX_SIZE = 1 << 60  # an exbibyte: anything larger is not a real volume
 
 
-class UnexpectedOutput(FerryError):
+class UnexpectedOutput(UnexpectedAnswer):
     """A node printed something other than the documented shape; nothing was recorded."""
 
 
