@@ -325,6 +325,8 @@ class FakeShell:
         how = self.cluster._fault(self.node_name, text)
         if how == "fail":
             return _Result(1, "", f"injected failure of {argv[0]}")
+        if how == "in-use":
+            return _Result(1, "", "Failed to find an available port: Address already in use")
         if how:
             raise OSError(f"{self.node_name}: connection lost")
         stdin = in_stream.read() if in_stream else None

@@ -431,3 +431,18 @@ def test_a_job_that_lost_its_lease_stops_and_records_nothing(world):
     assert {s.owner for s in task.steps} == {"host-a:1:w1"}
     assert engine.resume(task, nodes=FakeNodes(cluster)) == status.MIGRATION_FINISHED
     assert_safe(cluster, task, False, "node2")
+
+
+def test_an_export_port_a_preflight_probe_holds_for_a_moment_is_tried_again(world, monkeypatch):
+    monkeypatch.setattr(offline, "EXPORT_RETRY_S", 0)
+    cluster, task = world()
+    cluster.fail("node1", "qemu-nbd", how="in-use", times=2)  # another group's socat probe
+    assert run(task, cluster) == status.MIGRATION_FINISHED, task.error
+    assert_safe(cluster, task, False, "node2")
+
+
+def test_helper_pid_files_carry_the_tasks_random_token(world):
+    cluster, task = world()
+    assert run(task, cluster) == status.MIGRATION_FINISHED, task.error
+    export = journal.last(task, "export").names
+    assert export["token"] and all(export["token"] in p for p in export["pid_files"])

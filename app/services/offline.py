@@ -30,9 +30,14 @@ from app.services.steps import (ATTENTION, DONE, REDO, ROLLBACK, Decision, Move,
 from app.services.timeline import Cancelled, cancel_requested, finish_success
 
 
-def pid_file(task_id: int, index: int, what: str) -> str:
-    """Where a helper process of this task records its PID on a node."""
-    return f"/run/ferry-{what}-{task_id}-{index}.pid"
+EXPORT_TRIES = 5  # a preflight's port probe holds the port for a few seconds at most
+EXPORT_RETRY_S = 2
+
+
+def pid_file(task_id: int, index: int, what: str, token: str = "") -> str:
+    """Where a helper process of this task records its PID on a node (the random token keeps
+    two Ferry instances whose task ids coincide apart; the name is journaled)."""
+    return f"/run/ferry-{what}-{task_id}-{index}{'-' + token if token else ''}.pid"
 
 
 def _with_pid(pid_file: str, argv: list[str]) -> list[str]:
@@ -68,17 +73,23 @@ class Export(Step):
         token = move.state.setdefault("export_token", storage.export_token())
         tls = certificates.tls_for(move.source, move.destination)
         plan = _plan(move)
-        return {"node": "source", "port": port,
+        return {"node": "source", "port": port, "token": token,
                 "exports": [storage.export_name(move.task.id, i, token) for i in range(len(plan))],
                 "tls_dir": certificates.nbd_dir() if tls else None,
-                "pid_files": [pid_file(move.task.id, i, "nbd") for i in range(len(plan))]}
+                "pid_files": [pid_file(move.task.id, i, "nbd", token) for i in range(len(plan))]}
 
     def run(self, move, entry):
         for index, disk in enumerate(_plan(move)):
-            exported = move.sh("source", storage.nbd_export(
+            argv = storage.nbd_export(
                 disk["path"], disk["format"], move.source.host, entry.names["exports"][index],
                 entry.names["pid_files"][index], port=entry.names["port"],
-                tls_dir=entry.names.get("tls_dir")))
+                tls_dir=entry.names.get("tls_dir"))
+            for attempt in range(EXPORT_TRIES):
+                exported = move.sh("source", argv)
+                # Another group's preflight may be probing this port for a few seconds.
+                if exported.ok or "in use" not in exported.stderr or attempt == EXPORT_TRIES - 1:
+                    break
+                move.sleep(EXPORT_RETRY_S)
             if not exported.ok:
                 raise FerryError(f"qemu-nbd could not export {disk['path']} on {move.source.name}: "
                                  f"{exported.stderr.strip()}")
@@ -107,7 +118,8 @@ class Copy(Step):
         plan = _plan(move)
         return {"node": "destination",
                 "paths": [storage.temp_path(d["dst_path"], move.task.id) for d in plan],
-                "pid_files": [pid_file(move.task.id, i, "copy") for i in range(len(plan))]}
+                "pid_files": [pid_file(move.task.id, i, "copy", move.state.get("export_token", ""))
+                              for i in range(len(plan))]}
 
     def run(self, move, entry):
         export = journal.last(move.task, "export").names
@@ -452,6 +464,7 @@ def prepare(move: Move) -> None:
     if export is not None and (export.data or {}).get("plan"):
         move.state["plan"] = export.data["plan"]
         move.state["port"] = export.names.get("port")
+        move.state["export_token"] = export.names.get("token") or ""
         return
     if move.task.domain_xml is None:
         move.task.domain_xml = move.host("source").xml(move.server.uuid, inactive=True)
