@@ -86,7 +86,7 @@ def up(inst, count=3, overrides=None, fixtures=None, lvm=False):
     with inst.lock():
         state = inst.load()
         if (state.get("nodes") == count and not overrides and not fixtures
-                and all(n.alive() for n in nodes_of(inst, state))
+                and all(n.alive() and n.has_transfer_tls_dirs() for n in nodes_of(inst, state))
                 and len(nodes_of(inst, state)) == count
                 and bool(state.get("lvm_node")) == lvm and (not lvm or vm.alive())):
             return state

@@ -150,8 +150,9 @@ class Node:
         return out
 
     def start(self, fingerprints_known_hosts, overrides):
-        """Build the node's namespaces and start its daemons (rebuilding a dead node)."""
-        if not self.holder_pid():
+        """Build the node's namespaces and start its daemons (rebuilding a dead node, and one
+        built before it had its own /etc/pki/qemu and /etc/ferry)."""
+        if not self.holder_pid() or not self.has_transfer_tls_dirs():
             self.teardown()
             self._write_files()
             self._make_namespaces()
