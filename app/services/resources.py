@@ -69,10 +69,13 @@ def open_libvirt(resource):
 
 
 def _open_host(endpoint, known_hosts, transport):
-    """app.infra.libvirt.open_host, with libvirt imported only by whoever opens a host: the
-    CLI commands and pages that never reach a node start without it."""
-    from app.infra import libvirt as lv
-    return lv.open_host(endpoint, known_hosts, transport)
+    """The node's libvirt door (app.infra.host.Host) with keepalive on, imported only by whoever
+    opens a host: the CLI commands and pages that never reach a node start without libvirt.
+
+    Keepalive matters most for pooled connections: one kept across a node's libvirtd restart
+    otherwise blocked the next call (and a preflight with it) for good."""
+    from app.infra.host import Host
+    return Host.open(endpoint, known_hosts, transport)
 
 
 @dataclass(frozen=True)
