@@ -69,7 +69,8 @@ class Pool:
         for conn in stale:
             self._quietly_close(conn)
         if found is not None:
-            if self._alive(found):
+            done, alive = _bounded(self._alive, found, CALL_WAIT_S)
+            if done and alive:
                 return found
             self._quietly_close(found)
         return self._open(key)
@@ -99,7 +100,31 @@ class Pool:
                 self._quietly_close(entry.conn)
 
     def _quietly_close(self, conn) -> None:
+        # A connection to a node whose daemon died may block its close (or its liveness
+        # call) for good: seen hanging a preflight after a libvirtd restart. Neither may
+        # hold the caller longer than CALL_WAIT_S; a stuck close is left to its thread.
+        done, _ = _bounded(self._close, conn, CALL_WAIT_S)
+        if not done:
+            log.warning("closing a pooled connection did not return in %s s; left behind",
+                        CALL_WAIT_S)
+
+
+CALL_WAIT_S = 5
+
+
+def _bounded(func, arg, timeout):
+    """Call func(arg) in a daemon thread; (True, result) if it returned within timeout, else
+    (False, None). An exception counts as returned, with result None."""
+    box = {}
+
+    def call():
         try:
-            self._close(conn)
-        except Exception as exc:  # noqa: BLE001 - a connection that is already gone is closed
-            log.debug("closing a pooled connection failed: %s", exc)
+            box["result"] = func(arg)
+        except Exception as exc:  # noqa: BLE001 - a connection that is already gone
+            log.debug("a pooled connection call failed: %s", exc)
+            box["result"] = None
+
+    thread = threading.Thread(target=call, daemon=True, name="pool-call")
+    thread.start()
+    thread.join(timeout)
+    return ("result" in box), box.get("result")
