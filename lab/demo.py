@@ -48,11 +48,16 @@ def bring_up_lab(args):
     """Start the lab and the demo servers that are not there yet; return `status --json`."""
     say(f"lab {args.lab_name}: {args.nodes} nodes on 10.{args.lab_net}.0.0/24")
     lab(args, "up", "--nodes", str(args.nodes))
-    existing = {s["name"] for s in json.loads(lab(args, "servers", "--json"))}
+    existing = {s["name"]: s for s in json.loads(lab(args, "servers", "--json"))}
     for node, name, fmt, stopped in DEMO_SERVERS:
         if name not in existing:
             say(f"server {name} on {node} ({fmt}, {'stopped' if stopped else 'running'})")
             lab(args, "mkserver", node, name, "--format", fmt, *(["--stopped"] if stopped else []), "--json")
+        elif not stopped and existing[name]["state"] != "running":
+            # A lab repaired after its processes were killed keeps the definitions, not the
+            # guests: a demo server meant to run is started again, wherever it now is.
+            say(f"starting {name} on {existing[name]['node']}")
+            lab(args, "exec", existing[name]["node"], "--", "virsh", "start", name)
     return json.loads(lab(args, "status", "--json"))
 
 
