@@ -33,7 +33,8 @@ from app.infra.commands import storage
 from app.models import utcnow
 from app.services import calibration, certificates, disks, estimation, journal, ladder
 from app.services.steps import (ADOPT, ATTENTION, DONE, REDO, ROLLBACK, Decision, Move, Runner,
-                                Step, carry_state, check_start, drive, refuse_existing)
+                                Step, carry_state, check_start, drive, refuse_existing,
+                                remove_source_files, source_removal_names)
 from app.services.timeline import (Cancelled, NeedsAttention, cancel_requested, event,
                                    finish_success)
 
@@ -468,10 +469,7 @@ class RemoveSourceLeftovers(Step):
     name = "remove-source-leftovers"
 
     def names(self, move):
-        nvram = disks.nvram_path(move.task.domain_xml)
-        tpm = disks.tpm_dir(move.task.domain_xml, move.server.uuid)
-        return {"node": "source-removal", "dirs": [tpm] if tpm else [],
-                "paths": [d["path"] for d in _plan(move)] + ([nvram] if nvram else [])}
+        return source_removal_names(move)  # TPM state travels in the stream: its dir goes
 
     def run(self, move, entry):
         place = move.place("source")
@@ -485,29 +483,7 @@ class RemoveSourceLeftovers(Step):
             move.event("cleanup", f"{move.source.name} still held a shut-off definition of "
                                   f"{move.server.name} (its libvirt did not finish the hand-over); "
                                   "undefined it, now that the destination runs the server.")
-        allowed = [p.get("path") for p in (move.source.facts or {}).get("storage_pools", [])
-                   if p.get("path")]
-        nvram = disks.nvram_path(move.task.domain_xml)
-        if nvram:
-            allowed.append(posixpath.dirname(nvram))
-        removed, kept = [], []
-        for path in entry.names.get("paths") or []:
-            try:
-                argv = storage.remove_disk(path, allowed)
-            except storage.RefusedCommand as exc:
-                kept.append(f"{path} ({exc})")
-                continue
-            if move.sh("source", argv).ok:
-                removed.append(path)
-        for directory in entry.names.get("dirs") or []:  # TPM state travels in the stream
-            if move.sh("source", storage.remove_tree(directory, disks.SWTPM_DIR)).ok:
-                removed.append(directory)
-        if removed:
-            move.event("cleanup", f"Removed the source's disks on {move.source.name}: "
-                       + ", ".join(removed))
-        if kept:
-            move.event("cleanup", f"Kept on {move.source.name}: " + ", ".join(kept))
-        return {"removed": removed, "kept": kept}
+        return remove_source_files(move, entry)
 
     def settle(self, move, entry):
         return Decision(REDO, "removing leftovers is idempotent")

@@ -26,7 +26,8 @@ from app.infra import migration as mig
 from app.infra.commands import storage
 from app.services import certificates, disks, journal, limits, preflight
 from app.services.steps import (ATTENTION, DONE, REDO, ROLLBACK, Decision, Move, Runner, Step,
-                                carry_state, check_start, drive, refuse_existing)
+                                carry_state, check_start, drive, refuse_existing,
+                                remove_source_files, source_removal_names)
 from app.services.timeline import Cancelled, cancel_requested, finish_success
 
 
@@ -359,41 +360,14 @@ class RemoveSourceDisks(Step):
     name = "remove-source-disks"
 
     def names(self, move):
-        xml = move.task.domain_xml
-        paths = [d["path"] for d in _plan(move)]
-        nvram = disks.nvram_path(xml)
-        names = {"node": "source-removal", "paths": paths + ([nvram] if nvram else [])}
-        tpm = disks.tpm_dir(xml, move.server.uuid)
-        if tpm:
-            names["dirs"] = [tpm]
-        return names
+        return source_removal_names(move)
 
     def run(self, move, entry):
         place = move.place("source")
         if place.error or place.defined:
             raise FerryError(f"{move.source.name} still defines the server or did not answer "
                              f"({place.error or 'defined'}): its disks were kept")
-        allowed = [p.get("path") for p in (move.source.facts or {}).get("storage_pools", [])
-                   if p.get("path")]
-        nvram = disks.nvram_path(move.task.domain_xml)
-        removed, kept = [], []
-        for path in entry.names.get("paths") or []:
-            try:
-                argv = storage.remove_disk(path, allowed + ([posixpath.dirname(nvram)] if nvram else []))
-            except storage.RefusedCommand as exc:
-                kept.append(f"{path} ({exc})")
-                continue
-            if move.sh("source", argv).ok:
-                removed.append(path)
-        for directory in entry.names.get("dirs") or []:
-            if move.sh("source", storage.remove_tree(directory, disks.SWTPM_DIR)).ok:
-                removed.append(directory)
-        if removed:
-            move.event("cleanup", f"Removed the source's disks on {move.source.name}: "
-                       + ", ".join(removed))
-        if kept:
-            move.event("cleanup", f"Kept on {move.source.name}: " + ", ".join(kept))
-        return {"removed": removed, "kept": kept}
+        return remove_source_files(move, entry)
 
     def settle(self, move, entry):
         return Decision(REDO, "removing files is idempotent")

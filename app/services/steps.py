@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import posixpath
 import time
 from dataclasses import dataclass
 
@@ -329,6 +330,43 @@ def carry_state(move: Move, entry, tpm: bool = True) -> None:
             x for x in (nvram and f"NVRAM {nvram}", tpm and f"TPM state {tpm}") if x)
             + f" to {move.destination.name}.")
 
+
+
+def source_removal_names(move: Move) -> dict:
+    """What the final step removes on the source: its disks, NVRAM and TPM state (node
+    "source-removal": never counted as things the task created)."""
+    xml = move.task.domain_xml
+    nvram, tpm = disks.nvram_path(xml), disks.tpm_dir(xml, move.server.uuid)
+    return {"node": "source-removal", "dirs": [tpm] if tpm else [],
+            "paths": [d["path"] for d in move.state["plan"]] + ([nvram] if nvram else [])}
+
+
+def remove_source_files(move: Move, entry) -> dict:
+    """Remove what `source_removal_names` named, each path only inside a storage pool (or the
+    NVRAM's folder); say on the timeline what went and what was kept."""
+    allowed = [p.get("path") for p in (move.source.facts or {}).get("storage_pools", [])
+               if p.get("path")]
+    nvram = disks.nvram_path(move.task.domain_xml)
+    if nvram:
+        allowed.append(posixpath.dirname(nvram))
+    removed, kept = [], []
+    for path in entry.names.get("paths") or []:
+        try:
+            argv = storage.remove_disk(path, allowed)
+        except storage.RefusedCommand as exc:
+            kept.append(f"{path} ({exc})")
+            continue
+        if move.sh("source", argv).ok:
+            removed.append(path)
+    for directory in entry.names.get("dirs") or []:
+        if move.sh("source", storage.remove_tree(directory, disks.SWTPM_DIR)).ok:
+            removed.append(directory)
+    if removed:
+        move.event("cleanup", f"Removed the source's disks on {move.source.name}: "
+                   + ", ".join(removed))
+    if kept:
+        move.event("cleanup", f"Kept on {move.source.name}: " + ", ".join(kept))
+    return {"removed": removed, "kept": kept}
 
 
 __all__ = ["Step", "Runner", "Move", "Decision", "drive", "resume", "rollback", "Cancelled",
