@@ -5,6 +5,7 @@ The database is the truth; Redis only carries job ids.
 import hashlib
 import secrets
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from flask_login import UserMixin
 from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
@@ -15,6 +16,9 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from app import status
 from app.extensions import db
+
+if TYPE_CHECKING:  # the typed blobs load where one is read: a CLI command or a page seldom does
+    from app import blobs
 
 
 def utcnow():
@@ -181,6 +185,11 @@ class Server(db.Model):
     """A virtual server: one libvirt domain, known by its UUID."""
 
     __tablename__ = "server"
+    # The servers list pages by name and filters by compute resource; the dashboard counts a
+    # page of compute resources' servers by state: without these, every page scanned them all.
+    __table_args__ = (db.Index("ix_server_name_id", "name", "id"),
+                      db.Index("ix_server_compute_resource_id_state", "compute_resource_id",
+                               "state"))
     id: Mapped[int] = mapped_column(primary_key=True)
     uuid: Mapped[str] = mapped_column(String(36), unique=True)
     name: Mapped[str] = mapped_column(String(255))
@@ -197,8 +206,6 @@ class Server(db.Model):
     disks: Mapped[list["Disk"]] = relationship(back_populates="server", order_by="Disk.target",
                                                cascade="all, delete-orphan")
     ip_addresses: Mapped[list[IpAddress]] = relationship(back_populates="server")
-    backups: Mapped[list["Backup"]] = relationship(back_populates="server",
-                                                   cascade="all, delete-orphan")
 
     @property
     def disk_size(self):
@@ -211,7 +218,8 @@ class Disk(db.Model):
 
     __tablename__ = "disk"
     id: Mapped[int] = mapped_column(primary_key=True)
-    server_id: Mapped[int] = mapped_column(ForeignKey("server.id", ondelete="CASCADE"))
+    server_id: Mapped[int] = mapped_column(ForeignKey("server.id", ondelete="CASCADE"),
+                                           index=True)  # a page of servers reads their disks
     target: Mapped[str] = mapped_column(String(32))  # vda
     path: Mapped[str] = mapped_column(String(1024))
     format: Mapped[str] = mapped_column(String(20))  # raw, qcow2
@@ -221,20 +229,6 @@ class Disk(db.Model):
     storage_tag: Mapped[str | None] = mapped_column(String(100))
 
     server: Mapped[Server] = relationship(back_populates="disks")
-
-
-class Backup(db.Model):
-    """A backup of a server; its kind and source storage type decide where it restores."""
-
-    __tablename__ = "backup"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    server_id: Mapped[int] = mapped_column(ForeignKey("server.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(20))  # full, incremental
-    storage_type: Mapped[str] = mapped_column(String(20))
-    size: Mapped[int] = mapped_column(db.BigInteger, default=0)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    server: Mapped[Server] = relationship(back_populates="backups")
 
 
 class User(UserMixin, db.Model):
@@ -365,8 +359,7 @@ class MigrationGroup(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
     status: Mapped[str] = mapped_column(String(20), default=status.MIGRATION_PENDING, index=True)
-    # mode live/offline, preserve_ip, convert_to, allow_postcopy, destination
-    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    options: Mapped[dict] = mapped_column(JSON, default=dict)  # blobs.GroupOptions
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -380,6 +373,11 @@ class MigrationGroup(db.Model):
     tasks: Mapped[list["MigrationTask"]] = relationship(back_populates="group",
                                                         order_by="MigrationTask.id",
                                                         cascade="all, delete-orphan")
+
+    @property
+    def options_record(self) -> "blobs.GroupOptions":
+        from app import blobs
+        return blobs.GroupOptions.of(self.options)
 
 
 class MigrationTask(db.Model):
@@ -395,9 +393,9 @@ class MigrationTask(db.Model):
         ForeignKey("compute_resource.id", ondelete="SET NULL"))
     status: Mapped[str] = mapped_column(String(20), default=status.MIGRATION_PENDING, index=True)
     preflight: Mapped[dict | None] = mapped_column(JSON)
-    progress: Mapped[dict | None] = mapped_column(JSON)
-    eta: Mapped[dict | None] = mapped_column(JSON)
-    result: Mapped[dict | None] = mapped_column(JSON)  # downtime_ms, total_ms, bytes
+    progress: Mapped[dict | None] = mapped_column(JSON)  # blobs.Progress
+    eta: Mapped[dict | None] = mapped_column(JSON)  # blobs.Eta
+    result: Mapped[dict | None] = mapped_column(JSON)  # blobs.TaskResult
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     mode: Mapped[str | None] = mapped_column(String(20))  # live | offline
     phase: Mapped[str | None] = mapped_column(String(40))  # what the running job is doing now
@@ -426,6 +424,21 @@ class MigrationTask(db.Model):
     steps: Mapped[list["MigrationStep"]] = relationship(back_populates="task",
                                                         order_by="MigrationStep.seq",
                                                         cascade="all, delete-orphan")
+
+    @property
+    def progress_record(self) -> "blobs.Progress":
+        from app import blobs
+        return blobs.Progress.of(self.progress)
+
+    @property
+    def eta_record(self) -> "blobs.Eta":
+        from app import blobs
+        return blobs.Eta.of(self.eta)
+
+    @property
+    def result_record(self) -> "blobs.TaskResult":
+        from app import blobs
+        return blobs.TaskResult.of(self.result)
 
 
 class MigrationStep(db.Model):
@@ -512,9 +525,7 @@ class Evacuation(db.Model):
         ForeignKey("compute_resource.id", ondelete="SET NULL"), index=True)
     kind: Mapped[str] = mapped_column(String(20), default=status.EVACUATION_EVACUATE)
     status: Mapped[str] = mapped_column(String(20), default=status.EVACUATION_PLANNED, index=True)
-    # {"moves": [{server_id, server, destination_id, destination, mode, reasons}],
-    #  "unplaced": [{server_id, server, reason}], "live": bool, "preserve_ip": bool}
-    plan: Mapped[dict] = mapped_column(JSON, default=dict)
+    plan: Mapped[dict] = mapped_column(JSON, default=dict)  # blobs.EvacuationPlan
     origin: Mapped[str] = mapped_column(String(100), default="user")  # user | webhook:NAME
     error: Mapped[str | None] = mapped_column(Text)
     group_id: Mapped[int | None] = mapped_column(
@@ -527,6 +538,11 @@ class Evacuation(db.Model):
     compute_resource: Mapped[ComputeResource | None] = relationship()
     group: Mapped[MigrationGroup | None] = relationship()
     created_by: Mapped[User | None] = relationship()
+
+    @property
+    def plan_record(self) -> "blobs.EvacuationPlan":
+        from app import blobs
+        return blobs.EvacuationPlan.of(self.plan)
 
     def follow_group(self) -> None:
         """A running evacuation takes its group's outcome once the group has ended."""
@@ -542,7 +558,7 @@ class Evacuation(db.Model):
     def group_ended(group) -> None:
         """Called when a group ends: the evacuation it ran, if any, learns its outcome (the
         caller commits). On the model, so the engine needs no import of the evacuation service."""
-        evac_id = (group.options or {}).get("evacuation_id")
+        evac_id = group.options_record.evacuation_id
         evac = db.session.get(Evacuation, evac_id) if evac_id else None
         if evac is not None:
             evac.follow_group()
@@ -607,6 +623,12 @@ class WebhookEvent(db.Model):
     source: Mapped[WebhookSource | None] = relationship()
     compute_resource: Mapped[ComputeResource | None] = relationship()
     evacuation: Mapped[Evacuation | None] = relationship()
+
+    @property
+    def alert_name(self) -> str | None:
+        """The alert's name (Alertmanager's `alertname` label where the stored alert has none)."""
+        alert = self.alert or {}
+        return alert.get("name") or (alert.get("labels") or {}).get("alertname") or None
 
 
 class WorkerHeartbeat(db.Model):

@@ -106,6 +106,10 @@ def markdown(doc: dict) -> str:
                      report.verdict(o["met"])))
         rows.append(("  (task only, preflight excluded)", "", report.spread(o["task_only_ratio"]),
                      ""))
+        if o.get("ferry_phases_ms"):
+            rows.append(("  Ferry's phases, median ms", "", ", ".join(
+                f"{name[:-3]} {stats['median']:g}" for name, stats in o["ferry_phases_ms"].items()
+                if stats), ""))
     if "convergence" in f:
         c = f["convergence"]
         rows.append(("Convergence: completed within downtime target, Ferry vs virsh",

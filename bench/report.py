@@ -32,6 +32,15 @@ def write(name: str, document: dict, markdown: str) -> tuple[str, str]:
     return json_path, md_path
 
 
+def write_markdown(name: str, markdown: str) -> str:
+    """Write RESULTS/<name>.md alone (an index of other documents); returns its path."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.md")
+    with open(path, "w") as handle:
+        handle.write(markdown)
+    return path
+
+
 def stamp() -> str:
     """Now, in UTC, for the documents."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -171,8 +171,8 @@ def planning_times(app, big_id: int, small_id: int, pairs: int) -> dict:
                 t0 = time.perf_counter()
                 evac = evacuation.make_plan(rid)
                 row[f"{key}_s"] = round(time.perf_counter() - t0, 4)
-                row[f"{key}_moves"] = len(evac.plan["moves"])
-                row[f"{key}_unplaced"] = len(evac.plan["unplaced"])
+                plan = evac.plan_record
+                row[f"{key}_moves"], row[f"{key}_unplaced"] = len(plan.moves), len(plan.unplaced)
             row["ratio"] = ratio(row["big_s"], row["small_s"])
             rows.append(row)
     return {"ratio": summary(r["ratio"] for r in rows), "pairs": rows}

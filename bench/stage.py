@@ -22,8 +22,8 @@ from app import create_app, status, upgrade_database
 from app.extensions import db
 from app.models import ComputeResource, IpBlock, MigrationGroup, MigrationTask
 from app.services import limits, migration, resources
-from tests.fixtures.fleet import server_id, sync, where
-from tests.fixtures.lab import FERRY_LAB, Lab, lab_env
+from bench.fleet import server_id, sync
+from lab.client import FERRY_LAB, Lab, lab_env, where
 
 DATABASE_URL = os.environ.get("FERRY_BENCH_DATABASE_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/ferry_bench")

@@ -9,17 +9,18 @@ import time
 
 from . import deps, lifecycle, net, servers
 from .common import CLEAN_ENV, Instance, LabError
-from .lvmnode import LvmNode
+from .lvmnode import LvmNode, lvm_count, lvm_node_number
 from .nodes import OVERRIDES, Node, parse_node_names
 
 
 def _node(inst, name, vm_ok=False):
-    if name == LvmNode(inst).name:
-        if not inst.load().get("lvm_node"):
-            raise LabError(f"lab {inst.name} has no LVM node (up --lvm-node)")
+    k = lvm_node_number(name)
+    if k is not None:
+        if k > lvm_count(inst.load()):
+            raise LabError(f"lab {inst.name} has no {name} (up --lvm-node, or --lvm-nodes N)")
         if not vm_ok:
             raise LabError(f"{name} is the LVM node (a VM): this command is for namespace nodes")
-        return LvmNode(inst)
+        return LvmNode(inst, k)
     k = parse_node_names(name)
     if k > inst.load().get("nodes", 0):
         raise LabError(f"lab {inst.name} has no {name}")
@@ -40,6 +41,8 @@ def parser():
     up.add_argument("--fixtures", help="inventory fixtures JSON (default lab/fixtures.json)")
     up.add_argument("--lvm-node", action="store_true",
                     help="also run lvm1, a Debian VM with a volume group and a thin pool")
+    up.add_argument("--lvm-nodes", type=int, metavar="N",
+                    help="run N such VMs, lvm1..lvmN (a move between LVM nodes needs two)")
     down = sub.add_parser("down", help="stop and remove everything the lab made")
     down.add_argument("--purge", action="store_true", help="also forget the SSH keys")
     st = sub.add_parser("status")
@@ -53,7 +56,7 @@ def parser():
     mk.add_argument("node")
     mk.add_argument("name")
     mk.add_argument("--memory", type=int, default=256, help="MiB")
-    mk.add_argument("--disk", type=int, default=1, help="GiB")
+    mk.add_argument("--disk", default="1", help="size: GiB (1, 2G) or MiB (256M)")
     mk.add_argument("--format", choices=["raw", "qcow2"], default="qcow2")
     mk.add_argument("--dirty-rate", type=int, default=0, help="MiB/s")
     mk.add_argument("--dirty-size", type=int, default=64, help="MiB")
@@ -120,8 +123,10 @@ def run(args, extra):
     inst = Instance()
     if args.cmd == "up":
         t = time.time()
-        lifecycle.up(inst, args.nodes, _node_overrides(extra), args.fixtures, args.lvm_node)
-        print(f"lab {inst.name} up: {args.nodes} nodes{' and lvm1' if args.lvm_node else ''} "
+        vms = args.lvm_nodes if args.lvm_nodes is not None else int(args.lvm_node)
+        lifecycle.up(inst, args.nodes, _node_overrides(extra), args.fixtures, vms)
+        named = "".join(f" lvm{k}" for k in range(1, vms + 1))
+        print(f"lab {inst.name} up: {args.nodes} nodes{' and' + named if vms else ''} "
               f"on 10.{inst.net}.0.0/24 ({time.time() - t:.1f}s)", file=sys.stderr)
     elif args.cmd == "down":
         lifecycle.down(inst, purge=args.purge)

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+MAX_LVM_NODES = 4  # lvm1.. (up --lvm-nodes N): addresses 10.NET.0.200..203
+
 STATE_ROOT = "/var/lib/ferry-lab"
 GUEST_DIR = os.path.join(STATE_ROOT, "guest")
 LAB_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -112,16 +114,15 @@ class Instance:
         """Management/migration address of node k."""
         return f"10.{self.net}.0.{10 + k}"
 
-    @property
-    def lvm_address(self):
-        """Management/migration address of the LVM node (lab/lvmnode.py)."""
-        return f"10.{self.net}.0.200"
+    def lvm_address(self, k=1):
+        """Management/migration address of LVM node k (lab/lvmnode.py): lvm1 10.NET.0.200."""
+        return f"10.{self.net}.0.{199 + k}"
 
     def hosts_file(self):
         """/etc/hosts of every node: the names of all possible nodes."""
         return ("127.0.0.1 localhost\n"
                 + "".join(f"{self.node_address(k)} node{k}\n" for k in range(1, 100))
-                + f"{self.lvm_address} lvm1\n")
+                + "".join(f"{self.lvm_address(k)} lvm{k}\n" for k in range(1, MAX_LVM_NODES + 1)))
 
     def load(self):
         """The saved lab state (empty when the lab was never brought up)."""

@@ -1,5 +1,9 @@
 """`make demo`: a 3-node lab with servers, registered in Ferry, served with a worker.
 
+Transfers run with TLS on, as in the tests: Ferry's CA is made once in the
+instance folder (`pki init`) and every node without a valid certificate of it
+is issued one (`pki issue`) after the sync.
+
     python -m lab.demo [--port 8080] [--lab-name ferrylab --lab-net 77] [--no-serve]
 
 Idempotent: a rerun reuses the lab, its servers and the registrations. Ctrl-C
@@ -67,10 +71,12 @@ def register(app, status):
     from app.errors import FerryError
     from app.extensions import db
     from app.models import ComputeResource, IpBlock, User
-    from app.services import inventory, resources
+    from app.services import certificates, inventory, resources
 
     upgrade_database(app)
     with app.app_context():
+        if certificates.ca_certificate() is None:  # before the sync, which judges certificates
+            say(f"created Ferry's CA: {certificates.init_ca()}")
         by_name = {}
         for node in status["nodes"]:
             resource = db.session.scalar(db.select(ComputeResource).filter_by(name=node["name"]))
@@ -92,11 +98,37 @@ def register(app, status):
                 say(f"synced {resource.name}: {summary['servers']} servers")
             except FerryError as exc:
                 say(f"sync of {resource.name} failed: {exc}")
+        issue_certificates(status, by_name)
         admin = db.session.scalar(db.select(User).filter_by(username="admin")) or User(username="admin")
         admin.role = "admin"
         admin.set_password(DEMO_PASSWORD)
         db.session.add(admin)
         db.session.commit()
+
+
+def issue_certificates(status, by_name):
+    """Give every node without a valid certificate of Ferry's CA one (`pki issue`), so the
+    demo's moves run with TLS like the tests'. The sync just judged them: a rerun issues none."""
+    from app.errors import FerryError
+    from app.services import certificates
+
+    for node in status["nodes"]:
+        resource = by_name[node["name"]]
+        if certificates.has_valid_certificate(resource):
+            say(f"{resource.name}: TLS on, certificate valid until "
+                f"{resource.facts['tls'].get('not_after')}")
+            continue
+        if not node.get("transfer_tls_dirs"):
+            say(f"{resource.name}: TLS off, the node has no certificate folders of its own "
+                "(a lab built before them: `make lab-down`, then `make demo`)")
+            continue
+        try:
+            verdict = certificates.issue(resource.id)
+        except FerryError as exc:
+            say(f"{resource.name}: TLS off, issuing its certificate failed: {exc}")
+            continue
+        say(f"{resource.name}: TLS on, certificate issued, valid until {verdict.get('not_after')}"
+            if verdict.get("valid") else f"{resource.name}: TLS off: {verdict.get('reason')}")
 
 
 def demo_secret_key(instance):

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import os
 import random
+import re
 import shutil
 import tempfile
 
@@ -132,14 +133,28 @@ def seed_md5(build_dir):
         return f.read().strip()
 
 
-def disk_template(build_dir, size_gib, fmt):
-    """A sparse seeded disk of size_gib in fmt (raw|qcow2), cached per size and format."""
-    path = os.path.join(build_dir, f"disk-{size_gib}G.{fmt}")
+def disk_size_mib(size):
+    """A disk size in MiB from an int (GiB) or a string: "2" or "2G" (GiB), "256M" (MiB)."""
+    found = re.fullmatch(r"(\d+)([MG]?)", str(size).strip().upper())
+    if not found:
+        raise LabError(f"a disk size is a number of GiB or MiB, like 1G or 256M, not {size!r}")
+    mib = int(found.group(1)) * (1 if found.group(2) == "M" else 1024)
+    if mib < 64 or mib % 4:
+        raise LabError(f"a disk needs at least 64 MiB, in whole 4 MiB extents: {size!r}")
+    return mib
+
+
+def disk_template(build_dir, size, fmt):
+    """A sparse seeded disk of `size` (see disk_size_mib) in fmt (raw|qcow2), cached per size
+    and format."""
+    mib = disk_size_mib(size)
+    label = f"{mib >> 10}G" if mib % 1024 == 0 else f"{mib}M"
+    path = os.path.join(build_dir, f"disk-{label}.{fmt}")
     if os.path.exists(path):
         return path
-    raw = os.path.join(build_dir, f".disk-{size_gib}G.raw.tmp{os.getpid()}")
+    raw = os.path.join(build_dir, f".disk-{label}.raw.tmp{os.getpid()}")
     with open(raw, "wb") as f:
-        f.truncate(size_gib << 30)
+        f.truncate(mib << 20)
     run(["mkfs.ext4", "-q", "-F", "-L", "ferry", "-d", os.path.join(build_dir, "seed"), raw])
     tmp = f"{path}.tmp{os.getpid()}"
     if fmt == "qcow2":

@@ -6,8 +6,8 @@ import shutil
 import time
 
 from . import deps, guest, net
-from .common import LAB_DIR, LabError, kill_pids, run, write_file
-from .lvmnode import LvmNode
+from .common import LAB_DIR, MAX_LVM_NODES, LabError, kill_pids, run, write_file
+from .lvmnode import LvmNode, lvm_count, lvm_nodes
 from .nodes import OVERRIDES, Node
 
 DEFAULT_FIXTURES = os.path.join(LAB_DIR, "fixtures.json")
@@ -26,13 +26,19 @@ def nodes_of(inst, state=None):
     return [Node(inst, k) for k in sorted(ks)]
 
 
-def _ensure_keys(inst, count, lvm=False):
+def _existing_lvm_nodes(inst):
+    """Every LVM node that may have left something: lvm1 (as before), the others by folder."""
+    vms = [LvmNode(inst, k) for k in range(1, MAX_LVM_NODES + 1)]
+    return [vm for vm in vms if vm.k == 1 or os.path.isdir(vm.dir)]
+
+
+def _ensure_keys(inst, count, lvm=0):
     os.makedirs(inst.keys_dir, exist_ok=True)
     if not os.path.exists(inst.client_key):
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"ferry-lab-{inst.name}",
              "-f", inst.client_key])
     lines = []
-    for node in [Node(inst, k) for k in range(1, count + 1)] + ([LvmNode(inst)] if lvm else []):
+    for node in [Node(inst, k) for k in range(1, count + 1)] + lvm_nodes(inst, int(lvm)):
         if not os.path.exists(node.host_key):
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.name,
                  "-f", node.host_key])
@@ -56,43 +62,47 @@ def _node_set(spec, count):
     return sorted(set(out))
 
 
-def load_fixtures(path, inst, count, lvm=False):
+def load_fixtures(path, inst, count, lvm=0):
     """The storage tags per node and the IP blocks, resolved for this instance.
 
-    The LVM node (when there is one) joins the blocks marked "lvm_node": true.
+    The LVM nodes (lvm: how many) join the blocks marked "lvm_node": true.
     """
     with open(path) as f:
         raw = json.load(f)
     tags = raw.get("storage_tags", {})
-    names = [f"node{k}" for k in range(1, count + 1)] + ([LvmNode(inst).name] if lvm else [])
+    vms = [vm.name for vm in lvm_nodes(inst, int(lvm))]
+    names = [f"node{k}" for k in range(1, count + 1)] + vms
     per_node = {name: tags.get(name, tags.get("default", [])) for name in names}
     blocks = []
     for b in raw.get("ip_blocks", []):
         members = [f"node{k}" for k in _node_set(b["nodes"], count)]
-        if lvm and b.get("lvm_node"):
-            members.append(LvmNode(inst).name)
+        if b.get("lvm_node"):
+            members += vms
         blocks.append({"name": b["name"], "cidr": b["cidr"].format(net=inst.net),
                        "gateway": b["gateway"].format(net=inst.net), "nodes": members})
     return {"storage_tags": per_node, "ip_blocks": blocks}
 
 
-def up(inst, count=3, overrides=None, fixtures=None, lvm=False):
+def up(inst, count=3, overrides=None, fixtures=None, lvm=0):
     """Bring the instance up (or repair it); a fast no-op when everything is alive.
 
-    lvm: also run the LVM node (lab/lvmnode.py); without it an LVM node is removed,
-    so a lab brought up without the flag is the same as one that never had it.
+    lvm: how many LVM nodes to run (lab/lvmnode.py; True is one): lvm1..lvmN. Those
+    beyond it are removed, so a lab brought up without them is the same as one that
+    never had them.
     """
-    vm = LvmNode(inst)
+    lvm = int(lvm)
+    vms = lvm_nodes(inst, lvm)
     with inst.lock():
         state = inst.load()
         if (state.get("nodes") == count and not overrides and not fixtures
                 and all(n.alive() and n.has_transfer_tls_dirs() for n in nodes_of(inst, state))
                 and len(nodes_of(inst, state)) == count
-                and bool(state.get("lvm_node")) == lvm and (not lvm or vm.alive())):
+                and lvm_count(state) == lvm and all(vm.alive() for vm in vms)):
             return state
-        deps.ensure_lab_deps(lvm)
-        if not lvm:
-            vm.remove()
+        deps.ensure_lab_deps(bool(lvm))
+        for extra in _existing_lvm_nodes(inst):
+            if extra.k > lvm:
+                extra.remove()
         state.setdefault("overrides", {})
         for n in nodes_of(inst, state):
             if n.k > count:  # the lab shrinks: remove the extra nodes entirely
@@ -106,7 +116,7 @@ def up(inst, count=3, overrides=None, fixtures=None, lvm=False):
         fixtures = os.path.abspath(fixtures) if fixtures else state.get("fixtures",
                                                                          DEFAULT_FIXTURES)
         state.update({"name": inst.name, "net": inst.net, "nodes": count,
-                      "fixtures": fixtures, "lvm_node": lvm,
+                      "fixtures": fixtures, "lvm_node": bool(lvm), "lvm_nodes": lvm,
                       "inventory": load_fixtures(fixtures, inst, count, lvm)})
         guest_build = guest.build()
         net.ensure_bridge(inst.mgmt_bridge, f"{inst.mgmt_gateway}/24")
@@ -119,8 +129,11 @@ def up(inst, count=3, overrides=None, fixtures=None, lvm=False):
             if (k, "os-release") in (overrides or {}) or (k, "cpuinfo") in (overrides or {}):
                 for what, path in wanted.items():
                     node.set_override(what, path)
-        if lvm:
-            vm.start(known_hosts, guest_build)
+        for vm in vms:  # booted side by side: each takes a minute or more under TCG
+            vm.launch(known_hosts, guest_build)
+        for vm in vms:
+            vm.wait_ready()
+            vm.trust(known_hosts)  # lvm1 booted before lvm2 existed does not know its key
         state["up_at"] = time.time()
         inst.save(state)
         return state
@@ -151,7 +164,8 @@ def down(inst, purge=False):
             node.teardown()
             # Daemons whose namespace entry is already gone (half-dead lab): by pid file.
             kill_pids(node.stray_pids())
-        LvmNode(inst).remove()
+        for vm in _existing_lvm_nodes(inst):
+            vm.remove()
         for bridge in (inst.mgmt_bridge, inst.guest_bridge):
             net.delete_link(bridge)
         shutil.rmtree(inst.nodes_dir, ignore_errors=True)
@@ -184,8 +198,7 @@ def status(inst):
             "kind": "namespace",
             "transfer_tls_dirs": node.has_transfer_tls_dirs(),
         })
-    if state.get("lvm_node"):
-        nodes.append(_vm_status(inst, LvmNode(inst), inventory))
+    nodes += [_vm_status(inst, vm, inventory) for vm in lvm_nodes(inst, lvm_count(state))]
     return {
         "name": inst.name, "net": inst.net,
         "up": bool(nodes) and all(all(v == "running" for v in n["processes"].values())
@@ -211,7 +224,9 @@ def _vm_status(inst, vm, inventory):
         "overrides": {w: None for w in OVERRIDES},
         "processes": vm.processes(),
         "kind": vm.kind, "lvm": dict(vm.lvm),
-        "transfer_tls_dirs": False,  # no certificates from Ferry's CA inside the VM
+        # The VM's /etc/pki/qemu and /etc/ferry are its own (its own root disk, qemu.conf with
+        # migrate_tls_x509_verify): certificates are issued to it like to the namespace nodes.
+        "transfer_tls_dirs": bool(vm.qemu_pid()),
     }
 
 
@@ -220,7 +235,7 @@ def ssh_config(inst):
     out = []
     state = inst.load()
     nodes = [Node(inst, k) for k in range(1, state.get("nodes", 0) + 1)]
-    for node in nodes + ([LvmNode(inst)] if state.get("lvm_node") else []):
+    for node in nodes + lvm_nodes(inst, lvm_count(state)):
         out.append(f"Host {node.name} {inst.name}-{node.name}\n  HostName {node.address}\n"
                    f"  User root\n  Port 22\n  IdentityFile {inst.client_key}\n"
                    f"  IdentitiesOnly yes\n  UserKnownHostsFile {inst.known_hosts}\n"

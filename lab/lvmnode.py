@@ -22,8 +22,8 @@ import time
 import uuid
 
 from . import net
-from .common import (CLEAN_ENV, LAB_DIR, STATE_ROOT, LabError, kill_pids, pid_alive, read_pid,
-                     run, write_file)
+from .common import (CLEAN_ENV, LAB_DIR, MAX_LVM_NODES, STATE_ROOT, LabError, kill_pids,
+                     pid_alive, read_pid, run, write_file)
 from .nodes import Node, libvirtd_conf, qemu_conf, write_root_ssh
 
 LVM_ROOT = os.path.join(STATE_ROOT, "lvm")
@@ -32,12 +32,13 @@ SUITE = "bookworm"
 PACKAGES = ["linux-image-amd64", "systemd-sysv", "udev", "dbus", "openssh-server", "lvm2",
             "thin-provisioning-tools", "qemu-utils", "iproute2", "procps", "kmod",
             "initramfs-tools", "zstd", "libvirt-daemon-system", "libvirt-clients",
-            "libvirt-daemon-driver-qemu", "qemu-system-x86", "netcat-openbsd"]
+            "libvirt-daemon-driver-qemu", "qemu-system-x86", "netcat-openbsd",
+            "socat"]  # Ferry's preflight listens with socat on a destination to probe its ports
 ROOT_SIZE = "4G"  # ext4 made sparse; the tree is about 0.9 GB
 VG, THIN_POOL = "ferry", "thinpool"  # as in lvm_files/customize.sh
 PV_SIZE = "16G"  # sparse qcow2: grows only as volumes are written
 MEMORY_MIB = 1536
-NAME = "lvm1"
+NAME = "lvm1"  # the first LVM node; up --lvm-nodes N adds lvm2..lvmN (same image)
 BOOT_TIMEOUT = 900  # a busy 2-core machine stretched a 100 s boot to 340 s
 
 
@@ -120,20 +121,44 @@ def _build_into(tmp, out):
 
 # -- one instance's VM ----------------------------------------------------------------
 
+def lvm_count(state):
+    """How many LVM nodes a saved lab state has (older states: the lvm_node flag)."""
+    return int(state.get("lvm_nodes", 1 if state.get("lvm_node") else 0))
+
+
+def lvm_nodes(inst, count):
+    """LVM nodes 1..count of an instance."""
+    if not 0 <= count <= MAX_LVM_NODES:
+        raise LabError(f"a lab has 0 to {MAX_LVM_NODES} LVM nodes, not {count}")
+    return [LvmNode(inst, k) for k in range(1, count + 1)]
+
+
+def lvm_node_number(name):
+    """k for a name lvmK (1..MAX_LVM_NODES), else None."""
+    if name.startswith("lvm") and name[3:].isdigit() and 1 <= int(name[3:]) <= MAX_LVM_NODES:
+        return int(name[3:])
+    return None
+
+
 class LvmNode:
-    """The LVM node of an instance: a VM on the lab's bridges, entered over SSH."""
+    """An LVM node of an instance: a VM on the lab's bridges, entered over SSH.
+
+    lvm1 keeps the names it always had (folder `lvm`, taps NAME-lm/-lg); lvmK for K > 1
+    gets its own (folder `lvmK`, taps NAME-lmK/-lgK), address and MACs.
+    """
 
     kind = "vm"
     lvm = {"vg": VG, "thin_pool": THIN_POOL}
 
-    def __init__(self, inst):
-        self.inst = inst
-        self.name = NAME
-        self.address = inst.lvm_address  # outside the namespace nodes' 10.NET.0.(10+K)
-        self.dir = os.path.join(inst.dir, "lvm")
-        self.host_key = os.path.join(inst.keys_dir, f"{NAME}_ssh_host_ed25519_key")
-        self.mgmt_tap = f"{inst.name}-lm"
-        self.guest_tap = f"{inst.name}-lg"
+    def __init__(self, inst, k=1):
+        self.inst, self.k = inst, k
+        self.name = f"lvm{k}"
+        self.address = inst.lvm_address(k)  # outside the namespace nodes' 10.NET.0.(10+K)
+        suffix = "" if k == 1 else str(k)
+        self.dir = os.path.join(inst.dir, f"lvm{suffix}")
+        self.host_key = os.path.join(inst.keys_dir, f"{self.name}_ssh_host_ed25519_key")
+        self.mgmt_tap = f"{inst.name}-lm{suffix}"
+        self.guest_tap = f"{inst.name}-lg{suffix}"
 
     def path(self, *parts):
         """A path in the VM's folder on the host."""
@@ -143,7 +168,7 @@ class LvmNode:
 
     def mac(self, nic):
         """The stable MAC of NIC 1 (management) or 2 (guest network)."""
-        return f"52:54:00:fe:{self.inst.net:02x}:{nic:02x}"
+        return f"52:54:00:fe:{self.inst.net:02x}:{(self.k - 1) * 16 + nic:02x}"
 
     # -- state ------------------------------------------------------------------------
     def qemu_pid(self):
@@ -151,7 +176,7 @@ class LvmNode:
         pid = read_pid(self.path("qemu.pid"))
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                ours = self.dir.encode() in f.read()
+                ours = (self.dir + "/").encode() in f.read()  # lvm/ is not lvm2/
         except (OSError, TypeError):
             return None
         return pid if ours and pid_alive(pid) else None
@@ -239,6 +264,11 @@ class LvmNode:
     # -- bring up and down ------------------------------------------------------------
     def start(self, known_hosts, guest_build):
         """Boot the VM (or keep it running) and wait until SSH, libvirt and LVM answer."""
+        self.launch(known_hosts, guest_build)
+        self.wait_ready()
+
+    def launch(self, known_hosts, guest_build):
+        """Boot the VM unless it runs (returns at once: several boot side by side)."""
         if not self.qemu_pid():
             image = build_image()
             self.teardown()
@@ -256,7 +286,6 @@ class LvmNode:
             # The host may still cache a neighbour entry of a previous boot's VM.
             run(["ip", "neigh", "del", self.address, "dev", self.inst.mgmt_bridge], check=False)
             run(self._qemu_argv(image), timeout=60)
-        self._wait_ready()
 
     def _qemu_argv(self, image):
         # lvm2-monitor only registers thin pools for auto-extension, which the lab does not
@@ -282,7 +311,14 @@ class LvmNode:
             "-monitor", f"unix:{self.path('monitor.sock')},server=on,wait=off",
             "-daemonize", "-pidfile", self.path("qemu.pid")]
 
-    def _wait_ready(self):
+    def trust(self, known_hosts):
+        """Write the lab's pinned known_hosts into the running VM: a node added after its boot
+        (lvm2 beside a running lvm1) is known to it only from here on (the seed disk is read
+        at boot)."""
+        self.run(["sh", "-c", 'cat > "$1.new" && mv "$1.new" "$1"', "ferry-trust",
+                  "/root/.ssh/known_hosts"], input=known_hosts, timeout=60)
+
+    def wait_ready(self):
         deadline = time.time() + BOOT_TIMEOUT
         ready = ["sh", "-c", 'test -S /run/libvirt/libvirt-sock && lvs "$1/$2" >/dev/null',
                  "ferry-ready", VG, THIN_POOL]

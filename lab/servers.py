@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from . import guest
 from .common import LabError, kill_pids, read_pid, run
 from .lifecycle import nodes_of
-from .lvmnode import THIN_POOL, VG, LvmNode
+from .lvmnode import THIN_POOL, VG, LvmNode, lvm_count, lvm_nodes
 from .nodes import STORAGE_DIR
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -44,9 +44,9 @@ def lv_name(name):
 
 
 def all_nodes(inst, state=None):
-    """The namespace nodes and, when the lab has one, the LVM node."""
+    """The namespace nodes and the LVM nodes the lab has."""
     state = state if state is not None else inst.load()
-    return nodes_of(inst, state) + ([LvmNode(inst)] if state.get("lvm_node") else [])
+    return nodes_of(inst, state) + lvm_nodes(inst, lvm_count(state))
 
 
 def domain_xml(name, uid, memory_mib, ip, disk, fmt, build_dir, rate, size, mac,
@@ -136,8 +136,9 @@ def mkserver(inst, node_name, name, memory=256, disk=1, fmt="qcow2", dirty_rate=
              dirty_size=64, stopped=False, ip=None, storage="file"):
     """Define (and start) a lab server on a node; return its description.
 
-    storage "lvm"/"thinlvm" (LVM node only): the disk is a thick or thin logical volume
-    in the node's volume group, holding the same seeded image as a file disk.
+    disk: its size, GiB as a number or "256M" (guest.disk_size_mib). storage "lvm"/"thinlvm"
+    (LVM node only): the disk is a thick or thin logical volume in the node's volume group,
+    holding the same seeded image as a file disk.
     """
     state = inst.load()
     nodes = {n.name: n for n in all_nodes(inst, state)}
@@ -149,6 +150,7 @@ def mkserver(inst, node_name, name, memory=256, disk=1, fmt="qcow2", dirty_rate=
         raise LabError("--storage must be file, lvm or thinlvm")
     if not name or "/" in name or len(name) > 200:
         raise LabError("a server name must be non-empty and contain no '/'")
+    size = guest.disk_size_mib(disk) << 20
     node = nodes[node_name]
     vm = isinstance(node, LvmNode)
     if storage != "file" and not vm:
@@ -171,7 +173,7 @@ def mkserver(inst, node_name, name, memory=256, disk=1, fmt="qcow2", dirty_rate=
         template = guest.disk_template(build_dir, disk, "qcow2" if vm else fmt)
         if storage != "file":
             fmt, path = "raw", f"/dev/{VG}/{lv_name(name)}"
-            _lvcreate(node, lv_name(name), disk << 30, thin=storage == "thinlvm")
+            _lvcreate(node, lv_name(name), size, thin=storage == "thinlvm")
             try:
                 _write_into_vm(inst, node, template, path, "raw", thin=storage == "thinlvm")
             except BaseException:
@@ -198,7 +200,7 @@ def mkserver(inst, node_name, name, memory=256, disk=1, fmt="qcow2", dirty_rate=
     if not stopped:
         node.virsh("start", name)
     return {"name": name, "node": node.name, "uuid": uid, "ip": ip.split("/")[0], "mac": mac,
-            "disk": {"path": path, "format": fmt, "virtual_size": disk << 30,
+            "disk": {"path": path, "format": fmt, "virtual_size": size,
                      "storage": storage if storage != "file" else f"file-{fmt}"},
             "seed_md5": guest.seed_md5(build_dir), "memory_mib": memory}
 
@@ -297,7 +299,7 @@ def rmserver(inst, name):
                       and s.get("file").startswith(STORAGE_DIR + "/")}
             node.virsh("destroy", name, check=False)
             node.virsh("undefine", name, "--managed-save", "--snapshots-metadata",
-                       check=False)
+                       "--checkpoints-metadata", check=False)  # else a checkpoint keeps it
             found.append(node.name)
         removed = False
         for p in paths | {f"/var/log/libvirt/qemu/{slug(name)}-serial.log"}:

@@ -45,6 +45,22 @@ class FakeNode:
     domains: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
     pids: dict = field(default_factory=dict)  # pid file -> command name
+    # logical volumes "vg/name" -> {"segtype", "pool", "size"}; the data is files["/dev/vg/name"]
+    volumes: dict = field(default_factory=dict)
+    sizes: dict = field(default_factory=dict)  # path -> virtual size in bytes (absent: 1 GiB)
+    # device -> (start, end): bytes of a thick volume that still hold what its extents held
+    # before (lvcreate zeroes none of them; the copy writes only up to the disk's size)
+    stale: dict = field(default_factory=dict)
+
+    def add_volume(self, vg, name, data=b"", segtype="linear", pool="", size=1 << 30):
+        """A logical volume holding `data` (its device path in files)."""
+        self.volumes[f"{vg}/{name}"] = {"segtype": segtype, "pool": pool, "size": size}
+        self.files[f"/dev/{vg}/{name}"] = data
+        self.sizes[f"/dev/{vg}/{name}"] = size
+
+    def size(self, path) -> int:
+        """The virtual size of an image or the size of a device."""
+        return self.sizes.get(path, 1 << 30)
 
 
 class FakeCluster:
@@ -71,14 +87,15 @@ class FakeCluster:
                 return how
         return None
 
-    def on(self, node, what, hook):
-        """Run hook() just before a command or call containing `what` acts on `node`."""
-        self.hooks[(node, what)] = hook
+    def on(self, node, what, hook, after=False):
+        """Run hook() just before a command or call containing `what` acts on `node` (with
+        `after`, a command: just after it acted, before its caller hears of it)."""
+        self.hooks[(node, what, after)] = hook
 
-    def _hook(self, node, text):
-        for (where, what), hook in list(self.hooks.items()):
-            if where == node and what in text:
-                del self.hooks[(where, what)]
+    def _hook(self, node, text, after=False):
+        for (where, what, when), hook in list(self.hooks.items()):
+            if where == node and what in text and when == after:
+                del self.hooks[(where, what, when)]
                 hook()
 
     def where(self, uuid) -> list[str]:
@@ -91,7 +108,8 @@ class FakeCluster:
 
 
 def domain_xml(uuid, name, disks, nvram=None, tpm=False):
-    """A minimal domain XML with file disks [(target, path, fmt)] (or (target, path, fmt, type))."""
+    """A minimal domain XML with file disks [(target, path, fmt)] (or (target, path, fmt, type),
+    or (target, path, fmt, type, size): a storage slice of that size, offset 0)."""
     parts = [f"<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid><memory unit='KiB'>262144"
              "</memory><os><type>hvm</type>"]
     if nvram:
@@ -102,8 +120,11 @@ def domain_xml(uuid, name, disks, nvram=None, tpm=False):
         target, path, fmt = disk[:3]
         kind = disk[3] if len(disk) > 3 else "file"
         attr = "file" if kind == "file" else "dev"
+        sliced = (f"<slices><slice type='storage' offset='0' size='{disk[4]}'/></slices>"
+                  if len(disk) > 4 else "")
         parts.append(f"<disk type='{kind}' device='disk'><driver name='qemu' type='{fmt}'/>"
-                     f"<source {attr}='{path}'/><target dev='{target}' bus='virtio'/></disk>")
+                     f"<source {attr}='{path}'>{sliced}</source><target dev='{target}' "
+                     "bus='virtio'/></disk>")
     if tpm:
         parts.append("<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>")
     parts.append("</devices></domain>")
@@ -228,7 +249,7 @@ class FakeHost:
         return 1
 
     def migration(self, uuid, dest_uri, params, flags, control):
-        self.cluster.migration_flags = flags
+        self.cluster.migration_flags, self.cluster.migration_uri = flags, dest_uri
         return FakeMigration(self.cluster, self.node_name, uuid, params)
 
 
@@ -269,6 +290,7 @@ class FakeMigration:
     def start(self):
         plan = self.cluster.migration_plan
         outcome = plan.get("outcome", "done")
+        self.cluster.migration_started_at = len(self.cluster.commands)  # commands sent before
         dom = self.cluster.node(self.source).domains[self.uuid]
         if outcome == "die":  # the worker dies mid-migration: libvirt goes on without it
             dom.job = {"type": 2, "data_total": 100, "data_processed": 50, "data_remaining": 50,
@@ -278,7 +300,7 @@ class FakeMigration:
         dom.job = {"type": 2}
         finish_migration(self.cluster, self.source, self.uuid, outcome)
         if outcome in ("failed", "aborted"):
-            self.error = "internal error: migration failed"
+            self.error = plan.get("error", "internal error: migration failed")
         self.done = True
 
     def wait(self, timeout=None):
@@ -330,7 +352,12 @@ class FakeShell:
         if how:
             raise OSError(f"{self.node_name}: connection lost")
         stdin = in_stream.read() if in_stream else None
-        return self._do(argv, stdin)
+        result = self._do(argv, stdin)
+        self.cluster._hook(self.node_name, text, after=True)
+        return result
+
+    def _lvm(self, argv):
+        return _lvm_do(self.node, argv)
 
     def _export_read(self, argv, spec):
         """The export a qemu-img reader names (nbd:// URL or --image-opts), or None when the
@@ -354,7 +381,10 @@ class FakeShell:
             pids[pid] = "qemu-nbd"
             self.node.files[pid] = "1"
             self.cluster.exports = getattr(self.cluster, "exports", {})
-            self.cluster.exports[export] = (self.node_name, argv[-1])
+            path, size = argv[-1], None
+            if "--image-opts" in argv:  # raw of a given size over the device: a sliced disk
+                path, size = _opts_path(path), int(_opts(path)["size"])
+            self.cluster.exports[export] = (self.node_name, path, size or self.node.size(path))
             self.cluster.tls_exports = getattr(self.cluster, "tls_exports", set())
             if "--tls-creds" in argv:
                 self.cluster.tls_exports.add(export)
@@ -370,11 +400,16 @@ class FakeShell:
                 pids[argv[4]] = argv[5]
                 files[argv[4]] = "1"
                 return self._do(argv[5:], stdin)
+            if tag == "ferry-renamed":  # the final name is the temporary one's
+                tmp, final = argv[4], argv[5]
+                return _Result(0, "ours" if final in files and tmp not in files else "not ours")
             if tag == "ferry-rename":
                 tmp, final = argv[4], argv[5]
                 if final in files:
                     return _Result(17, "", f"refusing to overwrite {final}")
                 files[final] = files.pop(tmp)
+                if tmp in self.node.sizes:
+                    self.node.sizes[final] = self.node.sizes.pop(tmp)
                 return _Result(0)
             if tag == "ferry-create":
                 path = argv[4]
@@ -392,6 +427,11 @@ class FakeShell:
                 tree = {p: v.decode("latin-1") if isinstance(v, bytes) else v
                         for p, v in files.items() if p.startswith(path + "/")}
                 return _Result(0, base64.b64encode(json.dumps(tree).encode()).decode())
+            if tag == "ferry-p2p":  # the destination's pinned host key and the ssh wrapper
+                directory, name = argv[4], argv[5]
+                files[f"{directory}/{name}.known_hosts"] = argv[6] + "\n"
+                files[f"{directory}/{name}.ssh"] = stdin
+                return _Result(0)
             if tag == "ferry-untar":
                 path = posixpath.join(argv[4], argv[5])
                 if any(p.startswith(path + "/") for p in files):
@@ -399,26 +439,20 @@ class FakeShell:
                 for p, v in json.loads(base64.b64decode(stdin)).items():
                     files[p] = v.encode("latin-1")
                 return _Result(0)
+        if argv[0].startswith("lv"):
+            return self._lvm(argv)
         if argv[:2] == ["qemu-img", "convert"]:
-            url, dst = argv[-2], argv[-1]
-            export = self._export_read(argv, url)
-            if export is None:
-                return _Result(1, "", "TLS negotiation required before option NBD_OPT_GO")
-            node, path = self.cluster.exports[export]
-            files[dst] = self.cluster.node(node).files[path]
-            return _Result(0, "    (100.00/100%)\n")
+            return self._convert(argv)
         if argv[:2] == ["qemu-img", "compare"]:
-            url, path = argv[-2], argv[-1]
-            export = self._export_read(argv, url)
-            if export is None:
-                return _Result(2, "", "TLS negotiation required before option NBD_OPT_GO")
-            if path.startswith("driver="):  # --image-opts: the local image as options too
-                path = path.split("file.filename=", 1)[1].replace(",,", ",")
-            node, src = self.cluster.exports[export]
-            same = self.cluster.node(node).files.get(src) == files.get(path)
-            return _Result(0 if same else 1, "" if same else "Content mismatch")
+            return self._compare(argv)
         if argv[:2] == ["qemu-img", "info"]:
-            return _Result(0, json.dumps({"virtual-size": 1 << 30}))
+            return _Result(0, json.dumps({"virtual-size": self.node.size(argv[-1])}))
+        if argv[:2] == ["blockdev", "--getsize64"]:
+            if argv[-1] not in files:
+                return _Result(1, "", f"blockdev: cannot open {argv[-1]}")
+            return _Result(0, f"{self.node.size(argv[-1])}\n")
+        if argv[0] == "dd":
+            return self._zero(dict(a.split("=", 1) for a in argv[1:]))
         if argv[:2] == ["rm", "-f"]:
             files.pop(argv[-1], None)
             return _Result(0)
@@ -432,6 +466,113 @@ class FakeShell:
             data = files[argv[-1]]
             return _Result(0, base64.b64encode(data if isinstance(data, bytes) else data.encode()).decode())
         raise AssertionError(f"the fake shell does not know {argv}")
+
+
+    def _convert(self, argv):
+        """qemu-img convert from an export: a new file of the export's size, or (-n) into an
+        existing volume at least that large, whose bytes past it stay as they were."""
+        url, dst = argv[-2], argv[-1]
+        files = self.node.files
+        if "-n" in argv and dst not in files:
+            return _Result(1, "", f"qemu-img: Could not open '{dst}': No such file")
+        export = self._export_read(argv, url)
+        if export is None:
+            return _Result(1, "", "TLS negotiation required before option NBD_OPT_GO")
+        node, path, size = self.cluster.exports[export]
+        if "-n" in argv and self.node.size(dst) < size:
+            return _Result(1, "", "qemu-img: Error: Target image size too small")
+        files[dst] = self.cluster.node(node).files[path]
+        if "-n" not in argv:
+            self.node.sizes[dst] = size
+        return _Result(0, "    (100.00/100%)\n")
+
+    def _compare(self, argv):
+        """qemu-img compare of an export with a local image: the same data, and where one is
+        larger, its extra must read as zeros (a thick volume's stale tail does not)."""
+        url, path = argv[-2], argv[-1]
+        export = self._export_read(argv, url)
+        if export is None:
+            return _Result(2, "", "TLS negotiation required before option NBD_OPT_GO")
+        if path.startswith("driver="):  # --image-opts: the local image as options too
+            path = _opts_path(path)
+        node, src, size = self.cluster.exports[export]
+        same = self.cluster.node(node).files.get(src) == self.node.files.get(path)
+        local = self.node.size(path)
+        if local < size or (local > size and self.node.stale.get(path, (local,))[0] < local):
+            same = False
+        return _Result(0 if same else 1, "" if same else "Content mismatch")
+
+    def _zero(self, ops):
+        """dd of zeros over [seek, seek + count) bytes of a device: it clears a stale tail it
+        covers, overwrites the disk's data if it starts inside it, fails past the end."""
+        path, seek, count = ops["of"], int(ops["seek"]), int(ops["count"])
+        assert ops.get("oflag") == "seek_bytes" and ops.get("iflag") == "count_bytes", ops
+        if seek + count > self.node.size(path):
+            return _Result(1, "", f"dd: error writing '{path}': No space left on device")
+        start, end = self.node.stale.get(path, (seek, seek + count))
+        if seek < start:
+            self.node.files[path] = b"zeroed-over-the-data"
+        if seek <= start and seek + count >= end:
+            self.node.stale.pop(path, None)
+        return _Result(0)
+
+
+def _opts(spec):
+    """QEMU's key=value,... options (",," is a comma inside a value)."""
+    parts = spec.replace(",,", "\0").split(",")
+    return dict(p.replace("\0", ",").split("=", 1) for p in parts)
+
+
+def _opts_path(spec):
+    return _opts(spec)["file.filename"]
+
+
+EXTENT = 4 << 20  # lvm's default physical extent: a volume's size is rounded up to it
+
+
+def _lvm_do(node, argv):
+    """What lvs, lvcreate, lvrename and lvremove do to a fake node's volumes."""
+    volumes, files = node.volumes, node.files
+    if argv[0] == "lvs":
+        rows = [{"vg_name": key.split("/")[0], "lv_name": key.split("/")[1],
+                 "lv_path": f"/dev/{key}", "lv_dm_path": "", "segtype": v["segtype"],
+                 "pool_lv": v["pool"], "lv_size": str(v["size"]),
+                 "data_percent": "1.00" if v["segtype"] == "thin" else "",
+                 "metadata_percent": ""} for key, v in volumes.items()]
+        return _Result(0, json.dumps({"report": [{"lv": rows}]}))
+    if argv[0] == "lvcreate":
+        name = argv[argv.index("-n") + 1]
+        if "-T" in argv:
+            vg, pool = argv[argv.index("-T") + 1].split("/")
+            size, segtype = argv[argv.index("-V") + 1], "thin"
+        else:
+            vg, pool, size, segtype = argv[-1], "", argv[argv.index("-L") + 1], "linear"
+        if f"{vg}/{name}" in volumes:
+            return _Result(5, "", f'Logical Volume "{name}" already exists in volume group "{vg}"')
+        asked = int(size.rstrip("b"))
+        rounded = -(-asked // EXTENT) * EXTENT
+        node.add_volume(vg, name, b"", segtype, pool, rounded)
+        if segtype == "linear" and rounded > asked:
+            node.stale[f"/dev/{vg}/{name}"] = (asked, rounded)
+        return _Result(0, f'Logical volume "{name}" created.')
+    if argv[0] == "lvrename":
+        vg, old, new = argv[1:4]
+        if f"{vg}/{new}" in volumes or f"{vg}/{old}" not in volumes:
+            return _Result(5, "", f'Logical Volume "{new}" already exists in volume group "{vg}"')
+        volumes[f"{vg}/{new}"] = volumes.pop(f"{vg}/{old}")
+        for held in (files, node.sizes, node.stale):
+            if f"/dev/{vg}/{old}" in held:
+                held[f"/dev/{vg}/{new}"] = held.pop(f"/dev/{vg}/{old}")
+        return _Result(0)
+    if argv[0] == "lvremove":
+        key = argv[-1]
+        if key not in volumes:
+            return _Result(5, "", f'Failed to find logical volume "{key}"')
+        del volumes[key]
+        for held in (files, node.sizes, node.stale):
+            held.pop(f"/dev/{key}", None)
+        return _Result(0)
+    raise AssertionError(f"the fake shell does not know {argv}")
 
 
 class FakeNodes:

@@ -9,7 +9,9 @@ keep two passes from acting on the same task or group.
 Kept as pure decisions (`due`) plus short I/O steps (`tick`, `flush_tick`,
 `recovery_tick`) so that it is tested without waiting for a clock.
 """
+import json
 import logging
+import os
 import threading
 from datetime import timedelta
 
@@ -62,23 +64,71 @@ def flush_tick(app):
 
 
 def recovery_tick(app, now=None):
-    """Run a recovery pass in this thread when a task, group or preflight needs one.
+    """Run a recovery pass when a task, group or preflight needs one.
 
-    Returns what the pass did ([] when nothing needed it: then it cost three queries).
+    Returns what the pass did ([] when nothing needed it: then it cost three queries, here).
+    The pass itself runs in a child process (`in_child`): it talks to nodes, and libvirt must
+    never run in the worker process, which forks a work horse for every job.
     """
     from app.services import recovery
     now = now or utcnow()
-    with app.app_context(), lease.acting_as("recovery"):
+    with app.app_context():
         try:
             if not recovery.orphans(now) and not recovery.stalled_groups(now) \
                     and not recovery.abandoned_preflights(now):
                 return []
-            done = recovery.reconcile()
-            for task_id, outcome in done:
-                log.warning("recovery: %s", outcome if task_id is None else f"task {task_id} {outcome}")
-            return done
         finally:
             db.session.remove()
+    done = in_child(app, lambda: _recovery_pass(app))
+    for task_id, outcome in done:
+        log.warning("recovery: %s", outcome if task_id is None else f"task {task_id} {outcome}")
+    return done
+
+
+def _recovery_pass(app):
+    from app.services import recovery
+    with app.app_context(), lease.acting_as("recovery"):
+        try:
+            return [list(pair) for pair in recovery.reconcile()]
+        finally:
+            db.session.remove()
+
+
+def in_child(app, work):
+    """`work()` in a forked child process of `app`'s; returns its JSON-able result ([] if it
+    died).
+
+    libvirt's event loop (which keepalive needs) does not survive a fork: a process that
+    once ran it forks children whose libvirt calls to a dead node hang for good. Every
+    child of the worker (work horses, these passes) starts its own, so the worker never
+    runs one (app.infra.host.forbid_libvirt, set by `python -m worker`).
+    """
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            os.close(reader)
+            with app.app_context():  # the pools' connections are the parent's: start afresh
+                for engine in db.engines.values():
+                    engine.dispose(close=False)
+            result = json.dumps(work())
+            with os.fdopen(writer, "w") as out:
+                out.write(result)
+            code = 0
+        except BaseException:  # noqa: BLE001 - logged, the parent sees no result
+            log.exception("recovery pass failed in its child process")
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with os.fdopen(reader) as incoming:
+        text = incoming.read()
+    _, status_code = os.waitpid(pid, 0)
+    if status_code != 0 or not text:
+        log.error("the recovery pass's child process ended without a result (status %s)",
+                  status_code)
+        return []
+    return [tuple(pair) for pair in json.loads(text)]
 
 
 def start(app, stop_event=None):

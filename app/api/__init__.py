@@ -2,8 +2,8 @@
 
     curl -H "Authorization: Bearer $FERRY_TOKEN" http://ferry:8080/api/v1/servers
 
-Viewers read; operators also sync, preflight, migrate, cancel and evacuate; admins
-also switch maintenance and see the webhook sources. The OpenAPI document at
+Viewers read; operators also sync, preflight, migrate, cancel, evacuate and switch
+maintenance; admins also see the webhook sources. The OpenAPI document at
 /api/v1/openapi.json describes every route (app/api/openapi.py).
 """
 import functools
@@ -11,8 +11,8 @@ import functools
 from flask import Blueprint, g, request
 
 from app import status
-from app.api.errors import ApiError, register
-from app.auth.views import load_user_from_token
+from app.access import load_user_from_token
+from app.json_errors import ApiError, register
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 register(bp, ("/api/",))

@@ -1,9 +1,12 @@
 """The OpenAPI 3 document of /api/v1, built from a few helpers so it stays in step with views.py.
 
-tests/test_api.py validates every response the tests receive against it, and
+tests/unit/test_api.py validates every response the tests receive against it, and
 fuzzes every operation with schemathesis; a route missing here fails those tests.
 """
+from dataclasses import fields
+
 from app import status
+from app.blobs import Eta, GroupOptions, Progress, TaskResult
 
 S = {"type": "string"}
 I = {"type": "integer"}  # noqa: E741 - reads as the type's name
@@ -21,6 +24,12 @@ def obj(props, required=None):
     """An object whose listed properties are all required unless said otherwise."""
     return {"type": "object", "properties": props,
             "required": list(props) if required is None else required}
+
+
+def blob(cls):
+    """A typed JSON blob of app/blobs.py: exactly its keys (each as stored)."""
+    return {"type": "object", "properties": {f.name: {} for f in fields(cls)},
+            "additionalProperties": False}
 
 
 def arr(items):
@@ -59,23 +68,25 @@ SCHEMAS = {
     "Task": obj({
         "id": I, "group_id": I, "server_id": n(I), "server": n(S), "source_id": n(I),
         "source": n(S), "destination_id": n(I), "destination": n(S), "mode": n(S), "status": S,
-        "phase": n(S), "cancel_requested": B, "progress": n(ANY_OBJECT), "eta": n(ANY_OBJECT),
-        "result": n(ANY_OBJECT), "error": n(S), "created_at": TIME, "started_at": TIME,
+        "phase": n(S), "cancel_requested": B, "progress": n(blob(Progress)),
+        "eta": n(blob(Eta)), "result": n(blob(TaskResult)), "error": n(S), "created_at": TIME, "started_at": TIME,
         "finished_at": TIME, "events": arr(ref("TaskEvent"))},
         required=["id", "group_id", "status", "progress", "eta", "cancel_requested"]),
     "Group": obj({
-        "id": I, "status": S, "options": ANY_OBJECT, "created_by": n(S), "created_at": TIME,
+        "id": I, "status": S, "options": blob(GroupOptions), "created_by": n(S),
+        "created_at": TIME,
         "started_at": TIME, "finished_at": TIME, "task_count": I, "tasks": arr(ref("Task"))},
         required=["id", "status", "options", "created_at", "task_count"]),
     "GroupReport": obj({
-        "group": I, "status": S, "options": ANY_OBJECT, "created_at": TIME, "finished_at": TIME,
+        "group": I, "status": S, "options": blob(GroupOptions), "created_at": TIME,
+        "finished_at": TIME,
         "tasks": arr(obj({
             "task": I, "server": n(S), "source": n(S), "destination": n(S), "mode": n(S),
             "status": S, "error": n(S), "downtime_ms": n(I), "total_ms": n(I), "bytes": n(I),
-            "phases": n(ANY_OBJECT), "eta": n(ANY_OBJECT), "started_at": TIME,
+            "phases": n(ANY_OBJECT), "eta": n(blob(Eta)), "started_at": TIME,
             "finished_at": TIME, "events": arr(obj({"at": TIME, "kind": S, "message": S}))}))}),
     "Preflight": obj({
-        "results": arr(obj({"name": S, "status": enum(("pass", "warn", "fail")), "message": S},
+        "results": arr(obj({"name": S, "status": enum(("pass", "info", "warn", "fail")), "message": S},
                            required=["name", "status", "message"])),
         "summary": ANY_OBJECT, "throughput_bps": ANY_OBJECT, "dirty_rate_bps": ANY_OBJECT,
         "eta": ANY_OBJECT,

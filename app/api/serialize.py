@@ -38,8 +38,11 @@ def task(t, events=True):
             "destination_id": t.destination_id,
             "destination": t.destination.name if t.destination else None,
             "mode": t.mode, "status": t.status, "phase": t.phase,
-            "cancel_requested": bool(t.cancel_requested), "progress": t.progress, "eta": t.eta,
-            "result": t.result, "error": t.error, "created_at": iso(t.created_at),
+            "cancel_requested": bool(t.cancel_requested),
+            "progress": t.progress_record.to_json() if t.progress else None,
+            "eta": t.eta_record.to_json() if t.eta else None,
+            "result": t.result_record.to_json() if t.result else None,
+            "error": t.error, "created_at": iso(t.created_at),
             "started_at": iso(t.started_at), "finished_at": iso(t.finished_at)}
     if events:
         body["events"] = [{"id": e.id, "at": iso(e.at), "kind": e.kind, "message": e.message,
@@ -49,7 +52,7 @@ def task(t, events=True):
 
 def group(g, tasks=True):
     """A migration group, with its tasks (without their timelines)."""
-    body = {"id": g.id, "status": g.status, "options": g.options or {},
+    body = {"id": g.id, "status": g.status, "options": g.options_record.to_json(),
             "created_by": g.created_by.username if g.created_by else None,
             "created_at": iso(g.created_at), "started_at": iso(g.started_at),
             "finished_at": iso(g.finished_at), "task_count": len(g.tasks)}
@@ -63,7 +66,7 @@ def evacuation(e):
     return {"id": e.id, "kind": e.kind, "status": e.status,
             "compute_resource_id": e.compute_resource_id,
             "compute_resource": e.compute_resource.name if e.compute_resource else None,
-            "plan": e.plan or {}, "origin": e.origin, "error": e.error, "group_id": e.group_id,
+            "plan": e.plan_record.to_json(), "origin": e.origin, "error": e.error, "group_id": e.group_id,
             "returns_id": e.returns_id,
             "created_by": e.created_by.username if e.created_by else None,
             "created_at": iso(e.created_at), "approved_at": iso(e.approved_at)}

@@ -5,13 +5,15 @@ from sqlalchemy import false
 from app import status
 from app.api import ADMIN, OPERATOR, bp
 from app.api import serialize as out
-from app.api.errors import ApiError
-from app.api.openapi import document
+from app.json_errors import ApiError
 from app.errors import FerryError, NotFound
 from app.extensions import db
 from app.models import (ComputeResource, Evacuation, Job, MigrationGroup, MigrationTask, Server,
                         WebhookEvent, WebhookSource)
-from app.services import evacuation, inventory, migration, resources
+from app.services import resources
+
+# evacuation, inventory and migration are imported by the routes that use them: they load
+# libvirt and cryptography, and every CLI command and web worker imports this module.
 
 MAX_LIMIT = 500
 ID_MAX = 2**31 - 1  # the databases' integer ids; a larger number names nothing
@@ -122,6 +124,7 @@ def _ferry(call, *args, http_status=409, **kwargs):
 @bp.route("/openapi.json")
 def openapi():
     """The OpenAPI 3 document of this API (no token needed)."""
+    from app.api.openapi import document  # its schemas load the typed blobs: here, not at start
     return jsonify(document())
 
 
@@ -162,6 +165,7 @@ def set_maintenance(resource_id):
 @OPERATOR
 def sync_compute_resource(resource_id):
     """Queue an inventory sync of one compute resource; follow it at /jobs/{id}."""
+    from app.services import inventory
     resource = _get(ComputeResource, resource_id, "compute resource")
     job = inventory.enqueue_sync(resource, by=g.api_user)
     return jsonify({"jobs": [out.job(job)]}), 202
@@ -171,6 +175,7 @@ def sync_compute_resource(resource_id):
 @OPERATOR
 def sync_all():
     """Queue an inventory sync of every compute resource."""
+    from app.services import inventory
     return jsonify({"jobs": [out.job(j) for j in inventory.enqueue_sync_all(by=g.api_user)]}), 202
 
 
@@ -204,6 +209,7 @@ def get_server(server_id):
 
 def _migration_request(body):
     """A migration.Request from a JSON body (types checked here, meaning by the service)."""
+    from app.services import migration
     server_ids = _field(body, "server_ids", list, required=True)
     if not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i <= ID_MAX
                for i in server_ids):
@@ -235,6 +241,7 @@ def _migration_request(body):
 @OPERATOR
 def preflight():
     """Run the preflight checks of a migration without starting it (it probes the nodes)."""
+    from app.services import migration
     return jsonify(_ferry(migration.dry_run, _migration_request(_body())))
 
 
@@ -242,6 +249,7 @@ def preflight():
 @OPERATOR
 def create_migration_group():
     """Start a migration group: 201 when it runs, 409 when the state, preflight or limits refuse it."""
+    from app.services import migration
     group = _ferry(migration.start_group, _migration_request(_body()), user=g.api_user)
     if group.status == status.MIGRATION_FAILED:
         reason = group.tasks[0].error if group.tasks else "the group did not start"
@@ -265,6 +273,7 @@ def get_migration_group(group_id):
 @bp.route("/migration-groups/<int:group_id>/report")
 def migration_group_report(group_id):
     """The group's report: per server outcome, downtime, bytes, time per phase, timeline."""
+    from app.services import migration
     return jsonify(migration.group_report(_get(MigrationGroup, group_id, "migration group")))
 
 
@@ -272,6 +281,7 @@ def migration_group_report(group_id):
 @OPERATOR
 def cancel_migration_group(group_id):
     """Ask every unfinished task of the group to stop; the running job aborts and cleans up."""
+    from app.services import migration
     group = _get(MigrationGroup, group_id, "migration group")
     active = [t for t in group.tasks if t.status not in status.MIGRATION_DONE]
     if not active:
@@ -300,6 +310,7 @@ def get_task(task_id):
 @OPERATOR
 def cancel_task(task_id):
     """Ask a task to stop."""
+    from app.services import migration
     _get(MigrationTask, task_id, "migration task")
     task = _ferry(migration.request_cancel, task_id, user=g.api_user, http_status=409)
     return jsonify(out.task(task)), 202
@@ -312,6 +323,7 @@ def cancel_task(task_id):
 @OPERATOR
 def plan_evacuation(resource_id):
     """Plan the evacuation of a compute resource (replaces an older unapproved plan)."""
+    from app.services import evacuation
     body = _body()
     _get(ComputeResource, resource_id, "compute resource")
     evac = _ferry(evacuation.make_plan, resource_id, user=g.api_user,
@@ -324,6 +336,7 @@ def plan_evacuation(resource_id):
 @OPERATOR
 def plan_return(resource_id):
     """Plan moving back the servers the last evacuation took off this compute resource."""
+    from app.services import evacuation
     _get(ComputeResource, resource_id, "compute resource")
     return jsonify(out.evacuation(_ferry(evacuation.plan_return, resource_id, user=g.api_user,
                                          http_status=409))), 201
@@ -340,6 +353,7 @@ def list_evacuations():
 @bp.route("/evacuations/<int:evacuation_id>")
 def get_evacuation(evacuation_id):
     """One evacuation, its plan and (once approved) its group."""
+    from app.services import evacuation
     _get(Evacuation, evacuation_id, "evacuation")
     return jsonify(out.evacuation(_ferry(evacuation.get, evacuation_id)))
 
@@ -348,6 +362,7 @@ def get_evacuation(evacuation_id):
 @OPERATOR
 def approve_evacuation(evacuation_id):
     """Approve a plan: the node goes into maintenance and one group runs the moves."""
+    from app.services import evacuation
     body = _body()
     _get(Evacuation, evacuation_id, "evacuation")
     evac = _ferry(evacuation.approve, evacuation_id, user=g.api_user, http_status=409,

@@ -19,7 +19,7 @@ def token_create():
     user = current_user._get_current_object()
     try:
         days = credentials.parse_days(request.form.get("expires_in_days"))
-        row, plaintext = credentials.issue_token(user, request.form.get("name"), days)
+        row, plaintext = credentials.issue_token(user, request.form.get("name"), days, by=user)
     except FerryError as exc:
         flash(str(exc), "error")
         return render_template("auth/tokens.html", tokens=credentials.tokens_of(user)), 400
@@ -31,7 +31,7 @@ def token_create():
 def token_revoke(token_id):
     """Revoke one of one's own tokens; scripts using it are refused from the next request."""
     try:
-        token = credentials.revoke_token(token_id, owner=current_user)
+        token = credentials.revoke_token(token_id, owner=current_user._get_current_object())
     except FerryError as exc:
         flash(str(exc), "error")
         return redirect(url_for("auth.tokens"), 303)

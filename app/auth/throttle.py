@@ -8,12 +8,14 @@ let its holder reset the count while guessing another's password.
 
 When Redis does not answer, sign-in still works (logged): a Redis outage must
 not lock every operator out of the pages they need to see what is happening.
+
+redis is imported in the functions that talk to it: every page and CLI command loads this
+module, and only a sign-in needs Redis (importing it cost a fifth of a second).
 """
 import hashlib
 import logging
 
 from flask import current_app
-from redis.exceptions import RedisError
 
 from app.services.jobs import redis_connection
 
@@ -29,6 +31,8 @@ def _keys(username, address):
 
 def retry_after(username, address):
     """Seconds until a sign-in may be tried again, or 0 when it may be tried now."""
+    from redis.exceptions import RedisError
+
     account_key, address_key = _keys(username, address)
     config = current_app.config
     try:
@@ -45,6 +49,8 @@ def retry_after(username, address):
 
 def record_failure(username, address):
     """Count one failed sign-in for the account and for the address."""
+    from redis.exceptions import RedisError
+
     window = current_app.config["LOGIN_FAILURE_WINDOW"]
     try:
         pipe = redis_connection().pipeline()
@@ -58,6 +64,8 @@ def record_failure(username, address):
 
 def clear_account(username):
     """Forget the account's failures after a successful sign-in."""
+    from redis.exceptions import RedisError
+
     try:
         redis_connection().delete(_keys(username, None)[0])
     except RedisError as exc:

@@ -1,5 +1,4 @@
 """Login and logout pages; the request guard that enforces login, roles and CSRF."""
-import functools
 import re
 from urllib.parse import unquote, urlsplit
 
@@ -7,10 +6,10 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_user, logout_user
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app import status
+from app import access, status  # access: registers the API token loader with Flask-Login
 from app.auth import throttle
 from app.extensions import csrf, db, login_manager
-from app.models import ApiToken, User, utcnow
+from app.models import User
 from app.services import audit
 
 bp = Blueprint("auth", __name__)
@@ -42,22 +41,6 @@ def load_user(session_id):
     return user
 
 
-@login_manager.request_loader
-def load_user_from_token(req):
-    """Scripts send `Authorization: Bearer <token>`; only the token's hash is looked up."""
-    header = req.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        return None
-    token = db.session.scalar(db.select(ApiToken).filter_by(
-        token_hash=ApiToken.hash(header[len("Bearer "):].strip())))
-    if token is None or not token.accepts():
-        return None
-    token.last_used_at = utcnow()
-    db.session.commit()
-    req.environ["ferry.api_token"] = token.id
-    return token.user
-
-
 @bp.before_app_request
 def guard():
     """Every page needs a login; a viewer changes nothing; forms and htmx carry a CSRF token."""
@@ -80,18 +63,6 @@ def guard():
     if request.endpoint not in SELF_SERVICE_ENDPOINTS and not current_user.has_role(status.ROLE_OPERATOR):
         abort(403)
     return None
-
-
-def require_role(role):
-    """Decorate a view that needs at least `role` (the guard already stops viewers' POSTs)."""
-    def decorator(view):
-        @functools.wraps(view)
-        def wrapped(*args, **kwargs):
-            if not current_user.is_authenticated or not current_user.has_role(role):
-                abort(403)
-            return view(*args, **kwargs)
-        return wrapped
-    return decorator
 
 
 # Browsers read a backslash as a slash and drop tabs and newlines: "/\\evil" or "/\t/evil"

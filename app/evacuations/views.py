@@ -7,11 +7,13 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user
 
 from app import status
-from app.auth import require_role
+from app.access import require_role
 from app.errors import FerryError, NotFound
 from app.extensions import db
 from app.models import Evacuation
-from app.services import evacuation
+
+# services.evacuation is imported where it is used: it loads the engine and libvirt, and every CLI
+# command and web worker imports this module.
 
 bp = Blueprint("evacuations", __name__, url_prefix="/evacuations")
 
@@ -19,6 +21,7 @@ STOP_POLLING = 286
 
 
 def _get_or_404(evacuation_id):
+    from app.services import evacuation
     try:
         return evacuation.get(evacuation_id)  # refreshed from its group
     except NotFound:
@@ -58,6 +61,7 @@ def _planned(resource_id, make):
 @require_role(status.ROLE_OPERATOR)
 def plan(resource_id):
     """Plan the evacuation of a compute resource (nothing moves until someone approves)."""
+    from app.services import evacuation
     return _planned(resource_id, evacuation.make_plan)
 
 
@@ -65,6 +69,7 @@ def plan(resource_id):
 @require_role(status.ROLE_OPERATOR)
 def plan_return(resource_id):
     """Plan moving back the servers the last evacuation took away."""
+    from app.services import evacuation
     return _planned(resource_id, evacuation.plan_return)
 
 
@@ -72,6 +77,7 @@ def plan_return(resource_id):
 @require_role(status.ROLE_OPERATOR)
 def approve(evacuation_id):
     """Run the stored plan: the node goes into maintenance and one migration group moves the servers."""
+    from app.services import evacuation
     evac = _get_or_404(evacuation_id)
     try:
         # The page shows every warning of the plan; approving it is the acknowledgement.

@@ -14,18 +14,22 @@ hanging the worker.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 
 import libvirt
 
 from app.errors import FerryError
 from app.infra import libvirt as lv
+from app.infra.bounded import within
 from app.infra import migration as mig
 from app.infra.migration import DomainPlace
 
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
+OPEN_TIMEOUT_S = 30  # a daemon that takes the connection but never answers the open
 
 # Codes that mean the node (or the link to it) failed, not that it refused: the outcome of
 # the call is unknown, and the caller must ask again before acting on anything.
@@ -48,22 +52,50 @@ class HostRefused(FerryError):
     """The node answered and refused the call; nothing changed there."""
 
 
+log = logging.getLogger("ferry.host")
+
 _loop_lock = threading.Lock()
 _loop_pid = None
+
+
+_forbidden = {}  # pid -> why libvirt may not run in that process
+
+
+def forbid_libvirt(reason: str) -> None:
+    """No libvirt connection may be opened in this process (its children may open theirs).
+
+    libvirt's event loop (GLib's main context) is owned by the thread that runs it; a child
+    forked from a process that ran it cannot run its own, so keepalive never fires there and
+    a call to a node that died hangs for good. The RQ worker forks a work horse per job:
+    `python -m worker` forbids libvirt in itself, and its recovery passes run in children.
+    """
+    _forbidden[os.getpid()] = reason
 
 
 def ensure_event_loop() -> None:
     """Register libvirt's default event loop once per process and run it in a daemon thread.
 
-    Keepalive needs it; a forked RQ work horse gets a thread of its own (threads do not
-    survive fork).
+    Keepalive needs it. Only in a process that never forked from one that ran it (see
+    forbid_libvirt).
     """
     global _loop_pid
+    if os.getpid() in _forbidden:
+        raise RuntimeError(f"libvirt may not run in this process: {_forbidden[os.getpid()]}")
     with _loop_lock:
         if _loop_pid == os.getpid():
             return
-        if _loop_pid is None:
-            libvirt.virEventRegisterDefaultImpl()
+        if _loop_pid is not None:  # registered and run by the process this one forked from
+            # Said loudly, once: calls work, but one to a node that dies would hang for good.
+            # Ferry's worker never gets here (forbid_libvirt); a test's forking worker may.
+            log.error("libvirt's event loop ran in process %s, which forked this one: keepalive "
+                      "cannot work here (reach nodes only from processes that never ran it)",
+                      _loop_pid)
+            # Still run a loop thread here, as before: calls that wait on libvirt's events
+            # (a migration's end) need one; only keepalive is lost.
+            threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
+            _loop_pid = os.getpid()
+            return
+        libvirt.virEventRegisterDefaultImpl()
         threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
         _loop_pid = os.getpid()
 
@@ -84,6 +116,41 @@ def _error(exc: libvirt.libvirtError, node: str, what: str) -> FerryError:
     return HostRefused(message)
 
 
+def bounded_open(opener, name: str, timeout_s: float):
+    """`opener()` (which opens a libvirt connection), given at most `timeout_s`.
+
+    Keepalive only starts once a connection is open: a daemon that accepts the connection
+    and never answers (one restarting after a SIGKILL, seen in the fault suite) would hold
+    the caller for good. Past the limit the node counts as not answering (HostUnknown); a
+    connection that opens later is closed by the thread that opened it.
+
+    >>> bounded_open(lambda: "conn", "node1", 1)
+    'conn'
+    >>> import time
+    >>> bounded_open(lambda: time.sleep(2), "node1", 0.1)
+    Traceback (most recent call last):
+    ...
+    app.infra.host.HostUnknown: node1: libvirt did not answer within 0.1 s
+    """
+    ended, opened, error = within(opener, timeout_s, late=lambda conn: _close_late(conn, name),
+                                  name=f"libvirt-open-{name}")
+    if not ended:
+        raise HostUnknown(f"{name}: libvirt did not answer within {timeout_s:g} s")
+    if error is not None:
+        raise error
+    return opened
+
+
+def _close_late(conn, name: str) -> None:
+    """Close a connection that opened after its caller gave up on it."""
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - a connection nobody uses any more
+        log.warning("%s: closing a connection that opened too late failed", name)
+
+
 class Host(lv.Host):
     """A libvirt connection to one node, with the calls the engine makes (plus the inventory's)."""
 
@@ -91,7 +158,8 @@ class Host(lv.Host):
     def open(cls, endpoint, known_hosts_dir, transport="libssh2") -> "Host":
         """Open the node's libvirt with the pinned host key and keepalive on."""
         ensure_event_loop()
-        base = lv.open_host(endpoint, known_hosts_dir, transport)
+        base = bounded_open(lambda: lv.open_host(endpoint, known_hosts_dir, transport),
+                            f"{endpoint.host}:{endpoint.port}", OPEN_TIMEOUT_S)
         host = cls(base.conn, base.name)
         try:
             host.conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
@@ -185,8 +253,11 @@ def settle_place(open_host, uuid: str, first: DomainPlace, wait_s: float, sleep)
 
     `open_host()` opens a new Host (a context manager); `sleep` is injected for tests.
     """
-    place, waited = first, 0.0
-    while place.error and waited < wait_s:
+    place, waited, started = first, 0.0, time.monotonic()
+    # Both clocks bound it: the sleeps (injected in tests) and the wall time, which also counts
+    # each attempt's own connection timeout (a node that does not answer costs seconds each).
+    while place.error and waited < wait_s and time.monotonic() - started < wait_s:
+        log.info("a node did not answer (%s); asking again on a fresh connection", place.error)
         sleep(2)
         waited += 2
         try:

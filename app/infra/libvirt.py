@@ -4,8 +4,10 @@ The connection uses libvirt's own SSH transport (libssh2 or libssh) with a
 known_hosts file written from the pinned key and strict verification, so a
 node with another key is refused here exactly as it is by Fabric.
 """
+import contextlib
 import os
 import re
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
@@ -43,6 +45,7 @@ _TARGET = re.compile(r"^[a-z][a-z0-9]{1,31}$")  # vda, sdb, hdc, nvme0n1
 _FORMAT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,15}$")  # raw, qcow2, vmdk, ...
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")  # arch, vendor, model, pool type
 _MAX_XML = 16 * 1024 * 1024  # a domain with hundreds of disks is a few hundred KiB
+MAX_CHECKPOINTS = 100  # checkpoint names kept per domain in facts (a chain is rarely longer)
 
 
 def parse_xml(text, what="XML"):
@@ -91,8 +94,18 @@ def pool_facts(pool_xml):
     return _token(root.get("type")), path
 
 
+def checkpoint_name(value):
+    """Whether a checkpoint name from a node can be kept and shown: printable, 1-200 characters.
+
+    >>> checkpoint_name("backup-2026-11-29"), checkpoint_name("a\\nb"), checkpoint_name("")
+    (True, False, False)
+    """
+    return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
+
+
 def domain_disks(dom_xml):
-    """The disks (device='disk') of a domain XML as dicts: target, path, format, type.
+    """The disks (device='disk') of a domain XML as dicts: target, path, format, type, and
+    "slice": the size a storage slice from offset 0 gives the guest (None without one).
 
     Raises UnexpectedXML when a disk has no sane target name, format or type.
     """
@@ -109,8 +122,22 @@ def domain_disks(dom_xml):
                 or len(path) > 4096:
             raise UnexpectedXML(f"a disk of the domain has no usable target, format, type or path: "
                                 f"{dev!r:.40} {fmt!r:.40} {disk_type!r:.40} {path[:80]!r}")
-        disks.append({"target": dev, "path": path, "format": fmt, "type": disk_type})
+        disks.append({"target": dev, "path": path, "format": fmt, "type": disk_type,
+                      "slice": _storage_slice(source)})
     return disks
+
+
+def _storage_slice(source) -> int | None:
+    """The size of a disk source's storage slice from offset 0 (what its guest sees of a
+    logical volume lvm made larger, as Ferry defines one), or None.
+
+    >>> _storage_slice(ET.fromstring("<source><slices><slice type='storage' offset='0' "
+    ...                              "size='1074790912'/></slices></source>"))
+    1074790912
+    """
+    found = source.find("slices/slice[@type='storage']") if source is not None else None
+    size = found.get("size", "") if found is not None and found.get("offset") == "0" else ""
+    return int(size) if size.isdigit() and 0 < len(size) <= 19 else None
 
 
 @dataclass(frozen=True)
@@ -124,6 +151,7 @@ class DiskInfo:
     virtual_size: int
     allocation: int
     disk_type: str = "file"  # libvirt's <disk type=...>: file, block, network, ...
+    slice: int | None = None  # the guest's size when the definition slices the storage
 
 
 @dataclass(frozen=True)
@@ -173,12 +201,32 @@ def storage_type(disk_type, fmt):
 
 
 def write_known_hosts(endpoint, directory):
-    """Write a known_hosts file holding only the pinned key; returns its path."""
+    """Write a known_hosts file holding only the pinned key; returns its path.
+
+    Replaced whole, never rewritten in place: other connections to the same node (other
+    workers, or this one opening source and control side by side) read it meanwhile, and
+    libvirt refuses a node whose file it finds empty ("failed to retrieve decision to
+    accept host key"). Left alone when it already says this.
+    """
     os.makedirs(directory, mode=0o700, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in ".-_" else "_" for c in f"{endpoint.host}_{endpoint.port}")
     path = os.path.join(directory, f"{safe}.known_hosts")
-    with open(path, "w") as fh:
-        fh.write(f"{endpoint.known_hosts_name} {endpoint.host_key}\n")
+    line = f"{endpoint.known_hosts_name} {endpoint.host_key}\n"
+    try:
+        with open(path) as fh:
+            if fh.read() == line:
+                return path
+    except OSError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{safe}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(line)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 
@@ -256,6 +304,21 @@ class Host:
             pools.append(PoolInfo(pool.name(), pool_type, path, int(capacity), int(available)))
         return sorted(pools, key=lambda p: p.name)
 
+    def checkpoints(self):
+        """{domain UUID: sorted checkpoint names} of every domain that has libvirt checkpoints
+        (incremental backup chains, `virsh checkpoint-list`); names that are not short printable
+        text are left out. A domain whose checkpoints cannot be listed counts as having none."""
+        found = {}
+        for dom in self.conn.listAllDomains():
+            try:
+                names = [c.getName() for c in dom.listAllCheckpoints(0)]
+            except libvirt.libvirtError:
+                continue  # a libvirt without checkpoint support: no chain to break
+            kept = sorted(n for n in names if checkpoint_name(n))[:MAX_CHECKPOINTS]
+            if kept:
+                found[dom.UUIDString()] = kept
+        return found
+
     def guests(self):
         """Every domain, running or defined, as GuestInfo."""
         return [self._guest(dom) for dom in self.conn.listAllDomains()]
@@ -271,7 +334,8 @@ class Host:
             disks=[self._disk(dom, d) for d in disks])
 
     def _disk(self, dom, disk):
-        """DiskInfo from one of domain_disks, sizes from libvirt (works for stopped domains too)."""
+        """DiskInfo from one of domain_disks, sizes from libvirt (works for stopped domains too;
+        a sliced disk's virtual size is its slice: libvirt reports the whole device's)."""
         capacity = allocation = 0
         try:
             capacity, allocation, _ = dom.blockInfo(disk["target"])
@@ -282,7 +346,8 @@ class Host:
                 pass  # a disk whose file is gone: still listed, with unknown size
         return DiskInfo(disk["target"], disk["path"], disk["format"],
                         storage_type(disk["type"], disk["format"]),
-                        int(capacity), int(allocation), disk["type"])
+                        int(disk["slice"] or capacity), int(allocation), disk["type"],
+                        disk["slice"])
 
 
 # What preflight asks of libvirt, so services never import libvirt themselves.

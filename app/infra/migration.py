@@ -221,15 +221,6 @@ class LiveMigration:
             self.error = self.error or f"abort: {exc}"
 
 
-def completed_stats(conn, uuid: str) -> dict:
-    """The finished migration's statistics as the destination recorded them (downtime, time, bytes)."""
-    try:
-        dom = conn.lookupByUUIDString(uuid)
-        return dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-    except libvirt.libvirtError:
-        return {}
-
-
 def sample_dirty_rate(dom, seconds: int = 1) -> int | None:
     """Dirty rate in bytes/s measured by libvirt's dirty-rate calculation, None if unavailable."""
     try:
@@ -255,25 +246,36 @@ def sample_dirty_rate(dom, seconds: int = 1) -> int | None:
 COMPLETED_JOB = libvirt.VIR_DOMAIN_JOB_COMPLETED
 
 
-def destination_xml(dom_xml: str, disk_changes: dict[str, tuple[str, str]]) -> str:
-    """Rewrite a domain XML so each named disk target gets a new (path, format).
+def destination_xml(dom_xml: str, disk_changes: dict[str, tuple]) -> str:
+    """Rewrite a domain XML so each named disk target gets a new (path, format[, kind]).
 
     Example: {"vda": ("/var/lib/libvirt/images/web.raw", "raw")} turns the qcow2
     disk vda into a raw file at that path: libvirt then copies the guest's disk
-    into a destination image of another format during a live migration.
+    into a destination image of another format during a live migration. With kind
+    "block" ({"vda": ("/dev/vg/web", "raw", "block")}) the disk becomes a block
+    device: `<disk type='block'>` with `<source dev=...>`; a fourth item, a size,
+    slices it (`<slice type='storage' offset='0' size=...>`): the guest sees that
+    many bytes of a volume lvm made larger. Any slice the source had is dropped
+    otherwise (the new disk is exactly the guest's size).
     """
     root = parse_xml(dom_xml, "the domain")
     for disk in root.findall("./devices/disk"):
         target = disk.find("target")
         if target is None or target.get("dev") not in disk_changes:
             continue
-        path, fmt = disk_changes[target.get("dev")]
+        path, fmt, *rest = disk_changes[target.get("dev")]
+        kind = rest[0] if rest else "file"
         source = disk.find("source")
         if source is None:
             source = ET.SubElement(disk, "source")
-        disk.set("type", "file")
+        disk.set("type", "block" if kind == "block" else "file")
         source.attrib.clear()
-        source.set("file", path)
+        source.set("dev" if kind == "block" else "file", path)
+        for old in source.findall("slices"):
+            source.remove(old)
+        if len(rest) > 1 and rest[1]:
+            ET.SubElement(ET.SubElement(source, "slices"), "slice", type="storage", offset="0",
+                          size=str(int(rest[1])))
         driver = disk.find("driver")
         if driver is None:
             driver = ET.SubElement(disk, "driver", name="qemu")
@@ -282,7 +284,8 @@ def destination_xml(dom_xml: str, disk_changes: dict[str, tuple[str, str]]) -> s
 
 
 def disk_targets(dom_xml: str) -> list[dict]:
-    """The file-backed disks of a domain XML: target dev, path, format."""
+    """The disks of a domain XML: target dev, path, format, type, and the source's slices
+    ([type, offset, size] each: a slice is what the guest sees of its storage)."""
     disks = []
     for disk in parse_xml(dom_xml, "the domain").findall("./devices/disk"):
         if disk.get("device", "disk") != "disk":
@@ -296,6 +299,8 @@ def disk_targets(dom_xml: str) -> list[dict]:
             "path": path,
             "format": driver.get("type") if driver is not None else "raw",
             "type": disk.get("type"),
+            "slices": [[s.get("type"), s.get("offset"), s.get("size")]
+                       for s in (source.findall("slices/slice") if source is not None else [])],
         })
     return disks
 

@@ -26,10 +26,6 @@ NODE_DAYS = 825
 FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem")
 
 
-class CertificateError(ValueError):
-    """A certificate or key Ferry cannot use, with the reason."""
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
+from app.infra.bounded import within
+
 log = logging.getLogger("ferry.pool")
 
 
@@ -113,18 +115,9 @@ CALL_WAIT_S = 5
 
 
 def _bounded(func, arg, timeout):
-    """Call func(arg) in a daemon thread; (True, result) if it returned within timeout, else
-    (False, None). An exception counts as returned, with result None."""
-    box = {}
-
-    def call():
-        try:
-            box["result"] = func(arg)
-        except Exception as exc:  # noqa: BLE001 - a connection that is already gone
-            log.debug("a pooled connection call failed: %s", exc)
-            box["result"] = None
-
-    thread = threading.Thread(target=call, daemon=True, name="pool-call")
-    thread.start()
-    thread.join(timeout)
-    return ("result" in box), box.get("result")
+    """Call func(arg) with at most `timeout` s; (True, result) if it returned within timeout,
+    else (False, None). An exception counts as returned, with result None."""
+    ended, result, error = within(lambda: func(arg), timeout, name="pool-call")
+    if error is not None:  # a connection that is already gone
+        log.debug("a pooled connection call failed: %s", error)
+    return ended, result

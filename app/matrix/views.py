@@ -10,9 +10,11 @@ from sqlalchemy.orm import selectinload
 
 from app import status
 from app.extensions import db
-from app.matrix import fit
 from app.models import ComputeResource, Server
-from app.servers.views import _like
+from app.search import like_pattern
+
+# services.placement is imported where it is used: it loads the preflight, the inventory and
+# cryptography, and every CLI command and web worker imports this module.
 
 bp = Blueprint("matrix", __name__, url_prefix="/matrix")
 
@@ -29,26 +31,27 @@ def _window(total, size, number):
 @bp.route("/")
 def index():
     """Servers against compute resources, ?page= for rows, ?cols= for columns; reasons on hover."""
+    from app.services import placement
     resource_id = request.args.get("resource", type=int)
     q = request.args.get("q", "").strip()[:100].replace("\x00", "")
     query = db.select(Server).where(Server.state != status.SERVER_MISSING)
     if resource_id:
         query = query.filter_by(compute_resource_id=resource_id)
     if q:
-        query = query.where(Server.name.ilike(_like(q), escape="\\"))
+        query = query.where(Server.name.ilike(like_pattern(q), escape="\\"))
     total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery()))
     page, pages = _window(total, ROWS, request.args.get("page", 1, type=int))
     servers = db.session.scalars(
         query.options(selectinload(Server.compute_resource), selectinload(Server.disks),
-                      selectinload(Server.ip_addresses), selectinload(Server.backups))
+                      selectinload(Server.ip_addresses))
         .order_by(Server.name, Server.id).limit(ROWS).offset((page - 1) * ROWS)).all()
     all_resources = db.session.scalars(db.select(ComputeResource).order_by(ComputeResource.name)).all()
     cols, col_pages = _window(len(all_resources), COLUMNS, request.args.get("cols", 1, type=int))
     resources = all_resources[(cols - 1) * COLUMNS:cols * COLUMNS]
-    return render_template("matrix/index.html", rows=fit.matrix(servers, resources),
-                           resources=resources, all_resources=all_resources, labels=LABELS,
+    labels = {placement.LIVE: "live", placement.OFFLINE: "offline only", placement.NO: "no",
+              placement.HERE: "here"}
+    return render_template("matrix/index.html", rows=placement.matrix(servers, resources),
+                           resources=resources, all_resources=all_resources, labels=labels,
                            total=total, page=page, pages=pages, cols=cols, col_pages=col_pages,
                            resource_id=resource_id, q=q, rows_per_page=ROWS)
 
-
-LABELS = {fit.LIVE: "live", fit.OFFLINE: "offline only", fit.NO: "no", fit.HERE: "here"}

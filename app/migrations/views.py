@@ -9,15 +9,12 @@ from flask import Blueprint, Response, abort, jsonify, render_template, request,
 from flask_login import current_user
 
 from app import status
-from app.auth import require_role
+from app.access import require_role
 from app.csvsafe import csv_text
 from app.errors import FerryError
 from app.extensions import db
-from app.matrix import fit
 from app.migrations.chart import memory_chart
 from app.models import ComputeResource, MigrationGroup, MigrationTask, Server
-from app.services import migration
-from app.services import preflight_checks as checks
 
 bp = Blueprint("migrations", __name__, url_prefix="/migrations")
 
@@ -37,18 +34,9 @@ def _selected_servers(values):
     return db.session.scalars(db.select(Server).where(Server.id.in_(ids)).order_by(Server.name)).all()
 
 
-def mixed_state(servers):
-    """A sentence saying why servers in different states cannot go together, or None."""
-    states = {s.state for s in servers}
-    if len(states) <= 1:
-        return None
-    listing = ", ".join(f"{s.name} is {s.state}" for s in servers)
-    return (f"Servers in different states cannot be migrated together ({listing}): select only "
-            "running servers for a live migration, or only stopped ones for an offline migration.")
-
-
 def _options(form):
     """MigrationOptions from the dialog's fields."""
+    from app.services import preflight_checks as checks
     return checks.MigrationOptions(live=form.get("live") == "1",
                                    preserve_ip=form.get("preserve_ip") == "1",
                                    convert_to=form.get("convert_to") or None)
@@ -56,6 +44,7 @@ def _options(form):
 
 def _request(form, servers, destination_id):
     """The engine's Request from the dialog's fields."""
+    from app.services import migration
     options = _options(form)
     return migration.Request(server_ids=tuple(s.id for s in servers), destination_id=destination_id,
                              live=options.live, preserve_ip=options.preserve_ip,
@@ -65,12 +54,13 @@ def _request(form, servers, destination_id):
 
 def _destination(form, servers):
     """(destination id, note) from the form; "choose automatically" asks the stored-facts checks."""
+    from app.services import placement
     chosen = form.get("destination", "")
     if chosen.isdigit():
         return int(chosen), None
     if chosen != AUTO:
         raise FerryError("choose a destination compute resource")
-    best, why_not = fit.choose_destination(servers, _resources(), _options(form))
+    best, why_not = placement.choose_destination(servers, _resources(), _options(form))
     if best is None:
         detail = "; ".join(f"{name}: {why}" for name, why in (why_not or {}).items())
         raise FerryError("No compute resource can take every selected server"
@@ -83,20 +73,24 @@ def _destination(form, servers):
 @require_role(status.ROLE_OPERATOR)
 def new():
     """The migrate dialog for the servers checked in the list (?server=ID&server=ID)."""
+    from app.services import migration
+    from app.services import preflight_checks as checks
     servers = _selected_servers(request.args.getlist("server"))
     running = bool(servers) and all(s.state == status.SERVER_RUNNING for s in servers)
     return render_template("migrations/_dialog.html", servers=servers, resources=_resources(),
-                           mixed=mixed_state(servers), live=running, conversions=migration.CONVERSIONS)
+                           mixed=checks.mixed_states(servers), live=running, conversions=migration.CONVERSIONS)
 
 
 @bp.route("/check", methods=["POST"])
 def check():
     """Run the preflight (a dry run on the real nodes) and answer with the results fragment."""
+    from app.services import migration
+    from app.services import preflight_checks as checks
     servers = _selected_servers(request.form.getlist("server"))
     context = {"report": None, "error": None, "note": None, "destination_id": None}
     try:
-        if mixed_state(servers):
-            raise FerryError(mixed_state(servers))
+        if checks.mixed_states(servers):
+            raise FerryError(checks.mixed_states(servers))
         destination_id, context["note"] = _destination(request.form, servers)
         context["destination_id"] = destination_id
         context["destination"] = db.session.get(ComputeResource, destination_id)
@@ -109,10 +103,12 @@ def check():
 @bp.route("/start", methods=["POST"])
 def start():
     """Start the group (the engine runs the preflight again and refuses what fails), then show it."""
+    from app.services import migration
+    from app.services import preflight_checks as checks
     servers = _selected_servers(request.form.getlist("server"))
     try:
-        if mixed_state(servers):
-            raise FerryError(mixed_state(servers))
+        if checks.mixed_states(servers):
+            raise FerryError(checks.mixed_states(servers))
         destination_id = request.form.get("checked_destination", "")
         if not destination_id.isdigit():
             destination_id, _ = _destination(request.form, servers)
@@ -154,7 +150,7 @@ def group(group_id):
 def task(task_id):
     """A task's page, or its progress fragment for the poll."""
     found = _task_or_404(task_id)
-    context = {"task": found, "chart": memory_chart((found.progress or {}).get("history"))}
+    context = {"task": found, "chart": memory_chart(found.progress_record.history)}
     if request.headers.get("HX-Request"):
         return render_template("migrations/_task.html", **context), \
             STOP_POLLING if done(found) else 200
@@ -165,6 +161,7 @@ def task(task_id):
 @require_role(status.ROLE_OPERATOR)
 def cancel(task_id):
     """Ask the running job to abort the task; answer with the task fragment."""
+    from app.services import migration
     found = _task_or_404(task_id)
     error = None
     try:
@@ -173,7 +170,7 @@ def cancel(task_id):
         error = str(exc)
     db.session.refresh(found)
     return render_template("migrations/_task.html", task=found, cancel_error=error, oob_actions=True,
-                           chart=memory_chart((found.progress or {}).get("history")))
+                           chart=memory_chart(found.progress_record.history))
 
 
 # ---------------------------------------------------------------- history and reports
@@ -214,6 +211,7 @@ def index():
 @bp.route("/groups/<int:group_id>/report.json")
 def report_json(group_id):
     """The group's report as JSON, as a download."""
+    from app.services import migration
     report = migration.group_report(_group_or_404(group_id))
     response = jsonify(report)
     response.headers["Content-Disposition"] = f"attachment; filename=ferry-group-{group_id}.json"
@@ -236,6 +234,7 @@ def report_csv_text(report):
 @bp.route("/groups/<int:group_id>/report.csv")
 def report_csv(group_id):
     """The group's report as CSV, as a download."""
+    from app.services import migration
     report = migration.group_report(_group_or_404(group_id))
     return Response(report_csv_text(report), mimetype="text/csv", headers={
         "Content-Disposition": f"attachment; filename=ferry-group-{group_id}.csv"})

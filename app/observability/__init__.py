@@ -2,15 +2,16 @@
 
 Both are open (no login), like most exporters: they say how many migrations ran,
 never what or where. Put them behind the reverse proxy's rules if that matters.
+
+prometheus_client and the collector (metrics.py) are imported by the two functions that use
+them: every page and CLI command loads this package, a scrape is rare.
 """
 import logging
 
 from flask import Blueprint, current_app, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 
 from app.extensions import db
-from app.observability.metrics import FerryCollector, count_refused_delivery
 
 bp = Blueprint("observability", __name__)
 log = logging.getLogger("ferry.observability")
@@ -25,6 +26,7 @@ def count_refused_webhook_deliveries(response):
     Watched from here, on the HTTP outcome, so the webhooks code needs no hook of its own.
     """
     if request.blueprint == WEBHOOKS_BLUEPRINT and 400 <= response.status_code < 500:
+        from app.observability.metrics import count_refused_delivery
         try:
             count_refused_delivery(response.status_code)
         except Exception as exc:  # noqa: BLE001 - counting must never break the answer
@@ -35,6 +37,9 @@ def count_refused_webhook_deliveries(response):
 @bp.route("/metrics")
 def metrics():
     """Prometheus text format, read from the database now; 503 when the database is down."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    from app.observability.metrics import FerryCollector
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FerryCollector())
     try:

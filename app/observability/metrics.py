@@ -17,6 +17,7 @@ from sqlalchemy import func
 from sqlalchemy.orm import selectinload
 
 from app import status
+from app.blobs import TaskResult
 from app.extensions import db
 from app.models import (ComputeResource, Evacuation, Job, MigrationGroup, MigrationTask, Server,
                         WebhookEvent, utcnow)
@@ -78,13 +79,13 @@ def _migrations():
         MigrationTask.mode, MigrationTask.started_at, MigrationTask.finished_at,
         MigrationTask.result).where(MigrationTask.status == status.MIGRATION_FINISHED))
     for mode, started, ended, result in finished:
-        mode, result = mode or "unknown", result or {}
-        seconds = (result["total_ms"] / 1000 if result.get("total_ms") is not None else
+        mode, result = mode or "unknown", TaskResult.of(result)
+        seconds = (result.total_ms / 1000 if result.total_ms is not None else
                    (ended - started).total_seconds() if started and ended else None)
         if seconds is not None:
             durations.setdefault(mode, []).append(seconds)
-        if result.get("downtime_ms") is not None:
-            downtimes.setdefault(mode, []).append(result["downtime_ms"] / 1000)
+        if result.downtime_ms is not None:
+            downtimes.setdefault(mode, []).append(result.downtime_ms / 1000)
     yield histogram("ferry_migration_duration_seconds",
                     "Wall time of finished migration tasks.", DURATION_BUCKETS, durations)
     yield histogram("ferry_migration_downtime_seconds",
@@ -154,7 +155,7 @@ def task_deadline_s(settings, task):
     are held to the same per-GiB rule here, so one stuck for hours is seen. The
     size is what libvirt reported moving, else the server's memory and disks.
     """
-    data = (task.progress or {}).get("data_total")
+    data = task.progress_record.data_total
     if not data and task.server is not None:
         data = task.server.memory_mib * MIB + task.server.disk_size
     return ladder.completion_deadline_s(settings, data or 0)

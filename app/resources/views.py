@@ -3,11 +3,14 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user
 
 from app import status
-from app.auth import require_role
+from app.access import require_role
 from app.errors import FerryError, NotFound
 from app.extensions import db
 from app.models import Evacuation
-from app.services import inventory, jobs, resources
+from app.services import jobs, resources
+
+# services.inventory is imported where it is used: it loads cryptography through the certificates,
+# and every CLI command and web worker imports this module.
 
 bp = Blueprint("resources", __name__, url_prefix="/resources")
 
@@ -24,6 +27,7 @@ def _get_or_404(resource_id):
 @require_role(status.ROLE_ADMIN)
 def new():
     """Add a compute resource; its host key is fetched and pinned, then shown."""
+    from app.services import inventory
     form = request.form
     if request.method == "POST":
         try:
@@ -65,6 +69,7 @@ def test(resource_id):
 @bp.route("/<int:resource_id>/sync", methods=["POST"])
 def sync(resource_id):
     """Queue an inventory sync; answer with the job fragment."""
+    from app.services import inventory
     job = inventory.enqueue_sync(_get_or_404(resource_id), by=current_user)
     return render_template("jobs/_job.html", job=job)
 

@@ -78,15 +78,15 @@ def _recent_live():
 
 
 def _actual_s(task):
-    return ((task.result or {}).get("wall_ms") or 0) / 1000 or None
+    return (task.result_record.wall_ms or 0) / 1000 or None
 
 
 def start_factor() -> float | None:
     """The correction for a pre-start live estimate, or None while there is too little history."""
     pairs = []
     for task in _recent_live():
-        predicted = ((task.eta or {}).get("preflight") or {})
-        raw = predicted.get("model_s", predicted.get("seconds"))
+        predicted = task.eta_record.preflight
+        raw = predicted.raw_s if predicted else None
         if _actual_s(task) and isinstance(raw, (int, float)):
             pairs.append((raw, _actual_s(task)))
     return factor_from(pairs)
@@ -97,11 +97,10 @@ def live_tail() -> float | None:
     last), or None while there is too little history."""
     points = []
     for task in _recent_live():
-        point = next((p for p in (task.eta or {}).get("history") or ()
-                      if (p.get("percent") or 0) >= 25), None)
+        point = next((p for p in task.eta_record.history if (p.percent or 0) >= 25), None)
         if point is None or not _actual_s(task):
             continue
-        remaining = point.get("model_remaining_s", point.get("remaining_s"))
-        if isinstance(remaining, (int, float)) and isinstance(point.get("at_s"), (int, float)):
-            points.append((point["at_s"], remaining, _actual_s(task)))
+        remaining = point.raw_remaining_s
+        if isinstance(remaining, (int, float)) and isinstance(point.at_s, (int, float)):
+            points.append((point.at_s, remaining, _actual_s(task)))
     return tail_from(points)

@@ -90,6 +90,11 @@ def issue(name_or_id) -> dict:
     return verdict
 
 
+def fact_commands() -> list[list[str]]:
+    """The commands `gather` may run on a node (read ahead with the other facts)."""
+    return [node.read_certificate(directory) for directory in _directories()]
+
+
 def gather(resource, conn) -> dict:
     """The `tls` fact: are valid Ferry certificates installed in both folders of the node?
 

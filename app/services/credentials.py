@@ -34,8 +34,10 @@ def parse_days(raw):
     return days
 
 
-def issue_token(user, name, days=None):
-    """Issue a token for `user` expiring after `days` (None: never); returns (row, plaintext)."""
+def issue_token(user, name, days=None, by=None):
+    """Issue a token for `user` expiring after `days` (None: never); returns (row, plaintext).
+    `by` is who issued it for the audit trail (the user themselves on their account page,
+    None from the CLI)."""
     name = (name or "").strip()
     if not name or len(name) > MAX_NAME:
         raise FerryError(f"a token needs a name of 1 to {MAX_NAME} characters")
@@ -44,7 +46,7 @@ def issue_token(user, name, days=None):
     db.session.add(row)
     audit.record("api_token.issue", f"user:{user.username}",
                  {"name": name, "prefix": row.prefix,
-                  "expires_at": expires_at.isoformat() if expires_at else None})
+                  "expires_at": expires_at.isoformat() if expires_at else None}, user=by)
     db.session.commit()
     return row, plaintext
 
@@ -56,14 +58,15 @@ def tokens_of(user):
 
 
 def revoke_token(token_id, owner=None):
-    """Revoke a token at once; with `owner`, only one of theirs (others read as not found)."""
+    """Revoke a token at once; with `owner`, only one of theirs (others read as not found), and
+    the owner is who revoked it in the audit trail."""
     token = db.session.get(ApiToken, token_id)
     if token is None or (owner is not None and token.user_id != owner.id):
         raise FerryError(f"no API token with id {token_id}")
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         audit.record("api_token.revoke", f"user:{token.user.username}",
-                     {"token": token.id, "name": token.name, "prefix": token.prefix})
+                     {"token": token.id, "name": token.name, "prefix": token.prefix}, user=owner)
         db.session.commit()
     return token
 

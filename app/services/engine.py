@@ -8,7 +8,13 @@ Both record the task's true outcome, whatever happens:
 A Cancelled ends the task cancelled, NeedsAttention needs-attention, another
 FerryError failed (the runner rolled back what it had begun), anything else
 needs-attention with the error, since the runner could not vouch for the nodes.
-A LeaseLost records nothing: the task's new owner does.
+A LeaseLost records nothing: the task's new owner does. Neither does a lost
+database (DatabaseLost): what the job began is in the journal, and recovery
+settles it from there once the database answers and the lease has expired;
+deciding "failed" or "needs attention" from a half-written record would not be
+the truth.
+
+Every line logged while a task runs carries its task, group, server and nodes.
 """
 from __future__ import annotations
 
@@ -17,11 +23,14 @@ import logging
 from app import status
 from app.errors import FerryError
 from app.extensions import db
+from app.observability.logs import log_context
 from app.services import live, offline, timeline
+from app.services.journal import DatabaseLost, database_lost
 from app.services.lease import LeaseLost
 from app.services.timeline import Cancelled, NeedsAttention
 
 log = logging.getLogger("ferry.engine")
+
 
 RUNNERS = {status.MODE_LIVE: live.run, status.MODE_OFFLINE: offline.run}
 RESUMERS = {status.MODE_LIVE: live.resume, status.MODE_OFFLINE: offline.resume}
@@ -45,6 +54,13 @@ def resume(task, lease=None, nodes=None) -> str:
 
 
 def _recorded(task, work) -> str:
+    with log_context(task=task.id, group=task.group_id, server=task.server.name,
+                     node=task.source.name, destination=task.destination.name):
+        return _record(task, work)
+
+
+def _record(task, work) -> str:
+    task_id = task.id
     try:
         work()
     except LeaseLost as exc:
@@ -63,6 +79,11 @@ def _recorded(task, work) -> str:
         db.session.rollback()
         timeline.finish(task, status.MIGRATION_FAILED, str(exc))
     except Exception as exc:  # noqa: BLE001 - a task must always end with its truth
+        if database_lost(exc):
+            _forget_session()
+            log.error("task %s: the database stopped answering (%s); this job stops acting, "
+                      "recovery settles the task from its journal", task_id, exc)
+            raise DatabaseLost(f"task {task_id}: lost the database: {exc}") from exc
         db.session.rollback()
         log.exception("task %s errored", task.id)
         timeline.finish(task, status.MIGRATION_ATTENTION,
@@ -70,3 +91,12 @@ def _recorded(task, work) -> str:
                         "Ferry did not verify where the server is: check both nodes.")
     db.session.refresh(task)
     return task.status
+
+
+def _forget_session() -> None:
+    """Drop the session and its connection without waiting on the database."""
+    try:
+        db.session.rollback()
+    except Exception:  # noqa: BLE001 - the database is gone; the session is discarded anyway
+        pass
+    db.session.remove()

@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 
 from app import status
+from app.blobs import EvacuationPlan, GroupOptions, PlannedMove, Unplaced
 from app.errors import FerryError, NotFound
 from app.extensions import db
 from app.models import ComputeResource, Evacuation, MigrationTask, Server, utcnow
-from app.services import audit, migration, planning, preflight, resources
+from app.services import addresses, audit, migration, planning, resources
 
 log = logging.getLogger("ferry.evacuation")
 
@@ -62,7 +63,7 @@ def plan_resource(resource: ComputeResource) -> planning.PlanResource:
         free_disk_bytes_by_tag={tag: free_disk for tag in [None, *tags]},
         storage_tags=frozenset([None, *tags]),
         ip_blocks=frozenset(b.name for b in resource.ip_blocks),
-        free_addresses=preflight.free_addresses(resource),
+        free_addresses=addresses.free_addresses(resource),
         vcpus=0,  # host CPUs are not in the facts: the planner ranks by allocated vCPUs alone
         vcpus_allocated=sum(s.vcpus or 0 for s in resource.servers))
 
@@ -84,32 +85,29 @@ def make_plan(resource_id, user=None, origin: str = "user", live: bool = True,
     plan = planning.plan_evacuation(
         source.id, [plan_server(s, same_cpu) for s in servers],
         [plan_resource(r) for r in candidates], live=live, preserve_ip=preserve_ip)
-    return _store(source, status.EVACUATION_EVACUATE, plan_json(plan, live, preserve_ip),
+    return _store(source, status.EVACUATION_EVACUATE, plan_record(plan, live, preserve_ip),
                   user, origin)
 
 
-def plan_json(plan: planning.Plan, live: bool, preserve_ip: bool) -> dict:
+def plan_record(plan: planning.Plan, live: bool, preserve_ip: bool) -> EvacuationPlan:
     """The stored form of a plan: what the page shows and what approval runs."""
-    return {
-        "live": live, "preserve_ip": preserve_ip,
-        "moves": [{"server_id": m.server.id, "server": m.server.name,
-                   "destination_id": m.destination.id, "destination": m.destination.name,
-                   "mode": m.mode, "memory_mib": m.server.memory_mib,
-                   "reasons": list(m.reasons)} for m in plan.moves],
-        "unplaced": [{"server_id": u.server.id, "server": u.server.name, "reason": u.reason}
-                     for u in plan.unplaced],
-    }
+    return EvacuationPlan(
+        live=live, preserve_ip=preserve_ip,
+        moves=tuple(PlannedMove(m.server.id, m.server.name, m.destination.id, m.destination.name,
+                                m.mode, m.server.memory_mib, tuple(m.reasons))
+                    for m in plan.moves),
+        unplaced=tuple(Unplaced(u.server.id, u.server.name, u.reason) for u in plan.unplaced))
 
 
-def _store(resource, kind, plan, user, origin, returns_id=None) -> Evacuation:
+def _store(resource, kind, plan: EvacuationPlan, user, origin, returns_id=None) -> Evacuation:
     for old in db.session.scalars(db.select(Evacuation).filter_by(
             compute_resource_id=resource.id, status=status.EVACUATION_PLANNED)):
         old.status = status.EVACUATION_DISCARDED
-    evac = Evacuation(compute_resource=resource, kind=kind, plan=plan, origin=origin,
+    evac = Evacuation(compute_resource=resource, kind=kind, plan=plan.to_json(), origin=origin,
                       created_by_id=getattr(user, "id", None), returns_id=returns_id)
     db.session.add(evac)
     audit.record(f"evacuation.{kind}.plan", resource.name,
-                 {"moves": len(plan["moves"]), "unplaced": len(plan["unplaced"]),
+                 {"moves": len(plan.moves), "unplaced": len(plan.unplaced),
                   "origin": origin}, user=user)
     db.session.commit()
     return evac
@@ -128,27 +126,26 @@ def approve(evacuation_id: int, user=None, acknowledge_warnings: bool = True,
     resource = evac.compute_resource
     if resource is None:
         raise FerryError(f"the compute resource of evacuation {evac.id} no longer exists")
-    moves = []
-    for move in evac.plan["moves"]:
-        server = db.session.get(Server, move["server_id"])
-        destination = db.session.get(ComputeResource, move["destination_id"])
+    moves, plan = [], evac.plan_record
+    for move in plan.moves:
+        server = db.session.get(Server, move.server_id)
+        destination = db.session.get(ComputeResource, move.destination_id)
         expected = resource.id if evac.kind == status.EVACUATION_EVACUATE else None
         if server is None or destination is None:
-            raise FerryError(f"{move['server']} or {move['destination']} no longer exists: "
+            raise FerryError(f"{move.server} or {move.destination} no longer exists: "
                              "plan again")
         if expected is not None and server.compute_resource_id != expected:
             raise FerryError(f"{server.name} is no longer on {resource.name}: plan again")
-        moves.append((server, destination, move["mode"]))
+        moves.append((server, destination, move.mode))
     if not moves:
         raise FerryError("the plan moves no server: "
-                         + "; ".join(u["reason"] for u in evac.plan["unplaced"]))
+                         + "; ".join(u.reason for u in plan.unplaced))
     migration.refuse_busy([server for server, _, _ in moves])
     if evac.kind == status.EVACUATION_EVACUATE and resource.status == status.RESOURCE_ACTIVE:
         resources.set_maintenance(resource.id, True, by=user)
-    options = {"mode": "mixed" if len({m for *_, m in moves}) > 1 else moves[0][2],
-               "preserve_ip": evac.plan.get("preserve_ip", True), "convert_to": None,
-               "allow_postcopy": False, "destination_id": None,
-               "acknowledged": acknowledge_warnings, "evacuation_id": evac.id}
+    options = GroupOptions(mode="mixed" if len({m for *_, m in moves}) > 1 else moves[0][2],
+                           preserve_ip=plan.preserve_ip, acknowledged=acknowledge_warnings,
+                           evacuation_id=evac.id)
     evac.status = status.EVACUATION_RUNNING
     evac.approved_at = utcnow()
     db.session.commit()
@@ -182,15 +179,13 @@ def plan_return(resource_id, user=None, origin: str = "user") -> Evacuation:
         if task.status != status.MIGRATION_FINISHED or server is None:
             continue
         if server.compute_resource_id != task.destination_id:
-            unplaced.append({"server_id": server.id, "server": server.name,
-                             "reason": f"{server.name} has moved on since the evacuation"})
+            unplaced.append(Unplaced(server.id, server.name,
+                                     f"{server.name} has moved on since the evacuation"))
             continue
         mode = status.MODE_LIVE if server.state == status.SERVER_RUNNING else status.MODE_OFFLINE
-        moves.append({"server_id": server.id, "server": server.name,
-                      "destination_id": home.id, "destination": home.name, "mode": mode,
-                      "memory_mib": server.memory_mib,
-                      "reasons": [f"back from {server.compute_resource.name}"]})
-    plan = {"live": True, "preserve_ip": True, "moves": moves, "unplaced": unplaced}
+        moves.append(PlannedMove(server.id, server.name, home.id, home.name, mode,
+                                 server.memory_mib, (f"back from {server.compute_resource.name}",)))
+    plan = EvacuationPlan(moves=tuple(moves), unplaced=tuple(unplaced))
     return _store(home, status.EVACUATION_RETURN, plan, user, origin, returns_id=last.id)
 
 

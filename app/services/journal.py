@@ -24,13 +24,42 @@ import os
 import signal
 import time
 
+from sqlalchemy import exc as sa_exc
+
 from app import status
 from app.extensions import db
+from app.errors import FerryError
 from app.models import MigrationStep, utcnow
 
 log = logging.getLogger("ferry.journal")
 
 PAUSE_MAX_S = 600  # a harness that never releases must not hold a worker forever
+
+# What a database that stopped answering raises (a bad statement raises something else).
+_DATABASE_LOST = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.PendingRollbackError,
+                  sa_exc.DisconnectionError)
+
+
+class DatabaseLost(FerryError):
+    """The job lost the database mid-task: it stops acting and leaves the task to recovery."""
+
+
+def database_lost(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from or while handling, is the database
+    that stopped answering.
+
+    >>> database_lost(sa_exc.OperationalError("SELECT 1", {}, ConnectionError("refused")))
+    True
+    >>> database_lost(ValueError("no"))
+    False
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, _DATABASE_LOST) or getattr(exc, "connection_invalidated", False):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def boundary(task, when: str, name: str) -> None:

@@ -173,6 +173,7 @@ class Lease:
         self.owner = owner or me()
         self.engine = db.engine
         self.lost, self.reason, self.until, self.refusal = False, None, None, None
+        self.taken_at = None  # when this owner took it: a task's job picked it up then
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep, daemon=True,
                                         name=f"lease-{kind}-{row_id}")
@@ -186,7 +187,7 @@ class Lease:
             self.refusal = (f"{self.kind} {self.row_id} is held by {owner} (job {job}) until "
                             f"{until.isoformat() if until else '?'}; {self.owner} left it alone")
             return False
-        self.until = now + timedelta(seconds=self.ttl)
+        self.until, self.taken_at = now + timedelta(seconds=self.ttl), now
         self._thread.start()
         return True
 

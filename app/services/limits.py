@@ -26,7 +26,6 @@ long reads and block the lease renewals' writes).
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import contextmanager
 
 from flask import current_app
@@ -111,11 +110,18 @@ def _try_insert(kind: str, key: str, slots, holder: str) -> int | None:
     return None
 
 
+def claim_slot(kind: str, key: str, slots, holder: str) -> int | None:
+    """Take the first free slot of (kind, key) among `slots` in a claim transaction of its own
+    (committed); None when all are taken. Every "only one may" rule that is a row (groups,
+    export ports, the webhooks' dedup keys and host locks) claims through here."""
+    with _claim_transaction():
+        return _try_insert(kind, key, slots, holder)
+
+
 def claim_group_slot(group_id: int) -> bool:
     """Take one of the parallel-group slots for a group; False when all are in use."""
     slots = current_app.config["MAX_PARALLEL_GROUPS"]
-    with _claim_transaction():
-        return _try_insert(GROUP, "*", range(slots), f"group:{group_id}") is not None
+    return claim_slot(GROUP, "*", range(slots), f"group:{group_id}") is not None
 
 
 def release_group_slot(group_id: int) -> None:
@@ -162,15 +168,6 @@ def blockers(task_id: int, resource_ids: list[int], server_id: int | None = None
     return found
 
 
-def wait_for_resources(task_id: int, resource_ids: list[int], should_stop, poll: float = 1.0) -> bool:
-    """Block until the task holds slots on all its resources; False if should_stop() said so first."""
-    while not claim_resources(task_id, resource_ids):
-        if should_stop():
-            return False
-        time.sleep(poll)
-    return True
-
-
 def claim_export_port(task_id: int, resource_id: int, first: int = EXPORT_PORT_FIRST,
                       count: int = EXPORT_PORT_COUNT) -> int:
     """The TCP port this task's offline copy exports on from `resource_id`: the lowest free one
@@ -180,12 +177,20 @@ def claim_export_port(task_id: int, resource_id: int, first: int = EXPORT_PORT_F
         kind=PORT, key=str(resource_id), holder=holder).order_by(Claim.slot))
     if mine is not None:
         return mine
-    with _claim_transaction():
-        port = _try_insert(PORT, str(resource_id), range(first, first + count), holder)
+    port = claim_slot(PORT, str(resource_id), range(first, first + count), holder)
     if port is None:
         raise FerryError(f"no free export port on compute resource {resource_id}: ports "
                          f"{first}-{first + count - 1} are all used by other copies")
     return port
+
+
+def next_export_port(resource_id: int, first: int = EXPORT_PORT_FIRST,
+                     count: int = EXPORT_PORT_COUNT) -> int:
+    """The port claim_export_port would give the next copy from `resource_id` now (read only:
+    the preflight probes it); `first` when every port is taken (the claim then says so)."""
+    taken = set(db.session.scalars(db.select(Claim.slot).filter_by(kind=PORT,
+                                                                    key=str(resource_id))))
+    return next((port for port in range(first, first + count) if port not in taken), first)
 
 
 def release_resources(task_id: int) -> None:

@@ -26,15 +26,17 @@ import time
 from flask import current_app
 
 from app import status
+from app.blobs import EtaPoint, Progress, TaskResult
 from app.errors import FerryError
 from app.extensions import db
 from app.infra import migration as mig
-from app.infra.commands import storage
+from app.infra.commands import peer, storage
 from app.models import utcnow
 from app.services import calibration, certificates, disks, estimation, journal, ladder
-from app.services.steps import (ADOPT, ATTENTION, DONE, REDO, ROLLBACK, Decision, Move, Runner,
-                                Step, carry_state, check_start, drive, refuse_existing,
-                                remove_source_files, source_removal_names)
+from app.services.lease import LeaseLost
+from app.services.steps import (ADOPT, ATTENTION, DONE, Decision, Move, REDO, ROLLBACK, Runner,
+                                Step, carry_state, remove_source_files, request_phases,
+                                source_removal_names, start)
 from app.services.timeline import (Cancelled, NeedsAttention, cancel_requested, event,
                                    finish_success)
 
@@ -46,9 +48,37 @@ log = logging.getLogger("ferry.live")
 
 
 def peer_uri(destination) -> str:
-    """The URI the source libvirtd uses to reach the destination's libvirtd (node-to-node SSH)."""
-    port = f":{destination.port}" if destination.port != 22 else ""
-    return f"qemu+ssh://{destination.user}@{destination.host}{port}/system"
+    """The URI the source libvirtd uses to reach the destination's libvirtd: node-to-node SSH
+    through the wrapper `pin_peer` installs, which checks the key Ferry pinned (commands.peer)."""
+    name = peer.pin_name(destination.host, destination.port, destination.host_key)
+    return peer.uri(destination.user, destination.host, destination.port, name)
+
+
+def pin_peer(move: Move) -> None:
+    """Install on the source, over Ferry's pinned SSH, the destination's pinned host key and
+    the ssh wrapper `peer_uri` names: the p2p connection trusts that key, nothing else."""
+    destination = move.destination
+    if not destination.host_key:
+        raise FerryError(f"{destination.name} has no pinned host key: the source could not "
+                         "check whom it migrates to")
+    name = peer.pin_name(destination.host, destination.port, destination.host_key)
+    try:
+        argv = peer.install(name, destination.host_key)
+    except ValueError as exc:
+        raise FerryError(f"{destination.name}: {exc}") from exc
+    done = move.sh("source", argv, stdin=peer.wrapper(name))
+    if not done.ok:
+        raise FerryError(f"{move.source.name}: cannot install the host key pinned for "
+                         f"{destination.name} in {peer.PEER_DIR}: {done.stderr.strip()[:300]}")
+
+
+def _explain(reason: str, move: Move) -> str:
+    """libvirt's error, with what a refused host key means here."""
+    if "host key verification failed" in reason.lower():
+        return (f"{reason} ({move.destination.name} did not present the host key Ferry pinned "
+                f"for it, {move.destination.host_key_fingerprint}, to {move.source.name}: "
+                "nothing was sent)")
+    return reason
 
 
 def settings_for(task) -> ladder.LadderSettings:
@@ -59,7 +89,7 @@ def settings_for(task) -> ladder.LadderSettings:
              "completion_timeout_per_gib_s": cfg["COMPLETION_TIMEOUT_PER_GIB"]}
     # LADDER_OVERRIDES (any LadderSettings field) wins, even over the FERRY_* values above.
     knobs.update(cfg.get("LADDER_OVERRIDES") or {})
-    return ladder.LadderSettings(postcopy=bool(task.group.options.get("allow_postcopy")), **knobs)
+    return ladder.LadderSettings(postcopy=task.group.options_record.allow_postcopy, **knobs)
 
 
 def _virtual_size(move: Move, path: str, fmt: str) -> int:
@@ -76,19 +106,17 @@ def _virtual_size(move: Move, path: str, fmt: str) -> int:
 
 def _progress(stats: ladder.JobStats, history: list) -> dict:
     """The task's progress record from one jobStats sample."""
-    return {
-        "percent": round(ladder.progress_percent(stats), 1),
-        "elapsed_ms": stats.time_elapsed_ms,
-        "data_total": stats.data_total, "data_processed": stats.data_processed,
-        "data_remaining": stats.data_remaining,
-        "memory_total": stats.memory_total, "memory_processed": stats.memory_processed,
-        "memory_remaining": stats.memory_remaining,
-        "disk_total": stats.disk_total, "disk_processed": stats.disk_processed,
-        "disk_remaining": stats.disk_remaining,
-        "dirty_rate_bps": stats.memory_dirty_rate_bps, "bps": stats.memory_bps,
-        "iteration": stats.memory_iteration, "throttle": stats.auto_converge_throttle,
-        "history": history[-HISTORY_POINTS:],
-    }
+    return Progress(
+        percent=round(ladder.progress_percent(stats), 1), elapsed_ms=stats.time_elapsed_ms,
+        data_total=stats.data_total, data_processed=stats.data_processed,
+        data_remaining=stats.data_remaining,
+        memory_total=stats.memory_total, memory_processed=stats.memory_processed,
+        memory_remaining=stats.memory_remaining,
+        disk_total=stats.disk_total, disk_processed=stats.disk_processed,
+        disk_remaining=stats.disk_remaining,
+        dirty_rate_bps=stats.memory_dirty_rate_bps, bps=stats.memory_bps,
+        iteration=stats.memory_iteration, throttle=stats.auto_converge_throttle,
+        history=history[-HISTORY_POINTS:]).to_json()
 
 
 def _apply(action, migration: mig.LiveMigration, state: ladder.LadderState) -> str | None:
@@ -133,11 +161,13 @@ def _stop(migration: mig.LiveMigration, seen: dict, task) -> None:
 
 
 def _monitor(task, migration, settings: ladder.LadderSettings, seen: dict,
-             elapsed_s: float = 0.0) -> dict:
+             elapsed_s: float = 0.0, check=None) -> dict:
     """Poll the job until it ends; `seen` (the caller's) records what it saw.
 
     `migration` is a LiveMigration (our call) or an AdoptedMigration (a dead job's);
     `elapsed_s` is how long the job already ran, so an adopted one keeps its deadline.
+    `check()` runs every poll: it raises LeaseLost once another owner took the task, and
+    this loop then stops acting on the job (the new owner adopts it).
     """
     state, series, history = ladder.LadderState(), [], []
     t0 = time.monotonic() - elapsed_s
@@ -146,6 +176,8 @@ def _monitor(task, migration, settings: ladder.LadderSettings, seen: dict,
     seen.update(cancelled=False, aborted=None, not_converging=False, samples=0, postcopy=False)
     last_eta, deferred_downtime = 0.0, None
     while not migration.done:
+        if check is not None:
+            check()
         now = time.monotonic()
         raw = migration.stats()
         if raw:
@@ -178,20 +210,17 @@ def _monitor(task, migration, settings: ladder.LadderSettings, seen: dict,
                     last_eta = now
                     live = estimation.live_estimate(series[-20:], settings.downtime_target_ms)
                     if live is not None:
-                        eta = dict(task.eta or {})
                         # An estimate that will not converge is infinite: stored as null
                         # (JSON has no Infinity, and PostgreSQL refuses it).
                         # What the model cannot see (libvirt's setup and finish) is learned
                         # from recent moves; the raw figure is kept for that learning.
                         tail = seen.setdefault("tail", calibration.live_tail()) or 0.0
-                        point = {"at_s": round(now - t0, 1),
-                                 "remaining_s": _finite(live.seconds + tail),
-                                 "model_remaining_s": _finite(live.seconds), "tail_s": tail,
-                                 "low_s": _finite(live.low + tail), "high_s": _finite(live.high + tail),
-                                 "converges": live.converges, "percent": task.progress["percent"]}
-                        eta["live"] = point
-                        eta["history"] = (eta.get("history") or [])[-200:] + [point]
-                        task.eta = eta
+                        point = EtaPoint(
+                            at_s=round(now - t0, 1), remaining_s=_finite(live.seconds + tail),
+                            model_remaining_s=_finite(live.seconds), tail_s=tail,
+                            low_s=_finite(live.low + tail), high_s=_finite(live.high + tail),
+                            converges=live.converges, percent=task.progress_record.percent)
+                        task.eta = task.eta_record.with_point(point).to_json()
                 db.session.commit()
         if not seen["cancelled"] and cancel_requested(task.id):
             seen["cancelled"] = True
@@ -297,6 +326,7 @@ class Migrate(Step):
     """libvirt's peer-to-peer migration, watched by the ladder until it ends."""
 
     name = "migrate"
+    phase = "migrate_outcome"  # after its own laps: migrate_setup, migrate (the call)
 
     def names(self, move):
         return {"node": "source", "job": "migration", "uri": peer_uri(move.destination),
@@ -313,6 +343,7 @@ class Migrate(Step):
         params = mig.migration_params([d["target"] for d in _plan(move)], dest_xml, persist_xml)
         flags = mig.migration_flags(auto_converge=settings.auto_converge, postcopy=settings.postcopy,
                                     tls=bool(entry.names.get("tls")))
+        pin_peer(move)
         migration = move.host("source").migration(server.uuid, entry.names["uri"], params, flags,
                                                   control=move.host("control"))
         # The ladder's first, lowest downtime is set before the start: once the job runs,
@@ -324,18 +355,22 @@ class Migrate(Step):
         started = time.monotonic()
         move.task.started_at = move.task.started_at or utcnow()
         db.session.commit()
+        move.lap("migrate_setup")
         migration.start()
         move.event("migrating", "libvirt started the peer-to-peer migration"
                    + (" over TLS" if entry.names.get("tls") else " in clear")
                    + (" with auto-converge" if settings.auto_converge else "")
                    + (", post-copy allowed" if settings.postcopy else "") + ".")
         try:
-            _monitor(move.task, migration, settings, seen)
+            _monitor(move.task, migration, settings, seen, check=move.check)
+        except LeaseLost:
+            raise  # the job is the new owner's now: it adopts it, nothing is stopped here
         except BaseException:
             db.session.rollback()
             _stop(migration, seen, move.task)
             raise
         move.state["wall_ms"] = int((time.monotonic() - started) * 1000)
+        move.lap("migrate")  # the call, until libvirt returned (the outcome's lap is the step's)
         return self.outcome(move, migration.error, seen)
 
     def outcome(self, move, error, seen) -> dict:
@@ -351,7 +386,7 @@ class Migrate(Step):
         seen_nodes = {"source": at_src.__dict__, "destination": at_dst.__dict__}
         if decision.action == DONE:
             return {"postcopy": bool(seen.get("postcopy")), "nodes": seen_nodes}
-        reason = error or "libvirt reported no error"
+        reason = _explain(error or "libvirt reported no error", move)
         if decision.action == ROLLBACK:
             if seen.get("cancelled"):
                 raise Cancelled(f"Cancelled: {move.server.name} keeps running on "
@@ -378,7 +413,7 @@ class Migrate(Step):
                               "the ladder, the deadline and cancel apply again.")
         adopted = mig.AdoptedMigration(move.host("control"), move.server.uuid, move.sleep)
         seen = move.state.setdefault("seen", {})
-        _monitor(move.task, adopted, settings, seen, elapsed_s=elapsed)
+        _monitor(move.task, adopted, settings, seen, elapsed_s=elapsed, check=move.check)
         try:
             data = self.outcome(move, adopted.error, seen)
         except (Cancelled, FerryError) as exc:
@@ -495,23 +530,26 @@ class LiveRunner(Runner):
     mode = status.MODE_LIVE
     steps = (PrepareDestinationDisks(), Migrate(), VerifyDestination(), RemoveSourceLeftovers())
     committed_after = "migrate"
+    connections = ("source", "destination", "control", "ssh-source", "ssh-destination")
 
     def finish(self, move):
         server = move.server
+        disks.record_moved(server, move.destination, _plan(move), status.SERVER_RUNNING)
+        move.lap("record")
         migrate = journal.last(move.task, "migrate")
         verify = journal.last(move.task, "verify-destination").data or {}
         wall_ms = move.state.get("wall_ms")
-        result = {"downtime_ms": verify.get("downtime_ms"),
-                  "total_ms": verify.get("time_ms") or wall_ms, "wall_ms": wall_ms,
-                  "bytes": verify.get("bytes"), "memory_bytes": verify.get("memory_bytes"),
-                  "disk_bytes": verify.get("disk_bytes"),
-                  "postcopy": bool((migrate.data or {}).get("postcopy")),
-                  "tls": bool((migrate.names or {}).get("tls")),
-                  "phases": {"migrate_ms": wall_ms}}
-        disks.record_moved(server, move.destination, _plan(move), status.SERVER_RUNNING)
+        # Every phase from the request on: only the commit of this result is in none of them.
+        result = TaskResult(downtime_ms=verify.get("downtime_ms"),
+                            total_ms=verify.get("time_ms") or wall_ms, wall_ms=wall_ms,
+                            bytes=verify.get("bytes"), memory_bytes=verify.get("memory_bytes"),
+                            disk_bytes=verify.get("disk_bytes"),
+                            postcopy=bool((migrate.data or {}).get("postcopy")),
+                            tls=bool((migrate.names or {}).get("tls")),
+                            phases={**request_phases(move), **move.laps})
         seconds = f", {wall_ms / 1000:.1f} s in all" if wall_ms else ""
         finish_success(move.task, f"{server.name} runs on {move.destination.name}: downtime "
-                       f"{result['downtime_ms']} ms{seconds}.", result)
+                       f"{result.downtime_ms} ms{seconds}.", result)
 
 
 RUNNER = LiveRunner()
@@ -532,17 +570,13 @@ def prepare(move: Move) -> None:
         move.state["persist_xml"] = mig_xml
     except FerryError:
         move.state["live_xml"] = move.task.domain_xml  # recovery after the server left the source
-    move.state["plan"] = disks.plan_for(move.state["live_xml"], move.options.get("convert_to"),
+    move.state["plan"] = disks.plan_for(move.state["live_xml"], move.options.convert_to,
                                         extra_xml=move.task.domain_xml)
 
 
 def run(task, lease=None, nodes=None) -> None:
     """Live-migrate task.server from task.source to task.destination (see the module's steps)."""
-    with Move(task, nodes=nodes, lease=lease) as move:
-        check_start(move, running=True)
-        prepare(move)
-        refuse_existing(move)
-        drive(move, RUNNER)
+    start(task, RUNNER, prepare, running=True, lease=lease, nodes=nodes)
 
 
 def resume(task, lease=None, nodes=None) -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flask import current_app
 
 from app import status
+from app.blobs import Eta, GroupOptions, Prediction
 from app.errors import FerryError
 from app.extensions import db
 from app.models import ComputeResource, Evacuation, MigrationGroup, MigrationTask, Server, utcnow
@@ -44,12 +45,13 @@ class Request:
     allow_postcopy: bool = False
     acknowledge_warnings: bool = False
 
-    def options(self) -> dict:
+    def options(self) -> GroupOptions:
         """The options stored on the group."""
-        return {"mode": status.MODE_LIVE if self.live else status.MODE_OFFLINE,
-                "preserve_ip": self.preserve_ip, "convert_to": self.convert_to,
-                "allow_postcopy": self.allow_postcopy, "destination_id": self.destination_id,
-                "acknowledged": self.acknowledge_warnings}
+        return GroupOptions(mode=status.MODE_LIVE if self.live else status.MODE_OFFLINE,
+                            preserve_ip=self.preserve_ip, convert_to=self.convert_to,
+                            allow_postcopy=self.allow_postcopy,
+                            destination_id=self.destination_id,
+                            acknowledged=self.acknowledge_warnings)
 
 
 def _load(request: Request):
@@ -69,12 +71,11 @@ def _load(request: Request):
         servers.append(server)
     if len({s.id for s in servers}) != len(servers):
         raise FerryError("a server was selected twice")
-    if len({s.state for s in servers}) > 1:
+    mixed = checks.mixed_states(servers)
+    if mixed:
         # The reference moves a selection only when all run (live) or all are stopped (offline);
         # refused here, before any probe runs, whatever the caller (dialog, API, CLI).
-        states = ", ".join(f"{s.name} is {s.state}" for s in servers)
-        raise FerryError(f"servers in different states cannot be migrated together ({states}): "
-                         "select only running servers or only stopped ones")
+        raise FerryError(mixed)
     if request.destination_id is None:
         raise FerryError("choose a destination compute resource")
     destination = db.session.get(ComputeResource, request.destination_id)
@@ -103,11 +104,11 @@ def start_group(request: Request, user=None, enqueue: bool = True) -> MigrationG
     """Create a group, run its preflight, and start it if it passes and a group slot is free."""
     servers, destination = _load(request)
     options = request.options()
-    return open_group([(server, destination, options["mode"]) for server in servers], options,
+    return open_group([(server, destination, options.mode) for server in servers], options,
                       request.acknowledge_warnings, user, enqueue)
 
 
-def open_group(moves, options: dict, acknowledge_warnings: bool, user=None,
+def open_group(moves, options: GroupOptions, acknowledge_warnings: bool, user=None,
                enqueue: bool = True) -> MigrationGroup:
     """Create a group of (server, destination, mode) moves, preflight it, start it if it may run.
 
@@ -116,7 +117,7 @@ def open_group(moves, options: dict, acknowledge_warnings: bool, user=None,
     runs once per (destination, mode), so every task carries the report that
     judged it.
     """
-    group = MigrationGroup(status=status.MIGRATION_PREFLIGHT, options=options,
+    group = MigrationGroup(status=status.MIGRATION_PREFLIGHT, options=options.to_json(),
                            created_by_id=getattr(user, "id", None))
     for server, destination, mode in moves:
         group.tasks.append(MigrationTask(
@@ -129,14 +130,14 @@ def open_group(moves, options: dict, acknowledge_warnings: bool, user=None,
     # CLI), recovery ends the group once the lease expires, and its servers are free again.
     sent = None
     with Lease(lease.GROUP, group.id) as held:
-        failures, unacknowledged = _preflight(group, options)
+        results = _preflight(group, options)
         db.session.refresh(group)
         if held.lost or group.status != status.MIGRATION_PREFLIGHT:
             return group  # recovery ended it meanwhile: keep that
-        if failures:
-            return refuse(group, "Preflight failed: " + " ".join(failures))
-        if unacknowledged and not acknowledge_warnings:
-            return refuse(group, "Preflight has warnings that were not acknowledged.")
+        if not checks.may_start(results, acknowledge_warnings):
+            failures = [r.message for r in results if r.status == checks.FAIL]
+            return refuse(group, "Preflight failed: " + " ".join(failures) if failures
+                          else "Preflight has warnings that were not acknowledged.")
         if not limits.claim_group_slot(group.id):
             slots = current_app.config["MAX_PARALLEL_GROUPS"]
             return refuse(group, f"{slots} migration groups are already running, the most "
@@ -155,8 +156,8 @@ def open_group(moves, options: dict, acknowledge_warnings: bool, user=None,
     return group
 
 
-def _preflight(group, options: dict) -> tuple[list[str], bool]:
-    """Preflight the group's tasks once per (destination, mode); (failures, needs acknowledgement).
+def _preflight(group, options: GroupOptions) -> list[checks.CheckResult]:
+    """Preflight the group's tasks once per (destination, mode); every part's results.
 
     Each part's reports are committed before the next part probes its nodes, so no write
     waits in the session (and, on SQLite, holds the lock) while a node is asked.
@@ -164,17 +165,18 @@ def _preflight(group, options: dict) -> tuple[list[str], bool]:
     parts = {}
     for task in group.tasks:
         parts.setdefault((task.destination_id, task.mode), []).append(task)
-    failures, unacknowledged = [], False
+    results = []
     for (_, mode), tasks in parts.items():
         report = preflight.run([t.server for t in tasks], tasks[0].destination,
-                               dict(options, mode=mode))
+                               replace(options, mode=mode))
         for task in tasks:
             task.preflight = report
-            task.eta = {"preflight": report["eta"].get(task.server.name), "history": []}
-        failures += [r["message"] for r in report["results"] if r["status"] == checks.FAIL]
-        unacknowledged |= bool(report["summary"]["needs_acknowledgement"])
+            predicted = report["eta"].get(task.server.name)
+            task.eta = Eta(preflight=Prediction.of(predicted) if predicted else None).to_json()
+        results += [checks.CheckResult(r["name"], r["status"], r["message"])
+                    for r in report["results"]]
         db.session.commit()
-    return failures, unacknowledged
+    return results
 
 
 def refuse(group, reason: str) -> MigrationGroup:
@@ -383,20 +385,20 @@ def group_report(group) -> dict:
     """A group's report: per server outcome, downtime, bytes, time per phase, ETA history."""
     tasks = []
     for task in group.tasks:
-        result = task.result or {}
+        result = task.result_record
         tasks.append({
             "task": task.id, "server": task.server.name if task.server else None,
             "source": task.source.name if task.source else None,
             "destination": task.destination.name if task.destination else None,
             "mode": task.mode, "status": task.status, "error": task.error,
-            "downtime_ms": result.get("downtime_ms"), "total_ms": result.get("total_ms"),
-            "bytes": result.get("bytes"), "phases": result.get("phases"),
-            "eta": task.eta, "started_at": _iso(task.started_at),
+            "downtime_ms": result.downtime_ms, "total_ms": result.total_ms,
+            "bytes": result.bytes, "phases": result.phases,
+            "eta": task.eta_record.to_json() if task.eta else None, "started_at": _iso(task.started_at),
             "finished_at": _iso(task.finished_at),
             "events": [{"at": _iso(e.at), "kind": e.kind, "message": e.message}
                        for e in task.events],
         })
-    return {"group": group.id, "status": group.status, "options": group.options,
+    return {"group": group.id, "status": group.status, "options": group.options_record.to_json(),
             "created_at": _iso(group.created_at), "finished_at": _iso(group.finished_at),
             "tasks": tasks}
 

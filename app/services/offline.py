@@ -5,7 +5,10 @@
 
 The source exports each disk read-only with qemu-nbd (a port claimed for the
 task, from 8081 up); the destination reads it with `qemu-img convert` straight
-into a temporary file of the target format; `qemu-img compare` checks it. Only
+into a temporary file of the target format, or into a new logical volume created
+for the task under a temporary name (thick: the disk's virtual size; thin: that
+size in the thin pool, written with `--target-is-zero` so it stays thin);
+`qemu-img compare` checks it. Only
 then is the server defined on the destination (disks renamed into place,
 NVRAM and TPM state carried), and only once the source's definition is gone
 (the point of no return) are the source's disks removed. So the server is
@@ -20,14 +23,14 @@ import posixpath
 import time
 
 from app import status
+from app.blobs import Progress, TaskResult
 from app.errors import FerryError
 from app.extensions import db
 from app.infra import migration as mig
-from app.infra.commands import storage
-from app.services import certificates, disks, journal, limits, preflight
-from app.services.steps import (ATTENTION, DONE, REDO, ROLLBACK, Decision, Move, Runner, Step,
-                                carry_state, check_start, drive, refuse_existing,
-                                remove_source_files, source_removal_names)
+from app.infra.commands import lvm, storage
+from app.services import addresses, certificates, disks, journal, limits
+from app.services.steps import (ATTENTION, DONE, Decision, Move, REDO, ROLLBACK, Runner, Step,
+                                carry_state, remove_source_files, source_removal_names, start)
 from app.services.timeline import Cancelled, cancel_requested, finish_success
 
 
@@ -81,10 +84,12 @@ class Export(Step):
 
     def run(self, move, entry):
         for index, disk in enumerate(_plan(move)):
+            # A sliced volume is exported as its guest sees it, without lvm's rounded-up tail.
             argv = storage.nbd_export(
                 disk["path"], disk["format"], move.source.host, entry.names["exports"][index],
                 entry.names["pid_files"][index], port=entry.names["port"],
-                tls_dir=entry.names.get("tls_dir"))
+                tls_dir=entry.names.get("tls_dir"), size=disks.sliced(disk),
+                block=disk.get("type") == "block")
             for attempt in range(EXPORT_TRIES):
                 exported = move.sh("source", argv)
                 # Another group's preflight may be probing this port for a few seconds.
@@ -110,35 +115,59 @@ def stop_exports(move: Move) -> None:
         move.sh("source", storage.stop_by_pid_file(pid, expect="qemu-nbd"))
 
 
+def _into_volume(disk: dict) -> bool:
+    """Whether a disk of the plan is copied into a logical volume (else into a file)."""
+    return disk.get("dst_kind", "file") != "file"
+
+
+def _targets(names: dict) -> list[str]:
+    """Where the copy step wrote each disk: a temporary file or a temporary volume's device
+    (a journal from before volumes existed lists files only, as "paths")."""
+    return names.get("targets") or names["paths"]
+
+
 class Copy(Step):
-    """Read every export into a temporary file of the target format on the destination."""
+    """Read every export into a temporary file of the target format on the destination, or
+    into a new logical volume created for the task under a temporary name."""
 
     name = "copy"
 
     def names(self, move):
-        plan = _plan(move)
-        return {"node": "destination",
-                "paths": [storage.temp_path(d["dst_path"], move.task.id) for d in plan],
-                "pid_files": [pid_file(move.task.id, i, "copy", move.state.get("export_token", ""))
-                              for i in range(len(plan))]}
+        # Every temporary name is journaled before anything is created: files in "paths",
+        # volumes in "volumes" (the task id and random token make them the task's own).
+        plan, token = _plan(move), move.state.get("export_token", "")
+        targets, paths, volumes = [], [], []
+        for disk in plan:
+            if _into_volume(disk):
+                name = storage.temp_lv_name(disk["dst_lv"], move.task.id, token)
+                volumes.append([disk["dst_vg"], name])
+                targets.append(storage.lv_path(disk["dst_vg"], name))
+            else:
+                paths.append(storage.temp_path(disk["dst_path"], move.task.id))
+                targets.append(paths[-1])
+        return {"node": "destination", "paths": paths, "volumes": volumes, "targets": targets,
+                "pid_files": [pid_file(move.task.id, i, "copy", token) for i in range(len(plan))]}
 
     def run(self, move, entry):
         export = journal.last(move.task, "export").names
-        timings = {}
+        timings, sizes = {}, []
         for index, disk in enumerate(_plan(move)):
             started = time.monotonic()
+            target = _targets(entry.names)[index]
+            sizes.append(_create_volume(move, disk, target) if _into_volume(disk) else None)
             move.event("copy", f"Copying {disk['target']} ({disk['format']} → {disk['dst_format']}) "
                                f"from {move.source.name} over NBD"
                                f"{' with TLS' if export.get('tls_dir') else ' in clear'} "
-                               f"into {entry.names['paths'][index]}.")
-            argv = storage.convert_from_nbd(move.source.host, export["exports"][index],
-                                            entry.names["paths"][index], disk["dst_format"],
-                                            port=export["port"], tls_dir=export.get("tls_dir"))
+                               f"into {target}.")
+            argv = storage.convert_from_nbd(
+                move.source.host, export["exports"][index], target, disk["dst_format"],
+                port=export["port"], tls_dir=export.get("tls_dir"), existing=_into_volume(disk),
+                target_is_zero=disk.get("dst_kind") == status.STORAGE_THINLVM)
             _copy(move, _with_pid(entry.names["pid_files"][index], argv),
                   entry.names["pid_files"][index], disk["target"])
             timings[f"copy_{disk['target']}_ms"] = int((time.monotonic() - started) * 1000)
         move.state.setdefault("phases", {}).update(timings)
-        return timings
+        return {**timings, "volume_sizes": sizes}
 
     def settle(self, move, entry):
         return Decision(ROLLBACK, "a copy that did not finish is discarded")
@@ -147,8 +176,57 @@ class Copy(Step):
         for pid in entry.names.get("pid_files") or []:
             move.sh("destination", storage.stop_by_pid_file(pid, expect="qemu-img"))
         removed = _remove(move, "destination", entry.names.get("paths") or [])
+        removed += _remove_volumes(move, "destination", entry.names.get("volumes") or [])
         if removed:
             move.event("cleanup", "Removed partial copies from the destination: " + ", ".join(removed))
+
+
+def _create_volume(move: Move, disk: dict, device: str) -> int:
+    """Create the task's new logical volume (its name journaled already): thick of the disk's
+    exact virtual size, or thin of that virtual size in the thin pool; returns its size.
+
+    lvm rounds a volume up to whole extents. A thick volume's tail past the disk's size then
+    holds whatever its extents held before (the copy writes only the disk's size), so it is
+    zeroed: the compare reads it as the source's end, and no guest ever reads old data. A
+    fresh thin volume reads as zeros already (writing them would allocate it)."""
+    vg, name = storage.split_lv_path(device)
+    thin = disk["dst_kind"] == status.STORAGE_THINLVM
+    argv = (storage.lvcreate_thin(vg, disk["dst_pool"], name, disk["size"]) if thin
+            else storage.lvcreate(vg, name, disk["size"]))
+    made = move.sh("destination", argv)
+    if not made.ok:
+        raise FerryError(f"cannot create the logical volume {vg}/{name} on "
+                         f"{move.destination.name}: {made.stderr.strip()[-300:]}")
+    size = _device_size(move, device)
+    if not thin and size > disk["size"]:
+        zeroed = move.sh("destination", storage.zero_range(device, disk["size"],
+                                                           size - disk["size"]))
+        if not zeroed.ok:
+            raise FerryError(f"cannot zero the tail of {vg}/{name} on {move.destination.name}: "
+                             f"{zeroed.stderr.strip()[-300:]}")
+    move.event("volume", f"Created the {'thin ' if thin else ''}logical volume {vg}/{name} "
+                         f"({size} bytes for a disk of {disk['size']}) on "
+                         f"{move.destination.name}.")
+    return size
+
+
+def _device_size(move: Move, device: str) -> int:
+    """A block device's size on the destination, in bytes."""
+    answer = move.sh("destination", storage.device_size(device))
+    try:
+        return storage.parse_device_size(answer.stdout if answer.ok else "")
+    except ValueError as exc:
+        raise FerryError(f"cannot read the size of {device} on {move.destination.name}: "
+                         f"{(answer.stderr.strip() or str(exc))[-300:]}") from exc
+
+
+def _remove_volumes(move: Move, which: str, volumes: list) -> list[str]:
+    """Remove logical volumes the journal names ([vg, name] pairs); returns those removed."""
+    removed = []
+    for vg, name in volumes:
+        if move.sh(which, storage.lvremove(vg, name)).ok:
+            removed.append(f"{vg}/{name}")
+    return removed
 
 
 def _copy(move: Move, argv: list[str], pid: str, label: str) -> None:
@@ -181,7 +259,8 @@ def _copy(move: Move, argv: list[str], pid: str, label: str) -> None:
         raise FerryError(f"copying {label} failed: {result.stderr.strip()[-500:]}")
     move.sh("destination", ["rm", "-f", "--", pid])
     percent = storage.parse_convert_progress(result.stdout)
-    move.task.progress = {"percent": percent if percent is not None else 100.0, "phase": "copy"}
+    move.task.progress = Progress(percent=percent if percent is not None else 100.0,
+                                  phase="copy").to_json()
     db.session.commit()
 
 
@@ -192,12 +271,13 @@ class Verify(Step):
 
     def run(self, move, entry):
         export = journal.last(move.task, "export").names
-        paths = journal.last(move.task, "copy").names["paths"]
+        paths = _targets(journal.last(move.task, "copy").names)
         for index, disk in enumerate(_plan(move)):
             started = time.monotonic()
             same = move.sh("destination", storage.compare_with_export(
                 move.source.host, export["exports"][index], export["port"], paths[index],
-                disk["dst_format"], tls_dir=export.get("tls_dir")), timeout=24 * 3600)
+                disk["dst_format"], tls_dir=export.get("tls_dir"), block=_into_volume(disk)),
+                timeout=24 * 3600)
             if not same.ok:
                 raise FerryError(f"the copy of {disk['target']} differs from the source: "
                                  f"{(same.stdout + same.stderr).strip()[-300:]}")
@@ -243,28 +323,22 @@ class DefineDestination(Step):
         intended = [d["dst_path"] for d in _plan(move)] + ([nvram] if nvram else [])
         tpm = disks.tpm_dir(xml, move.server.uuid)
         return {"node": "destination", "intended": intended + ([tpm] if tpm else []),
-                "paths": [], "domain": move.server.uuid}
+                "renaming": [], "paths": [], "volumes": [], "domain": move.server.uuid}
 
     def run(self, move, entry):
         if cancel_requested(move.task.id):
             raise Cancelled("Cancelled before the server was defined on the destination.")
-        temps = journal.last(move.task, "copy").names["paths"]
-        for tmp, disk in zip(temps, _plan(move)):
-            moved = move.sh("destination", storage.rename_disk(tmp, disk["dst_path"]))
-            if not moved.ok:
-                raise FerryError(f"cannot move {tmp} into place: {moved.stderr.strip()}")
-            journal.add_names(entry, paths=[disk["dst_path"]])
+        _rename_into_place(move, entry)
         carry_state(move, entry)
-        xml = mig.destination_xml(move.task.domain_xml, {
-            d["target"]: (d["dst_path"], d["dst_format"]) for d in _plan(move)})
+        xml = mig.destination_xml(move.task.domain_xml, _disk_changes(move))
         address = None
-        if not move.options.get("preserve_ip", True):
-            address = preflight.allocate_address(move.server, move.destination)
+        if not move.options.preserve_ip:
+            address = addresses.allocate_address(move.server, move.destination)
             if address is None:
                 raise FerryError(f"{move.destination.name} has no free address in its IP blocks")
             db.session.flush()
             journal.add_names(entry, address_id=address.id)  # committed: released on undo
-            xml = mig.with_guest_ip(xml, f"{address.address}/{preflight.prefix_of(address)}")
+            xml = mig.with_guest_ip(xml, f"{address.address}/{addresses.prefix_of(address)}")
         move.host("destination").define(xml)
         move.event("defined", f"{move.server.name} is defined on {move.destination.name}.")
         return {"address": address.address if address else None}
@@ -284,6 +358,8 @@ class DefineDestination(Step):
             move.host("destination").undefine(move.server.uuid)
             move.event("cleanup", f"Took the definition back from {move.destination.name}.")
         removed = _remove(move, "destination", entry.names.get("paths") or [])
+        removed += _remove_volumes(move, "destination", entry.names.get("volumes") or [])
+        removed += _remove_renamed(move, entry)
         for directory in entry.names.get("dirs") or []:
             move.sh("destination", storage.remove_tree(directory, disks.SWTPM_DIR))
             removed.append(directory)
@@ -296,6 +372,65 @@ class DefineDestination(Step):
                 db.session.commit()
         if removed:
             move.event("cleanup", "Removed from the destination: " + ", ".join(removed))
+
+
+def _rename_into_place(move: Move, entry) -> None:
+    """Rename each verified copy to its final name, never over a name that is taken.
+
+    Each rename's [temporary, final] pair is journaled before the node is touched and the
+    final name is listed as the task's own once the rename answered: a worker that dies in
+    between leaves recovery the pair, and `_remove_renamed` asks the node which one exists."""
+    temps = _targets(journal.last(move.task, "copy").names)
+    for tmp, disk in zip(temps, _plan(move)):
+        journal.add_names(entry, renaming=[[tmp, disk["dst_path"]]])
+        if _into_volume(disk):  # lvrename refuses a name that is taken
+            vg, name = storage.split_lv_path(tmp)
+            moved = move.sh("destination", storage.lvrename(vg, name, disk["dst_lv"]))
+        else:
+            moved = move.sh("destination", storage.rename_disk(tmp, disk["dst_path"]))
+        if not moved.ok:
+            raise FerryError(f"cannot move {tmp} into place: {moved.stderr.strip()}")
+        if _into_volume(disk):
+            journal.add_names(entry, volumes=[[disk["dst_vg"], disk["dst_lv"]]])
+        else:
+            journal.add_names(entry, paths=[disk["dst_path"]])
+
+
+def _disk_changes(move: Move) -> dict:
+    """What each disk becomes in the destination's definition: a file, or a block device
+    sliced to the disk's size when lvm made its volume larger (the guest keeps its size)."""
+    sizes = (journal.last(move.task, "copy").data or {}).get("volume_sizes") or []
+    changes = {}
+    for index, disk in enumerate(_plan(move)):
+        if not _into_volume(disk):
+            changes[disk["target"]] = (disk["dst_path"], disk["dst_format"], "file")
+            continue
+        made = sizes[index] if index < len(sizes) else None
+        cut = disk["size"] if made is None or made > disk["size"] else None
+        changes[disk["target"]] = (disk["dst_path"], disk["dst_format"], "block", cut)
+    return changes
+
+
+def _remove_renamed(move: Move, entry) -> list[str]:
+    """Remove the copies a rename put under their final names without the journal hearing
+    back (a worker that died in between): only those the node shows to be the task's."""
+    listed = set(entry.names.get("paths") or []) | {
+        storage.lv_path(vg, name) for vg, name in entry.names.get("volumes") or []}
+    volumes = {d["dst_path"] for d in _plan(move) if _into_volume(d)}
+    removed = []
+    for tmp, final in entry.names.get("renaming") or []:
+        if final in listed:
+            continue  # removed above with what the journal lists as the task's
+        answer = move.sh("destination", storage.renamed(tmp, final))
+        if not answer.ok or answer.stdout.strip() not in ("ours", "not ours"):
+            from app.infra.host import HostUnknown
+            raise HostUnknown(f"{move.destination.name} did not say whether {final} is the "
+                              f"task's copy: {answer.stderr.strip()[-200:]}")
+        if answer.stdout.strip() == "ours" and final in volumes:
+            removed += _remove_volumes(move, "destination", [list(storage.split_lv_path(final))])
+        elif answer.stdout.strip() == "ours":
+            removed += _remove(move, "destination", [final])
+    return removed
 
 
 def _settle_defined(place, which: str) -> Decision:
@@ -416,11 +551,11 @@ class OfflineRunner(Runner):
         if move.state.get("new_address"):
             message += f" with its new address {move.state['new_address']} (old one released)"
         total_ms = int((time.monotonic() - move.state["t0"]) * 1000)
-        result = {"downtime_ms": None, "total_ms": total_ms, "wall_ms": total_ms,
-                  "bytes": sum(d.allocation or 0 for d in server.disks),
-                  "phases": move.state.get("phases", {}),
-                  "tls": bool((journal.last(move.task, "export").names or {}).get("tls_dir")),
-                  "new_address": move.state.get("new_address")}
+        result = TaskResult(
+            total_ms=total_ms, wall_ms=total_ms, bytes=sum(d.allocation or 0 for d in server.disks),
+            phases=move.state.get("phases", {}),
+            tls=bool((journal.last(move.task, "export").names or {}).get("tls_dir")),
+            new_address=move.state.get("new_address"))
         finish_success(move.task, message + ".", result)
 
 
@@ -443,20 +578,40 @@ def prepare(move: Move) -> None:
     if move.task.domain_xml is None:
         move.task.domain_xml = move.host("source").xml(move.server.uuid, inactive=True)
         db.session.commit()
-    move.state["plan"] = disks.plan_for(move.task.domain_xml, move.options.get("convert_to"))
+    move.state["plan"] = offline_plan(move)
+
+
+def offline_plan(move: Move) -> list[dict]:
+    """The disks' plan: files and logical volumes (told from the source's lvs), each with its
+    destination (a new LV's group or thin pool from the destination's facts, and the disk's
+    virtual size read with qemu-img info on the source). Creates nothing."""
+    found = mig.disk_targets(move.task.domain_xml)
+    reasons = disks.unsupported(found, block_ok=True)
+    if reasons:
+        raise disks.UnsupportedDisk("; ".join(reasons))
+    volumes = {}
+    if any(d.get("type") == "block" for d in found):
+        listed = move.sh("source", lvm.LVS)
+        if not listed.ok:
+            raise FerryError(f"lvs failed on {move.source.name}: {listed.stderr.strip()[-300:]}")
+        volumes = lvm.by_device(lvm.parse_lvs(listed.stdout))
+    plan = disks.storage_plan(found, move.options.convert_to, volumes,
+                              move.destination.facts or {}, move.destination.name)
+    for disk in plan:
+        if _into_volume(disk) and disks.sliced(disk):  # the guest's size, not its volume's
+            disk["size"] = disks.sliced(disk)
+        elif _into_volume(disk):
+            info = move.sh("source", storage.image_info(disk["path"], disk["format"]))
+            if not info.ok:
+                raise FerryError(f"cannot read {disk['path']}'s size on {move.source.name}: "
+                                 f"{info.stderr.strip()[-300:]}")
+            disk["size"] = storage.parse_virtual_size(info.stdout)
+    return plan
 
 
 def run(task, lease=None, nodes=None) -> None:
     """Move task.server (stopped) from task.source to task.destination, converting if asked."""
-    convert_to = (task.group.options or {}).get("convert_to")
-    if convert_to in (status.STORAGE_LVM, status.STORAGE_THINLVM):
-        raise FerryError(f"conversion to {convert_to} is not supported yet: Ferry moves file "
-                         "disks (raw and qcow2) only")
-    with Move(task, nodes=nodes, lease=lease) as move:
-        check_start(move, running=False)
-        prepare(move)
-        refuse_existing(move)
-        drive(move, RUNNER)
+    start(task, RUNNER, prepare, running=False, lease=lease, nodes=nodes)
 
 
 def resume(task, lease=None, nodes=None) -> str:

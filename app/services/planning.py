@@ -20,7 +20,8 @@ Heuristic ("largest first, most headroom"):
 3. A destination fits when it is active, is not the source, has the
    server's storage tags with enough free space per tag, has its IP blocks
    (Preserve IP) or enough free addresses (IP change), runs a compatible CPU
-   (live moves only) and has the memory free.
+   (live moves only) and has the memory free with the preflight's headroom left
+   (placement.memory_blocker).
 
 Cost: servers that the same hosts rule out for static reasons (storage
 tags, IP blocks, CPU) share a heap of the hosts they may use, keyed by load.
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from app import status
+from app.services import placement
 
 # How many other candidates a reason sentence names before "and N more".
 MAX_NAMED = 8
@@ -279,8 +281,9 @@ def _dynamic_blocker(server, slot, preserve_ip):
         free = sum(max(n, 0) for n in slot.addresses.values())
         if free < need:
             return ("addresses", f"{name} has {free} free address{'es' if free != 1 else ''}")
-    if slot.memory < server.memory_mib:
-        return ("memory", f"{name} has {max(slot.memory, 0)} MiB free")
+    memory = placement.memory_blocker(name, slot.memory, server.memory_mib)
+    if memory is not None:
+        return ("memory", memory)
     for tag in sorted(server.disk_bytes_by_tag, key=_tag_sort):
         free = slot.disk.get(tag, 0)
         if free < server.disk_bytes_by_tag[tag]:
@@ -311,7 +314,7 @@ def _why_nowhere(server, mode, preserve_ip, slots):
         n = _addresses_needed(server)
         needs.append(f"{n} free address{'es' if n != 1 else ''}")
     if "memory" in kinds:
-        needs.append(f"{server.memory_mib} MiB free")
+        needs.append(placement.memory_needed(server.memory_mib))
     if "disk" in kinds:
         needs.append(" and ".join(
             f"{_gib(server.disk_bytes_by_tag[t])} free on {_tag_name(t)}"

@@ -10,7 +10,6 @@ themselves live in preflight_checks (pure functions).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import logging
 import math
@@ -23,29 +22,20 @@ from statistics import median
 from flask import current_app
 
 from app import status
+from app.blobs import GroupOptions
 from app.errors import FerryError
 from app.extensions import db
 from app.infra import ssh
 from app.infra.commands import storage
-from app.models import ComputeResource, IpAddress, MigrationTask, PreflightReport, utcnow
-from app.services import calibration, estimation, inventory, resources
+from app.models import ComputeResource, MigrationTask, PreflightReport, Server, utcnow
+from app.services import addresses, calibration, estimation, inventory, limits, resources
 from app.services import preflight_checks as checks
+# The offline runner (engine code) still allocates through these names.
 
 log = logging.getLogger("ferry.preflight")
 
 PROBE_BYTES = 64 * 1024 * 1024
-
-
-def free_addresses(resource) -> dict:
-    """Free addresses per IP block of a resource (network, gateway and broadcast excluded)."""
-    free = {}
-    for block in resource.ip_blocks:
-        network = ipaddress.ip_network(block.cidr, strict=False)
-        taken = {a.address for a in block.addresses if a.server_id is not None}
-        # The lab's guest blocks are /25 halves of a /24 wire: skip the gateway too.
-        hosts = [str(h) for h in network.hosts() if str(h) != block.gateway]
-        free[block.name] = sum(1 for h in hosts if h not in taken)
-    return free
+PROBE_TRIES, PROBE_RETRY_S = 40, 0.01  # a port probe refused while its listener starts
 
 
 def resource_info(resource) -> checks.ResourceInfo:
@@ -54,28 +44,40 @@ def resource_info(resource) -> checks.ResourceInfo:
         name=resource.name, status=resource.status, facts=resource.facts or {},
         storage_tags=tuple(resource.storage_tags or ()),
         ip_blocks=tuple(b.name for b in resource.ip_blocks),
-        free_addresses=free_addresses(resource))
+        free_addresses=addresses.free_addresses(resource))
 
 
 def server_info(server, cpu_xml: str = "") -> checks.ServerInfo:
-    """The pure checks' view of a server."""
+    """The pure checks' view of a server; its backups are what its node's facts show."""
+    resource = server.compute_resource
+    disks = tuple(checks.DiskInfo(d.path, d.format, d.storage_type, d.virtual_size or 0,
+                                  d.allocation or 0, d.storage_tag) for d in server.disks)
+    backups = ()
+    if resource is not None:
+        backups = checks.node_backups(server.name, server.uuid, disks, resource.facts or {},
+                                      backup_owners(resource))
     return checks.ServerInfo(
-        name=server.name, state=server.state,
-        resource=server.compute_resource.name if server.compute_resource else "",
+        name=server.name, state=server.state, resource=resource.name if resource else "",
         vcpus=server.vcpus, memory_mib=server.memory_mib, snapshot_count=server.snapshot_count,
-        disks=tuple(checks.DiskInfo(d.path, d.format, d.storage_type, d.virtual_size or 0,
-                                    d.allocation or 0, d.storage_tag) for d in server.disks),
+        disks=disks,
         ip_addresses=tuple(checks.IpAddress(a.address, a.block.name) for a in server.ip_addresses),
-        backups=tuple(checks.BackupInfo(b.kind, b.storage_type) for b in server.backups),
-        cpu_xml=cpu_xml)
+        backups=backups, cpu_xml=cpu_xml)
 
 
-def options_of(opts: dict) -> checks.MigrationOptions:
-    """The checks' MigrationOptions from a group's stored options."""
-    return checks.MigrationOptions(live=opts.get("mode") == status.MODE_LIVE,
-                                   preserve_ip=opts.get("preserve_ip", True),
-                                   convert_to=opts.get("convert_to"),
-                                   allow_postcopy=opts.get("allow_postcopy", False))
+def backup_owners(resource) -> list[str]:
+    """Names of the servers a resource holds, that its backup files may be named after (read
+    only when its backup directory has files)."""
+    if not ((resource.facts or {}).get("backup_dir") or {}).get("files"):
+        return []
+    return list(db.session.scalars(db.select(Server.name).where(
+        Server.compute_resource_id == resource.id, Server.state != status.SERVER_MISSING)))
+
+
+def options_of(opts) -> checks.MigrationOptions:
+    """The checks' MigrationOptions from a group's options (GroupOptions or their stored dict)."""
+    opts = GroupOptions.of(opts)
+    return checks.MigrationOptions(live=opts.live, preserve_ip=opts.preserve_ip,
+                                   convert_to=opts.convert_to, allow_postcopy=opts.allow_postcopy)
 
 
 def _probe(from_conn, to_conn, to_address, port) -> str:
@@ -84,25 +86,28 @@ def _probe(from_conn, to_conn, to_address, port) -> str:
         to_conn, storage.port_listener(to_address, port, timeout_s=6)), kwargs={"timeout": 10})
     listener.start()
     probe = None
-    for _ in range(10):  # the listener needs a moment to bind
+    # The listener needs a moment to bind: asked again at once (every ask is an exec on the
+    # node, ~50 ms), for about 2 s. Waiting 0.2 s between asks was a quarter of a preflight.
+    for _ in range(PROBE_TRIES):
         probe = ssh.run(from_conn, storage.port_probe(to_address, port, timeout_s=3), timeout=10)
         if probe.ok or "refused" not in probe.stderr.lower():
             break
-        threading.Event().wait(0.2)
+        threading.Event().wait(PROBE_RETRY_S)
     listener.join(12)
     return storage.probe_result(probe.exited, probe.stderr)
 
 
-def _probe_ports(src_conn, dst_conn, source, destination) -> dict:
+def _probe_ports(src_conn, dst_conn, source, destination, export_port: int) -> dict:
     """The data paths a migration uses, probed the way they are used.
 
     libvirt's migration ports are reached from the source on the destination;
-    the NBD export (TCP 8081) is on the source and read by the destination.
+    the NBD export is on the source (on `export_port`, the one the next offline
+    copy from it would claim) and read by the destination.
     """
     return {
         checks.MIGRATION_PORTS.start: _probe(src_conn, dst_conn, destination.host,
                                              checks.MIGRATION_PORTS.start),
-        checks.NBD_PORT: _probe(dst_conn, src_conn, source.host, checks.NBD_PORT),
+        export_port: _probe(dst_conn, src_conn, source.host, export_port),
     }
 
 
@@ -212,7 +217,8 @@ def _between(servers, sources, destination, options, lent, measured) -> None:
         if source.id == destination.id:
             continue
         src = lent[source.id]
-        measured["probes"][source.name] = _probe_ports(src.ssh, dst.ssh, source, destination)
+        measured["probes"][source.name] = _probe_ports(src.ssh, dst.ssh, source, destination,
+                                                       limits.next_export_port(source.id))
         recent = recent_throughput(source.id, destination.id, max_age)
         if recent is None:
             recent, origin = _throughput(src.ssh, dst.ssh, destination), "probe"
@@ -248,8 +254,8 @@ def recent_throughput(source_id: int, destination_id: int, max_age_s: int) -> fl
         MigrationTask.mode == status.MODE_LIVE,
         MigrationTask.finished_at >= utcnow() - timedelta(seconds=max_age_s),
     ).order_by(MigrationTask.finished_at.desc()).limit(3)).all()
-    rates = [r.result["bytes"] / (r.result["total_ms"] / 1000) for r in rows
-             if (r.result or {}).get("bytes") and (r.result or {}).get("total_ms")]
+    results = [r.result_record for r in rows]
+    rates = [r.bytes / (r.total_ms / 1000) for r in results if r.bytes and r.total_ms]
     return float(median(rates)) if rates else None
 
 
@@ -374,39 +380,3 @@ def calibrated(eta: dict, factor: float | None) -> dict:
         for key in ("seconds", "low", "high"):
             eta[key] = eta[key] * factor
     return eta
-
-
-def allocate_address(server, destination) -> IpAddress | None:
-    """Take a free address for server from the destination's IP blocks (IP change), or None."""
-    for block in destination.ip_blocks:
-        network = ipaddress.ip_network(block.cidr, strict=False)
-        rows = {a.address: a for a in block.addresses}
-        for host in network.hosts():
-            address = str(host)
-            if address == block.gateway:
-                continue
-            row = rows.get(address)
-            if row is None:
-                row = IpAddress(block=block, address=address)
-                db.session.add(row)
-            if row.server_id is None:
-                row.server = server
-                return row
-    return None
-
-
-def prefix_of(address_row) -> int:
-    """The prefix the guest puts on its interface: the block's, widened until the gateway is on-link.
-
-    >>> class B: cidr, gateway = "10.78.1.128/25", "10.78.1.1"
-    >>> class A: block = B
-    >>> prefix_of(A)
-    24
-    """
-    network = ipaddress.ip_network(address_row.block.cidr, strict=False)
-    gateway = address_row.block.gateway
-    if gateway:
-        gw = ipaddress.ip_address(gateway)
-        while gw not in network and network.prefixlen > 0:
-            network = network.supernet()
-    return network.prefixlen

@@ -13,8 +13,12 @@ Facts dict (produced by the inventory sync), as read here:
  "libvirt_version", "qemu_version", "nested_virtualization",
  "memory": {"total_mib", "free_mib"},
  "storage_pools": [{"name", "type", "path", "capacity_bytes", "free_bytes"}],
- "nbd_module", "backup_dir": {"path", "free_bytes"},
+ "nbd_module", "backup_dir": {"path", "free_bytes", "files": [{"name", "size"}], "files_cut"},
+ "checkpoints": {domain uuid: [checkpoint name, ...]},
  "tls": {"valid", "reason", "not_after"}, "gathered_at"}
+
+A server's backups are what its node shows (`node_backups`): its libvirt checkpoints
+(incremental chains) and the files in the node's backup directory named after it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from app.status import (
+    BACKUP_FULL,
     BACKUP_INCREMENTAL,
     FORMAT_QCOW2,
     FORMAT_RAW,
@@ -37,9 +42,10 @@ from app.status import (
 )
 
 PASS = "pass"
+INFO = "info"  # worth knowing, never a reason to stop or to ask for an acknowledgement
 WARN = "warn"
 FAIL = "fail"
-_SEVERITY = {PASS: 0, WARN: 1, FAIL: 2}
+_SEVERITY = {PASS: 0, INFO: 0, WARN: 1, FAIL: 2}
 
 NBD_PORT = 8081
 MIGRATION_PORTS = range(49152, 49216)  # libvirt's default migration_port_min..max
@@ -56,15 +62,21 @@ CPU_COMPARE_IDENTICAL = 1
 CPU_COMPARE_SUPERSET = 2
 
 FILE_TYPES = (STORAGE_FILE_RAW, STORAGE_FILE_QCOW2)
+LVM_TYPES = (STORAGE_LVM, STORAGE_THINLVM)
+# A thin pool that runs out of data or metadata space stops every volume in it: refuse a copy
+# that would fill its data past this, or that meets its metadata already past this.
+THIN_DATA_MAX_PERCENT = 90.0
+THIN_METADATA_MAX_PERCENT = 80.0
 # libvirt pool types holding each family of Ferry storage types
 _POOL_TYPES = {"file": ("dir", "fs", "netfs"), "lvm": ("logical",)}
 
 # The nbd kernel module: the reference product needs it to convert storage.
 # Ferry does not (qemu-nbd serves the source disk over TCP and qemu-img reads
-# nbd:// in user space), so a missing module never stops a migration. It is
-# still a warning, not a silent pass, because teams following the SolusVM
-# procedure look for it, and a site script that expects /dev/nbd* would break.
-NBD_MISSING_STATUS = WARN
+# nbd:// in user space), so a missing module never stops a migration and needs
+# no acknowledgement. It is still shown (information, not a silent pass)
+# because teams following the SolusVM procedure look for it, and a site script
+# that expects /dev/nbd* would break.
+NBD_MISSING_STATUS = INFO
 
 
 @dataclass(frozen=True)
@@ -97,12 +109,23 @@ class IpAddress:
     block: str
 
 
+BACKUP_CHECKPOINT = "checkpoint"  # a libvirt checkpoint: a mark of an incremental chain
+BACKUP_FILE = "file"  # a file in the node's backup directory named after the server
+# A backup file's name marks it incremental with an "inc", "incr" or "incremental" word
+# (web1-inc-3.qcow2, web1/incremental.2026-11-29.qcow2); any other is a full backup.
+_INCREMENTAL_NAME = re.compile(r"(^|[._/-])inc(r|remental)?([0-9._/-]|$)", re.IGNORECASE)
+_NAME_SEPARATORS = ".-_"
+
+
 @dataclass(frozen=True)
 class BackupInfo:
-    """A backup: kind full/incremental, taken on storage_type."""
+    """A backup: kind full/incremental, taken on storage_type; `name` is the checkpoint's or
+    the file's (relative to the backup directory), `origin` which of the two it is."""
 
     kind: str
     storage_type: str
+    name: str = ""
+    origin: str = BACKUP_FILE
 
 
 @dataclass(frozen=True)
@@ -240,17 +263,34 @@ def _target_type(disk: DiskInfo, options: MigrationOptions) -> str:
 
 # ---------------------------------------------------------------- checks
 
+def mixed_states(servers) -> str | None:
+    """Why servers (anything with `name` and `state`: rows or ServerInfo) in different states
+    cannot go together, or None when they share one. The one place this rule is judged: the
+    dialog, the engine's request check and the preflight all ask here.
+
+    >>> class S:
+    ...     def __init__(self, name, state): self.name, self.state = name, state
+    >>> mixed_states([S("web", "running"), S("db", "running")]) is None
+    True
+    >>> "(web is running, db is stopped)" in mixed_states([S("web", "running"), S("db", "stopped")])
+    True
+    """
+    if len({s.state for s in servers}) <= 1:
+        return None
+    listing = ", ".join(f"{s.name} is {s.state}" for s in servers)
+    return (f"Servers in different states cannot be migrated together ({listing}): select only "
+            "running servers for a live migration, or only stopped ones for an offline migration.")
+
+
 def check_same_state(servers: Sequence[ServerInfo]) -> CheckResult:
     """Check that every server of the selection is in the same state."""
     states = sorted({s.state for s in servers})
     data = {"states": {s.name: s.state for s in servers}}
-    if len(states) <= 1:
+    why = mixed_states(servers)
+    if why is None:
         return CheckResult("same-state", PASS,
                            f"All selected servers are {states[0] if states else 'none'}.", data)
-    return CheckResult("same-state", FAIL, (
-        f"The selected servers are in different states ({', '.join(states)}): select only"
-        " running servers for a live migration or only stopped ones for an offline one."),
-        data)
+    return CheckResult("same-state", FAIL, why, data)
 
 
 def check_state_fits_mode(servers: Sequence[ServerInfo], options: MigrationOptions) -> CheckResult:
@@ -323,23 +363,37 @@ def check_ip_addresses(server: ServerInfo, destination: ResourceInfo,
         f" ({free} free)."), data)
 
 
-def check_disk_types(server: ServerInfo, options: MigrationOptions) -> CheckResult:
-    """Refuse disks the engine cannot move yet (block, network, volume) and conversions to LVM.
+def _movable(disk: DiskInfo) -> bool:
+    """A file disk (not under /dev) or a logical volume (under /dev), with a path."""
+    if not disk.path:
+        return False
+    if disk.storage_type in FILE_TYPES:
+        return not disk.path.startswith("/dev/")
+    return disk.storage_type in LVM_TYPES and disk.path.startswith("/dev/")
 
-    Until LVM lands a block disk would be treated as a file; refused here, with the reason.
-    """
-    bad = [f"{d.path or '(no path)'} ({d.storage_type})" for d in server.disks
-           if d.storage_type not in FILE_TYPES or not d.path or d.path.startswith("/dev/")]
-    data = {"server": server.name, "unsupported": bad, "convert_to": options.convert_to}
+
+def check_disk_types(server: ServerInfo, options: MigrationOptions) -> CheckResult:
+    """Refuse only what the engine cannot do: network and pool-volume disks, a file under
+    /dev, and live moves to or from LVM (the engine moves LVM and thin LVM offline)."""
+    bad = [f"{d.path or '(no path)'} ({d.storage_type})" for d in server.disks if not _movable(d)]
+    on_lvm = [f"{d.path} ({d.storage_type})" for d in server.disks
+              if d.storage_type in LVM_TYPES and _movable(d)]
+    data = {"server": server.name, "unsupported": bad, "lvm": on_lvm,
+            "convert_to": options.convert_to}
     if bad:
         return CheckResult("disk-types", FAIL, (
-            f"{server.name} has disks Ferry cannot move yet: {', '.join(bad)}. Ferry moves file"
-            " disks (raw and qcow2); block, network and pool-volume disks are refused."), data)
-    if options.convert_to not in (None, *FILE_TYPES):
+            f"{server.name} has disks Ferry cannot move: {', '.join(bad)}. Ferry moves file"
+            " disks (raw and qcow2) and, offline, LVM and thin LVM volumes; network and"
+            " pool-volume disks are refused."), data)
+    if options.live and (on_lvm or options.convert_to in LVM_TYPES):
+        what = (f"{server.name} is on LVM ({', '.join(on_lvm)})" if on_lvm
+                else f"{server.name} would be converted to {options.convert_to}")
         return CheckResult("disk-types", FAIL, (
-            f"Conversion to {options.convert_to} is not supported yet: Ferry converts between"
-            " file raw and file qcow2."), data)
-    return CheckResult("disk-types", PASS, f"{server.name}'s disks are files Ferry can move.",
+            f"{what}: Ferry moves LVM and thin LVM volumes offline only (a live copy into or"
+            " out of a logical volume is not built). Stop the server and migrate it offline."),
+            data)
+    kinds = "files and logical volumes" if on_lvm else "files"
+    return CheckResult("disk-types", PASS, f"{server.name}'s disks are {kinds} Ferry can move.",
                        data)
 
 
@@ -354,15 +408,25 @@ def check_snapshots(server: ServerInfo) -> CheckResult:
 
 
 def check_ports(probes: Mapping[int, Union[str, bool, None]], from_name: str, to_name: str,
-                required: Iterable[int] = (NBD_PORT, MIGRATION_PORTS.start)) -> CheckResult:
+                required: Iterable[int] | None = None) -> CheckResult:
     """Turn port probes (port -> "ok" or error text, run on from_name) into a check.
 
     Every required port must have been probed and answered; any other probed
-    port that failed fails the check too.
+    port that failed fails the check too. By default the required ports are
+    libvirt's first migration port and the export port the preflight probed
+    (the one the next offline copy from this source would claim; 8081 when
+    none was probed).
 
     >>> check_ports({8081: "ok", 49152: "Connection refused"}, "node1", "node2").status
     'fail'
+    >>> check_ports({8083: "ok", 49152: "ok"}, "node1", "node2").data["ok"]
+    [8083, 49152]
+    >>> check_ports({49152: "ok"}, "node1", "node2").data["failed"]
+    {8081: 'not probed'}
     """
+    if required is None:
+        export = [port for port in probes if port != MIGRATION_PORTS.start] or [NBD_PORT]
+        required = [MIGRATION_PORTS.start] + export
     required = list(required)
     ok, bad = [], {}
     for port in sorted(set(probes) | set(required)):
@@ -415,9 +479,13 @@ def check_disk_space(servers: Sequence[ServerInfo], destination: ResourceInfo,
                      options: MigrationOptions) -> CheckResult:
     """Check the destination's pools for the group's disks, counted in the target format."""
     need: dict[str, int] = {}
+    to_lvm = 0  # counted by check_lvm_space, against the volume group or the thin pool
     for server in servers:
         for disk in server.disks:
             target = _target_type(disk, options)
+            if target in LVM_TYPES:
+                to_lvm += 1
+                continue
             family = _pool_family(target)
             need[family] = need.get(family, 0) + target_disk_bytes(disk, target)
     pools = destination.facts.get("storage_pools") if destination.facts else None
@@ -450,9 +518,74 @@ def check_disk_space(servers: Sequence[ServerInfo], destination: ResourceInfo,
             sentences.append(f"pool {pool.get('name')} has {_gib(free)} free for"
                              f" {_gib(nbytes)} of disks in their target format.")
     if not need:
-        sentences.append("the servers have no disks to copy.")
+        sentences.append("every disk goes to LVM (the lvm-space check counts it)." if to_lvm
+                         else "the servers have no disks to copy.")
     return CheckResult("disk-space", status,
                        f"On {destination.name}: {' '.join(sentences)}", data)
+
+
+def check_lvm_space(servers: Sequence[ServerInfo], destination: ResourceInfo,
+                    options: MigrationOptions) -> CheckResult:
+    """Check the destination's LVM for the disks that go to LVM: the volume group's free room
+    for thick volumes (their whole virtual size), the thin pool's data and metadata percent
+    for thin ones (their allocation). The group and pool are those the engine picks (the
+    most free; the lowest data percent)."""
+    thick = sum(d.virtual_size for s in servers for d in s.disks
+                if _target_type(d, options) == STORAGE_LVM)
+    thin = sum(target_disk_bytes(d, STORAGE_THINLVM) for s in servers for d in s.disks
+               if _target_type(d, options) == STORAGE_THINLVM)
+    data: dict = {"thick_bytes": thick, "thin_bytes": thin}
+    if not any(_target_type(d, options) in LVM_TYPES for s in servers for d in s.disks):
+        return CheckResult("lvm-space", PASS, "No disk goes to LVM.", data)
+    lvm = _fact(destination.facts or {}, "lvm")
+    if not isinstance(lvm, dict):
+        return CheckResult("lvm-space", FAIL, (
+            f"Ferry does not know {destination.name}'s volume groups (no inventory facts):"
+            " sync the compute resource."), data)
+    targets = {_target_type(d, options) for s in servers for d in s.disks}
+    verdicts = ([_thick_room(lvm, destination.name, thick, data)] if STORAGE_LVM in targets
+                else []) + ([_thin_room(lvm, destination.name, thin, data)]
+                            if STORAGE_THINLVM in targets else [])
+    refused = [text for ok, text in verdicts if not ok]
+    return CheckResult("lvm-space", FAIL if refused else PASS, f"On {destination.name}: "
+                       + " ".join(refused or [text for _, text in verdicts]), data)
+
+
+def _thick_room(lvm: dict, node: str, need: int, data: dict) -> tuple[bool, str]:
+    """(fits, sentence) for thick volumes in the volume group with the most free room."""
+    groups = [g for g in lvm.get("volume_groups") or [] if isinstance(g, dict)]
+    if not groups:
+        return False, f"{node} has no LVM volume group for {_gib(need)} of thick volumes."
+    group = max(groups, key=lambda g: g.get("free") or 0)
+    name, free = group.get("name"), group.get("free") or 0
+    data["volume_group"] = {"name": name, "free": free}
+    if need > free:
+        return False, (f"volume group too small: {name} has {_gib(free)} free and the thick"
+                       f" volumes need {_gib(need)} (their whole virtual size).")
+    return True, f"volume group {name} has {_gib(free)} free for {_gib(need)} of thick volumes."
+
+
+def _thin_room(lvm: dict, node: str, need: int, data: dict) -> tuple[bool, str]:
+    """(fits, sentence) for thin volumes in the thin pool with the lowest data percent."""
+    pool = min((p for p in lvm.get("thin_pools") or [] if isinstance(p, dict)),
+               key=lambda p: p.get("data_percent") or 0.0, default=None)
+    if pool is None:
+        return False, f"{node} has no LVM thin pool for the thin volumes."
+    name = f"{pool.get('vg')}/{pool.get('name')}"
+    used, meta = pool.get("data_percent") or 0.0, pool.get("metadata_percent") or 0.0
+    size = pool.get("size") or 0
+    after = used + (100.0 * need / size if size else 100.0)
+    data["thin_pool"] = {"name": name, "data_percent": used, "metadata_percent": meta,
+                         "data_percent_after": round(after, 2)}
+    if meta > THIN_METADATA_MAX_PERCENT:
+        return False, (f"thin pool too full: {name}'s metadata is {meta:.1f}% used (Ferry"
+                       f" refuses above {THIN_METADATA_MAX_PERCENT:.0f}%).")
+    if after > THIN_DATA_MAX_PERCENT:
+        return False, (f"thin pool too full: {name} is {used:.1f}% used and the thin volumes'"
+                       f" {_gib(need)} would take it to {after:.1f}% (Ferry refuses above"
+                       f" {THIN_DATA_MAX_PERCENT:.0f}%).")
+    return True, (f"thin pool {name} is {used:.1f}% used ({after:.1f}% after the copy), its"
+                  f" metadata {meta:.1f}%.")
 
 
 def check_storage_tags(server: ServerInfo, destination: ResourceInfo) -> CheckResult:
@@ -474,7 +607,7 @@ def check_storage_tags(server: ServerInfo, destination: ResourceInfo) -> CheckRe
 
 def check_nbd(source: ResourceInfo, destination: ResourceInfo,
               options: MigrationOptions) -> CheckResult:
-    """Check the nbd kernel module for an offline conversion (a warning at most)."""
+    """Check the nbd kernel module for an offline conversion (information at most)."""
     loaded = {r.name: _fact(r.facts, "nbd_module") for r in (source, destination)}
     data = {"nbd_module": loaded, "needed_by_ferry": False}
     if options.live or not options.convert_to:
@@ -648,6 +781,78 @@ def check_live_conversion(servers: Sequence[ServerInfo], options: MigrationOptio
         data)
 
 
+def backup_file_owner(file_name: str, server_names: Iterable[str]) -> Optional[str]:
+    """The server a backup file is named after, of the node's servers, or None: the longest
+    name that is the file's first folder or starts its file name followed by ".", "-" or "_".
+
+    >>> backup_file_owner("web1-2026-11-29.qcow2", ["web", "web1"])
+    'web1'
+    >>> backup_file_owner("web1/inc-3.qcow2", ["web1"]), backup_file_owner("web10.qcow2", ["web1"])
+    ('web1', None)
+    """
+    first, _, rest = file_name.partition("/")
+    base = file_name.rsplit("/", 1)[-1]
+    owners = [n for n in server_names if n and (
+        (rest and first == n) or base == n
+        or (base.startswith(n) and base[len(n)] in _NAME_SEPARATORS))]
+    return max(owners, key=len, default=None)
+
+
+def backup_kind(file_name: str) -> str:
+    """Incremental when the file's name has an inc/incr/incremental word, else full.
+
+    >>> backup_kind("web1-inc-3.qcow2"), backup_kind("web1.incremental.qcow2")
+    ('incremental', 'incremental')
+    >>> backup_kind("web1-include.img")
+    'full'
+    """
+    return BACKUP_INCREMENTAL if _INCREMENTAL_NAME.search(file_name) else BACKUP_FULL
+
+
+def server_storage_type(disks: Sequence[DiskInfo]) -> Optional[str]:
+    """The storage type a server's backups are taken on: thin LVM if any disk is thin (its
+    incremental backups are the ones a conversion breaks), else its first disk's; None without
+    disks."""
+    types = [d.storage_type for d in disks]
+    if STORAGE_THINLVM in types:
+        return STORAGE_THINLVM
+    return types[0] if types else None
+
+
+def node_backups(server_name: str, uuid: str, disks: Sequence[DiskInfo],
+                 facts: Mapping[str, Any], server_names: Iterable[str]) -> tuple:
+    """The backups a node's facts show for one of its servers: every libvirt checkpoint of the
+    domain (incremental) and every file of the backup directory named after the server (see
+    backup_file_owner, of `server_names`: the node's servers), each taken on the server's
+    storage type as it is now.
+
+    >>> facts = {"checkpoints": {"u1": ["cp1"]},
+    ...          "backup_dir": {"files": [{"name": "web1-inc-2.qcow2", "size": 1}]}}
+    >>> [(b.origin, b.name, b.kind) for b in node_backups("web1", "u1", (), facts, ["web1"])]
+    [('checkpoint', 'cp1', 'incremental'), ('file', 'web1-inc-2.qcow2', 'incremental')]
+    """
+    taken_on = server_storage_type(disks) or ""
+    names = set(server_names) | {server_name}
+    checkpoints = _fact(facts, "checkpoints", uuid) or []
+    files = _fact(facts, "backup_dir", "files") or []
+    found = [BackupInfo(BACKUP_INCREMENTAL, taken_on, name, BACKUP_CHECKPOINT)
+             for name in checkpoints if isinstance(name, str)]
+    found += [BackupInfo(backup_kind(f["name"]), taken_on, f["name"], BACKUP_FILE)
+              for f in files if isinstance(f, Mapping) and isinstance(f.get("name"), str)
+              and backup_file_owner(f["name"], names) == server_name]
+    return tuple(found)
+
+
+def _listed(names: Sequence[str], limit: int = 5) -> str:
+    """Names for a sentence, the first few and how many more.
+
+    >>> _listed(["a", "b"]), _listed([str(i) for i in range(7)], 3)
+    ('a, b', '0, 1, 2 and 4 more')
+    """
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
 def backup_restorable(backup: BackupInfo, target_type: str) -> bool:
     """Return whether a backup restores onto a server on target_type (PRODUCT.md table).
 
@@ -662,50 +867,87 @@ def backup_restorable(backup: BackupInfo, target_type: str) -> bool:
 
 
 def check_backups(server: ServerInfo, options: MigrationOptions) -> CheckResult:
-    """Warn when a conversion would leave some of the server's backups unrestorable."""
+    """Warn, naming them, when a conversion would leave some of the server's backups
+    unrestorable (the reference's table: a ThinLVM incremental chain restores onto ThinLVM only)."""
     data = {"server": server.name, "convert_to": options.convert_to}
     if not options.convert_to:
         return CheckResult("backups", PASS,
                            f"{server.name}'s storage type does not change: backups unaffected.",
                            data)
     lost = [b for b in server.backups if not backup_restorable(b, options.convert_to)]
-    data["unrestorable"] = len(lost)
+    data["unrestorable"] = [b.name for b in lost]
     if lost:
         return CheckResult("backups", WARN, (
             f"After converting {server.name} to {options.convert_to}, {len(lost)} of its"
-            f" {len(server.backups)} backups (ThinLVM incremental) can no longer be restored."),
-            data)
+            f" {len(server.backups)} backups can no longer be restored (a ThinLVM incremental"
+            f" chain restores onto ThinLVM only): {_listed([b.name for b in lost])}."), data)
     return CheckResult("backups", PASS, (
         f"All of {server.name}'s backups stay restorable after the conversion."), data)
 
 
+def check_checkpoints(server: ServerInfo) -> CheckResult:
+    """Warn when the server has libvirt checkpoints: none moves with it.
+
+    Measured on the lab (libvirt 9.0): after a live move the destination lists no checkpoint
+    and the source's went with its definition; Ferry's offline copy (qemu-img convert without
+    --bitmaps) does not carry the disks' bitmaps either. The incremental chain ends there.
+    """
+    names = [b.name for b in server.backups if b.origin == BACKUP_CHECKPOINT]
+    data = {"server": server.name, "checkpoints": names}
+    if not names:
+        return CheckResult("checkpoints", PASS, f"{server.name} has no libvirt checkpoints.", data)
+    return CheckResult("checkpoints", WARN, (
+        f"{server.name}'s libvirt checkpoint{'s' if len(names) != 1 else ''}"
+        f" {_listed(names)} cannot move with it: libvirt keeps checkpoints on {server.resource}"
+        " only (the destination lists none after a move). Its incremental backup chain ends;"
+        " take a full backup after the move."), data)
+
+
+def check_backup_files(server: ServerInfo) -> CheckResult:
+    """Warn when the source's backup directory holds files named after the server: they stay."""
+    names = [b.name for b in server.backups if b.origin == BACKUP_FILE]
+    data = {"server": server.name, "files": names}
+    if not names:
+        return CheckResult("backup-files", PASS, (
+            f"{server.resource}'s backup directory holds no backup of {server.name}."), data)
+    return CheckResult("backup-files", WARN, (
+        f"{server.resource}'s backup directory holds {len(names)} backup"
+        f"{'s' if len(names) != 1 else ''} of {server.name} ({_listed(names)}): Ferry does not"
+        f" move them, they stay on {server.resource}."), data)
+
+
 def check_backup_restore_space(server: ServerInfo, destination: ResourceInfo,
                                options: MigrationOptions) -> CheckResult:
-    """Warn when the destination's backup directory could not hold a QCOW2 restore.
+    """Warn when a conversion away from file QCOW2 meets a temporary backup directory on the
+    destination that could not hold the server's allocated size.
 
-    Restoring a file QCOW2 backup onto a raw/LVM/ThinLVM server first writes
-    the whole data set (the disks' virtual size) to that directory.
+    Restoring a file QCOW2 backup onto a raw/LVM/ThinLVM server first writes the whole data
+    set to that directory (PRODUCT.md). The server's backups taken so far were taken on QCOW2,
+    wherever they are kept (Ferry sees only its nodes), so the conversion itself is the signal.
     """
-    targets = {_target_type(d, options) for d in server.disks}
-    qcow2_backups = [b for b in server.backups if b.storage_type == STORAGE_FILE_QCOW2]
-    need = sum(d.virtual_size for d in server.disks)
+    converted = [d for d in server.disks if d.storage_type == STORAGE_FILE_QCOW2
+                 and _target_type(d, options) != STORAGE_FILE_QCOW2]
+    need = sum(min(d.allocation, d.virtual_size) for d in server.disks)
     free = _fact(destination.facts, "backup_dir", "free_bytes")
-    data = {"server": server.name, "needed_bytes": need, "free_bytes": free}
-    if not qcow2_backups or targets <= {STORAGE_FILE_QCOW2}:
+    path = _fact(destination.facts, "backup_dir", "path") or "(unknown)"
+    data = {"server": server.name, "needed_bytes": need, "free_bytes": free, "path": path}
+    if not converted:
         return CheckResult("backup-restore-space", PASS, (
-            f"{server.name} needs no temporary space to restore its backups on"
-            f" {destination.name}."), data)
+            f"{server.name} leaves no file QCOW2 disk: restoring its backups needs no"
+            f" temporary space on {destination.name}."), data)
     if free is None:
         return CheckResult("backup-restore-space", WARN, (
-            f"The free space of {destination.name}'s backup directory is unknown: restoring"
-            f" {server.name}'s QCOW2 backups there needs {_gib(need)}."), data)
+            f"The free space of {destination.name}'s temporary backup directory {path} is"
+            f" unknown: restoring {server.name}'s file QCOW2 backups once it is"
+            f" {options.convert_to} needs {_gib(need)} there."), data)
     if free < need:
         return CheckResult("backup-restore-space", WARN, (
-            f"Restoring {server.name}'s file QCOW2 backups on {destination.name} needs"
-            f" {_gib(need)} in its backup directory, which has {_gib(free)} free."), data)
+            f"Restoring {server.name}'s file QCOW2 backups once it is {options.convert_to}"
+            f" writes its {_gib(need)} allocated to {destination.name}'s temporary backup"
+            f" directory {path}, which has {_gib(free)} free."), data)
     return CheckResult("backup-restore-space", PASS, (
-        f"{destination.name}'s backup directory can hold a QCOW2 restore of {server.name}"
-        f" ({_gib(need)})."), data)
+        f"{destination.name}'s temporary backup directory can hold a QCOW2 restore of"
+        f" {server.name} ({_gib(need)} of {_gib(free)} free)."), data)
 
 
 # ---------------------------------------------------------------- together
@@ -722,7 +964,8 @@ def run_database_checks(servers: Sequence[ServerInfo], destination: ResourceInfo
         ip = check_ip_addresses(server, destination, options, claimed)
         claimed += ip.data.get("needed", 0)
         results += [ip, check_disk_types(server, options), check_snapshots(server),
-                    check_storage_tags(server, destination), check_backups(server, options)]
+                    check_storage_tags(server, destination), check_backups(server, options),
+                    check_checkpoints(server), check_backup_files(server)]
     return results
 
 
@@ -747,7 +990,8 @@ def run_checks(servers: Sequence[ServerInfo], sources: Mapping[str, ResourceInfo
         ip = check_ip_addresses(server, destination, options, claimed)
         claimed += ip.data.get("needed", 0)
         results += [ip, check_disk_types(server, options), check_snapshots(server), check_storage_tags(server, destination),
-                    check_backups(server, options),
+                    check_backups(server, options), check_checkpoints(server),
+                    check_backup_files(server),
                     check_backup_restore_space(server, destination, options)]
     involved = [sources[name] for name in sorted({s.resource for s in servers}) if name in sources]
     for source in involved:
@@ -757,6 +1001,7 @@ def run_checks(servers: Sequence[ServerInfo], sources: Mapping[str, ResourceInfo
         results.append(check_transfer_security(source, destination, transfer_security))
     results += [check_memory(servers, destination, options),
                 check_disk_space(servers, destination, options),
+                check_lvm_space(servers, destination, options),
                 check_live_conversion(servers, options)]
     if options.live:
         for source in involved:
@@ -772,16 +1017,18 @@ def run_checks(servers: Sequence[ServerInfo], sources: Mapping[str, ResourceInfo
 
 
 def summarize(results: Sequence[CheckResult]) -> Summary:
-    """Return the overall status and whether warnings need an acknowledgement.
+    """Return the overall status and whether warnings need an acknowledgement (information
+    counts, but neither changes the status nor asks for anything).
 
     >>> s = summarize([CheckResult("a", PASS, ""), CheckResult("b", WARN, "")])
     >>> s.status, s.needs_acknowledgement
     ('warn', True)
     """
-    counts = {PASS: 0, WARN: 0, FAIL: 0}
+    counts = {PASS: 0, INFO: 0, WARN: 0, FAIL: 0}
     for r in results:
         counts[r.status] += 1
-    status = max((r.status for r in results), key=_SEVERITY.get, default=PASS)
+    status = max((r.status for r in results if r.status != INFO), key=_SEVERITY.get,
+                 default=PASS)
     return Summary(
         status=status,
         needs_acknowledgement=counts[WARN] > 0,

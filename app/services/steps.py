@@ -23,17 +23,21 @@ import contextlib
 import logging
 import posixpath
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from flask import current_app
 
 from app import status
+from app.blobs import GroupOptions
 from app.errors import FerryError
 from app.extensions import db
 from app.infra import ssh
 from app.infra.host import Host, HostUnknown, settle_place
 from app.infra.migration import DomainPlace
+from app.models import utcnow
 from app.services import disks, journal
+from app.services.lease import LeaseLost
 from app.infra.commands import storage
 from app.services.timeline import Cancelled, NeedsAttention, event
 
@@ -55,6 +59,11 @@ class Step:
     """One named step; subclasses override what applies."""
 
     name = "step"
+
+    @property
+    def phase(self) -> str:
+        """The name of the step's time in the task's phases (`<phase>_ms`)."""
+        return self.name.replace("-", "_")
 
     def names(self, move) -> dict:
         """What the step will create, and on which node."""
@@ -78,6 +87,7 @@ class Runner:
     mode = ""
     steps: tuple = ()
     committed_after = ""  # the step whose success puts the server on the destination
+    connections: tuple = ()  # what `start` opens at once, in parallel (see Move.connect)
 
     def index(self, name: str) -> int:
         return [s.name for s in self.steps].index(name)
@@ -88,28 +98,34 @@ class Runner:
 
 
 class RealNodes:
-    """Opens pinned SSH and libvirt (`Host`) connections to compute resources."""
+    """Opens pinned SSH and libvirt (`Host`) connections to compute resources.
+
+    Where and how to connect is read here, in the caller's thread (the row and the app's
+    settings); the returned context opens on entry, which may be in another thread."""
 
     def host(self, resource):
         from app.services import resources  # the inventory service owns the pinned endpoints
-        return _HostContext(lambda: Host.open(ssh.Endpoint.of(resource), resources.known_hosts_dir(),
-                                              current_app.config["LIBVIRT_TRANSPORT"]))
+        endpoint, known_hosts = ssh.Endpoint.of(resource), resources.known_hosts_dir()
+        transport = current_app.config["LIBVIRT_TRANSPORT"]
+        return _Opened(lambda: Host.open(endpoint, known_hosts, transport))
 
     def shell(self, resource):
-        from app.services import resources
-        return resources.open_ssh(resource)
+        endpoint, timeout = ssh.Endpoint.of(resource), current_app.config["SSH_TIMEOUT"]
+        return _Opened(lambda: ssh.connect(endpoint, timeout=timeout))
 
 
-class _HostContext:
+class _Opened:
+    """A connection opened on entry and closed on exit."""
+
     def __init__(self, opener):
         self.opener = opener
 
     def __enter__(self):
-        self.host = self.opener()
-        return self.host
+        self.conn = self.opener()
+        return self.conn
 
     def __exit__(self, *exc):
-        self.host.close()
+        self.conn.close()
 
 
 class Move:
@@ -118,13 +134,16 @@ class Move:
     def __init__(self, task, nodes=None, lease=None, sleep=time.sleep):
         self.task, self.server = task, task.server
         self.source, self.destination = task.source, task.destination
-        self.options = (task.group.options or {}) if task.group else {}
+        self.options = task.group.options_record if task.group else GroupOptions()
         self.nodes = nodes or RealNodes()
         self.lease = lease
         self.sleep = sleep
         self.state: dict = {}  # what steps hand each other within one run
+        self.laps: dict = {}  # consecutive phases of this run, "<phase>_ms" (see lap)
+        self.began_at, self._lap_at = utcnow(), time.monotonic()
         self._stack = contextlib.ExitStack()
         self._open: dict = {}
+        self._failed: dict = {}  # what a parallel open raised, raised again at first use
 
     def __enter__(self):
         return self
@@ -139,15 +158,58 @@ class Move:
     def host(self, which: str):
         """The libvirt door to "source" or "destination" ("control": a second one to the source)."""
         if which not in self._open:
-            node = self.source if which in ("source", "control") else self.destination
-            self._open[which] = self._stack.enter_context(self.nodes.host(node))
+            self._raise_failed(which)
+            self._open[which] = self._stack.enter_context(self._opener(which))
         return self._open[which]
 
     def shell(self, which: str):
         key = f"ssh-{which}"
         if key not in self._open:
-            self._open[key] = self._stack.enter_context(self.nodes.shell(self.resource(which)))
+            self._raise_failed(key)
+            self._open[key] = self._stack.enter_context(self._opener(key))
         return self._open[key]
+
+    def _opener(self, key: str):
+        """The (not yet entered) context of connection `key`: a host name or "ssh-<which>"."""
+        if key.startswith("ssh-"):
+            return self.nodes.shell(self.resource(key[len("ssh-"):]))
+        return self.nodes.host(self.source if key in ("source", "control") else self.destination)
+
+    def _raise_failed(self, key: str) -> None:
+        if key in self._failed:
+            raise self._failed.pop(key)
+
+    def connect(self, keys) -> None:
+        """Open the named connections ("source", "control", "ssh-destination", ...) at once.
+
+        Each is a handshake and a login (0.1-0.2 s on the lab, more on a loaded machine);
+        opened one by one where each was first used, five of them were about 0.9 s of every
+        live move. Nothing on a node changes by opening. One that fails is not retried here:
+        its first use raises what the opening raised, where a lazy open would have.
+        """
+        wanted = [k for k in keys if k not in self._open and k not in self._failed]
+        if not wanted:
+            return
+        # Read here, in the session's thread: the openers' threads must not load rows.
+        _ = (self.source.name, self.destination.name)
+        contexts = {key: self._opener(key) for key in wanted}
+        with ThreadPoolExecutor(max_workers=len(contexts), thread_name_prefix="connect") as pool:
+            opening = {key: pool.submit(context.__enter__) for key, context in contexts.items()}
+        for key, future in opening.items():
+            try:
+                self._open[key] = future.result()
+            except Exception as exc:  # noqa: BLE001 - raised at first use, like a lazy open
+                self._failed[key] = exc
+                continue
+            self._stack.push(contexts[key].__exit__)
+
+    def lap(self, phase: str) -> None:
+        """End the phase that began at the previous lap (or when the move began) and add its
+        time to `laps` as "<phase>_ms": consecutive laps add up to the whole run."""
+        now = time.monotonic()
+        key = f"{phase}_ms"
+        self.laps[key] = self.laps.get(key, 0) + int((now - self._lap_at) * 1000)
+        self._lap_at = now
 
     def sh(self, which: str, argv, timeout=120, stdin=None) -> ssh.CommandResult:
         """Run a command on a node."""
@@ -188,15 +250,21 @@ def drive(move: Move, runner: Runner, start: int = 0) -> None:
             data = step.run(move, entry)
         except BaseException as exc:
             db.session.rollback()
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise  # the process is going away: recovery settles from the journal
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, LeaseLost)) \
+                    or journal.database_lost(exc):
+                # The process is going away, may no longer act (another owner took the
+                # task), or can no longer record what it decides: whoever owns the task
+                # next settles it from the journal.
+                raise
             if isinstance(exc, NeedsAttention):  # the step established it needs a person
                 journal.attention(entry, str(exc))
                 raise
             if _settled_done(move, runner, index, entry, exc, committed):
+                move.lap(step.phase)
                 continue
             raise
         journal.done(entry, data)
+        move.lap(step.phase)
     runner.finish(move)
 
 
@@ -276,6 +344,34 @@ def resume(move: Move, runner: Runner) -> str:
                          f"{decision.reason}. Nothing was removed.")
 
 
+def start(task, runner: Runner, prepare, running: bool, lease=None, nodes=None) -> None:
+    """A mode's move from the start: the server on its source in the state the mode needs,
+    the mode's own preparation, a destination that already holds it refused, then the
+    runner's steps."""
+    with Move(task, nodes=nodes, lease=lease) as move:
+        move.connect(runner.connections)
+        move.lap("connect")
+        check_start(move, running=running)
+        prepare(move)
+        refuse_existing(move)
+        move.lap("check")
+        drive(move, runner)
+
+
+def request_phases(move: Move) -> dict:
+    """The phases before this run, in ms, from the rows' timestamps: the request to the group's
+    start (`preflight`: loading, preflight, start), to the job taking the task's lease
+    (`queued`), to the task holding its nodes (`claims`), to this run (`starting`). A phase
+    whose ends are not both known is left out."""
+    task, group = move.task, move.task.group
+    marks = [("preflight", group and group.created_at, group and group.started_at),
+             ("queued", group and group.started_at, getattr(move.lease, "taken_at", None)),
+             ("claims", getattr(move.lease, "taken_at", None), task.started_at),
+             ("starting", task.started_at, move.began_at)]
+    return {f"{name}_ms": max(0, int((end - begin).total_seconds() * 1000))
+            for name, begin, end in marks if begin is not None and end is not None}
+
+
 def check_start(move: Move, running: bool) -> None:
     """Before any step: the server is on the source in the state the mode needs, and the
     destination holds no domain of that UUID (creates nothing)."""
@@ -337,8 +433,12 @@ def source_removal_names(move: Move) -> dict:
     "source-removal": never counted as things the task created)."""
     xml = move.task.domain_xml
     nvram, tpm = disks.nvram_path(xml), disks.tpm_dir(xml, move.server.uuid)
+    plan = move.state["plan"]
     return {"node": "source-removal", "dirs": [tpm] if tpm else [],
-            "paths": [d["path"] for d in move.state["plan"]] + ([nvram] if nvram else [])}
+            "paths": [d["path"] for d in plan if d.get("src_kind", "file") == "file"]
+            + ([nvram] if nvram else []),
+            "volumes": [[d["src_vg"], d["src_lv"]] for d in plan
+                        if d.get("src_kind", "file") != "file"]}
 
 
 def remove_source_files(move: Move, entry) -> dict:
@@ -361,6 +461,12 @@ def remove_source_files(move: Move, entry) -> dict:
     for directory in entry.names.get("dirs") or []:
         if move.sh("source", storage.remove_tree(directory, disks.SWTPM_DIR)).ok:
             removed.append(directory)
+    for vg, name in entry.names.get("volumes") or []:  # the server's own logical volumes
+        gone = move.sh("source", storage.lvremove(vg, name))
+        if gone.ok or "Failed to find logical volume" in gone.stderr:  # a redo: gone already
+            removed.append(f"{vg}/{name}")
+        else:
+            kept.append(f"{vg}/{name} ({gone.stderr.strip()[-200:]})")
     if removed:
         move.event("cleanup", f"Removed the source's disks on {move.source.name}: "
                    + ", ".join(removed))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from app import status
+from app.blobs import TaskResult
 from app.errors import FerryError
 from app.extensions import db
 from app.models import MigrationTask, TaskEvent, utcnow
@@ -51,8 +52,9 @@ def finish(task, outcome: str, message: str) -> None:
     event(task, outcome, message)
 
 
-def finish_success(task, message: str, result: dict) -> None:
+def finish_success(task, message: str, result: TaskResult | dict) -> None:
     """A runner's success: result recorded, server now on the destination."""
+    result = TaskResult.of(result).to_json()
     task.result = result
     task.status = status.MIGRATION_FINISHED
     task.phase = None

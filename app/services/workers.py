@@ -4,6 +4,7 @@ the truth about which workers are alive, for /metrics, the dashboard and the ale
     beat("ferry-1", "3f2a...", pid=42)      # the worker's heartbeat thread
     silent_for(utcnow())                      # None while a worker is fresh, else seconds (inf: never)
 """
+import functools
 import logging
 import math
 import os
@@ -43,13 +44,18 @@ def last_seen(now=None):
     return [(host, name, max(0.0, (now - seen).total_seconds())) for host, name, seen in rows]
 
 
+@functools.cache  # the dashboard asks on every load and poll: built once, on first use
+def _newest_beat():
+    return db.select(db.func.max(WorkerHeartbeat.seen_at))
+
+
 def silent_for(now=None, after=SILENT_AFTER_S):
     """Seconds since the freshest worker was seen when that is over `after`, else None.
 
     math.inf when no worker was ever seen (or all were forgotten).
     """
-    seen = last_seen(now)
-    newest = seen[0][2] if seen else math.inf
+    seen = db.session.scalar(_newest_beat())
+    newest = math.inf if seen is None else max(0.0, ((now or utcnow()) - seen).total_seconds())
     return newest if newest > after else None
 
 

@@ -13,12 +13,14 @@ import time
 from flask import Blueprint, jsonify, request, url_for
 
 from app import status
-from app.api.errors import ApiError, error_response, register
 from app.extensions import db
+from app.json_errors import ApiError, error_response, register
 from app.models import WebhookEvent, WebhookSource
-from app.webhooks import receive
 from app.webhooks.sources import (MAX_BODY_BYTES, BadPayload, parse_body, stale_timestamp,
                                   verify_bearer, verify_signature)
+
+# services.webhooks is imported where it is used: it loads evacuations, the engine and libvirt, and
+# every CLI command and web worker imports this module.
 
 bp = Blueprint("hooks", __name__, url_prefix="/hooks")
 register(bp, ("/hooks/",))
@@ -41,6 +43,7 @@ def too_large(error):
 @bp.route("/<name>", methods=["POST"])
 def receive_alerts(name):
     """Authenticate the delivery, parse it as its source's kind, act on every alert."""
+    from app.services import webhooks
     header = request.headers.get("Authorization", "")
     if not header.lower().startswith("bearer "):
         raise ApiError(401, "send the source's token as Authorization: Bearer <token>")
@@ -73,7 +76,7 @@ def receive_alerts(name):
                                     reason="The delivery carried no alert about a host "
                                            "(a test, or a state that is not down or up)."))
         db.session.commit()
-    events = receive.handle(source, alerts)
+    events = webhooks.handle(source, alerts)
     body = {"source": source.name, "alerts": [_outcome(e) for e in events]}
     started = next((e for e in events if e.action in STARTED), None)
     if started is None:

@@ -19,7 +19,7 @@ from app.extensions import db
 from app.models import ComputeResource, Server
 from tests.browser.test_demo import CHROMIUM_ARGS, SCREENSHOTS
 from tests.fixtures.app import PASSWORD
-from tests.test_security import PAYLOAD, add_hostile_rows
+from tests.unit.test_security import PAYLOAD, add_hostile_rows
 
 pytestmark = pytest.mark.browser
 

@@ -24,6 +24,11 @@ from tests.fixtures.fleet import migrate, sync, wait_until
 pytestmark = pytest.mark.lab
 
 MARK_BLOCK = 64 * 1024
+# The kernel's capture buffer: large enough that tcpdump falling behind on a busy two-core
+# machine (TCG guests beside it) drops nothing; a dropped packet could have held the marker,
+# so stop() still fails on any drop. Written without -U (one write per packet made it fall
+# behind: a clean-clone run dropped 84 of 13,980 packets with a 16 MiB buffer).
+CAPTURE_BUFFER_KIB = 256 * 1024
 
 
 def _marker():
@@ -36,11 +41,11 @@ class Capture:
     def __init__(self, lab, path):
         self.path = path
         self.proc = subprocess.Popen(
-            ["tcpdump", "-i", f"{lab.status['name']}-m", "-s", "0", "-B", "16384", "-U", "-n",
-             "-w", path, "tcp and not port 22"],
+            ["tcpdump", "-i", f"{lab.status['name']}-m", "-s", "0",
+             "-B", str(CAPTURE_BUFFER_KIB), "-n", "-w", path, "tcp and not port 22"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         wait_until(lambda: os.path.exists(path), 10, "tcpdump to start")
-        time.sleep(0.5)  # tcpdump writes its file header before the socket is bound
+        time.sleep(0.5)  # tcpdump creates its file before the socket is bound
 
     def stop(self) -> bytes:
         """Stop tcpdump (by its PID) and return what it captured."""

@@ -226,7 +226,8 @@ def facts(groups, volumes):
 
 
 def with_volume(disk, volumes):
-    """A block disk typed and sized from its logical volume, when lvs reported it.
+    """A block disk typed and sized from its logical volume, when lvs reported it (sized by
+    its slice when the definition slices it: the guest sees that, not the whole volume).
 
     disk: app.infra.libvirt.DiskInfo; volumes: `by_device` of `parse_lvs`. A file
     disk, or a block device that is no logical volume, comes back unchanged.
@@ -234,5 +235,6 @@ def with_volume(disk, volumes):
     volume = volumes.get(disk.path) if disk.disk_type == "block" else None
     if volume is None:
         return disk
-    return replace(disk, storage_type=volume.storage_type, virtual_size=volume.size,
+    return replace(disk, storage_type=volume.storage_type,
+                   virtual_size=disk.slice or volume.size,
                    allocation=volume.allocation)

@@ -58,11 +58,6 @@ def to_shell(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
-def to_shell_background(argv: Sequence[str]) -> str:
-    """Return a shell line that starts argv detached and returns at once."""
-    return f"nohup {to_shell(argv)} >/dev/null 2>&1 </dev/null &"
-
-
 def _path(path: str) -> str:
     """Return an absolute, normalised path or refuse it.
 
@@ -166,10 +161,50 @@ def lv_path(vg: str, name: str) -> str:
     return f"/dev/{_lvm(vg)}/{_lvm(name)}"
 
 
+def lv_name_for(path: str, fallback: str = "disk") -> str:
+    """The logical volume name a file disk gets on LVM: its file name without the image
+    suffix, any character lvm refuses turned into "_".
+
+    >>> lv_name_for("/var/lib/libvirt/images/web.qcow2"), lv_name_for("/img/db;x y.raw")
+    ('web', 'db_x_y')
+    >>> lv_name_for("/img/-.img", "vda")
+    'vda'
+    """
+    base = posixpath.basename(_path(path))
+    root, ext = posixpath.splitext(base)
+    if ext in (".raw", ".qcow2", ".img"):
+        base = root
+    name = re.sub(r"[^A-Za-z0-9+_.-]", "_", base).lstrip("-.")[:100]
+    return _lvm(name) if name and _LVM_NAME.match(name) else _lvm(fallback)
+
+
+def temp_lv_name(final_name: str, task_id: int, token: str) -> str:
+    """The temporary name a task's new logical volume is created under before its rename:
+    the task id and its random token make it the task's own.
+
+    >>> temp_lv_name("web", 7, "k3Xq9")
+    'web.ferry-7.k3Xq9.part'
+    """
+    return _lvm(f"{_lvm(final_name)[:80]}.ferry-{int(task_id)}.{token}.part")
+
+
+def split_lv_path(path: str) -> tuple[str, str]:
+    """(VG, LV) of a /dev/VG/LV path; RefusedCommand for anything else.
+
+    >>> split_lv_path("/dev/ferry/web")
+    ('ferry', 'web')
+    """
+    parts = _path(path).split("/")
+    if len(parts) != 4 or parts[1] != "dev":
+        raise RefusedCommand(f"not a /dev/VG/LV path: {path!r}")
+    return _lvm(parts[2]), _lvm(parts[3])
+
+
 # ---------------------------------------------------------------- NBD export
 
 def nbd_export(path: str, fmt: str, bind_address: str, name: str, pid_file: str,
-               port: int = NBD_PORT, tls_dir: str | None = None) -> list[str]:
+               port: int = NBD_PORT, tls_dir: str | None = None,
+               size: int | None = None, block: bool = False) -> list[str]:
     """Export a (stopped) server's disk read-only over TCP, as its decoded guest view.
 
     --fork returns once the server listens (no race with the reader);
@@ -178,22 +213,33 @@ def nbd_export(path: str, fmt: str, bind_address: str, name: str, pid_file: str,
     nobody can read the disk beside Ferry's own reader. With tls_dir (a
     directory of ca-cert.pem, server-cert.pem, server-key.pem) the export
     speaks only TLS and only to a client whose certificate Ferry's CA signed.
+    With `size` (a raw disk its definition slices to that size, see `sliced`) only
+    the guest's first size bytes are exported, not the volume's rounded-up tail;
+    `block`: the path is a block device (QEMU's host_device protocol).
 
     >>> nbd_export("/img/web.qcow2", "qcow2", "10.0.0.1", "ferry-1-0", "/run/f.pid")[:6]
     ['qemu-nbd', '--read-only', '--persistent', '--shared=1', '--fork', '--pid-file=/run/f.pid']
     >>> nbd_export("/img/w", "raw", "10.0.0.1", "ferry-1-0", "/run/f.pid", tls_dir="/etc/ferry/pki/nbd")[6:10]
     ['--object', 'tls-creds-x509,id=tls0,endpoint=server,dir=/etc/ferry/pki/nbd,verify-peer=on', '--tls-creds', 'tls0']
+    >>> nbd_export("/dev/vg/w", "raw", "10.0.0.1", "e", "/run/f.pid", size=1049088, block=True)[-4:]
+    ['e', '--image-opts', '--', 'driver=raw,size=1049088,file.driver=host_device,file.filename=/dev/vg/w']
     """
     tls = []
     if tls_dir is not None:
         tls = ["--object", f"tls-creds-x509,id={TLS_ID},endpoint=server,dir={_opt_path(tls_dir)},"
                            "verify-peer=on", "--tls-creds", TLS_ID]
+    image = ["--format", _format(fmt)], ["--", _path(path)]
+    if size is not None:
+        if _format(fmt) != "raw":
+            raise RefusedCommand("only a raw disk is exported cut to its size")
+        protocol = "host_device" if block else "file"
+        image = [], ["--image-opts", "--", f"driver=raw,size={_size(size)},file.driver="
+                                           f"{protocol},file.filename={_opt_path(path)}"]
     return [
         "qemu-nbd", "--read-only", "--persistent", "--shared=1", "--fork",
         f"--pid-file={_path(pid_file)}", *tls,
         "--bind", _address(bind_address), "--port", str(_port(port)),
-        "--format", _format(fmt), "--export-name", _export(name),
-        "--", _path(path),
+        *image[0], "--export-name", _export(name), *image[1],
     ]
 
 
@@ -257,24 +303,30 @@ def stop_by_pid_file(pid_file: str, expect: str | None = None) -> list[str]:
 # ---------------------------------------------------------------- copy and convert
 
 def convert_from_nbd(address: str, name: str, dst_path: str, dst_fmt: str,
-                     port: int = NBD_PORT, tls_dir: str | None = None) -> list[str]:
+                     port: int = NBD_PORT, tls_dir: str | None = None,
+                     existing: bool = False, target_is_zero: bool = False) -> list[str]:
     """Copy an exported disk into a new file of dst_fmt, keeping it sparse.
 
     The export is the decoded guest view, so the source is read as raw
-    whatever its format on disk (see `nbd_source`, also for tls_dir).
+    whatever its format on disk (see `nbd_source`, also for tls_dir). With
+    `existing` the target is a logical volume Ferry created for the copy (raw,
+    `-n`: qemu-img writes into it instead of creating a file); `target_is_zero`
+    (a fresh thin volume, which reads as zeros) lets it skip the zeros, so the
+    volume stays thin.
 
     >>> convert_from_nbd("10.0.0.1", "ferry-1-0", "/img/.w.part", "qcow2")
     ['qemu-img', 'convert', '-p', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=off', 'nbd://10.0.0.1:8081/ferry-1-0', '/img/.w.part']
+    >>> convert_from_nbd("10.0.0.1", "e", "/dev/vg/t", "raw", existing=True, target_is_zero=True)[3:10]
+    ['-f', 'raw', '-n', '--target-is-zero', '-O', 'raw', '-S']
     """
     options, image = nbd_source(address, name, port, tls_dir)
-    return ["qemu-img", "convert", "-p", *options, "-O", _format(dst_fmt),
+    if target_is_zero and not existing:
+        raise RefusedCommand("--target-is-zero applies only to an existing target (-n)")
+    if existing and _format(dst_fmt) != "raw":
+        raise RefusedCommand("Ferry writes only raw into an existing volume")
+    into = ["-n", *(["--target-is-zero"] if target_is_zero else [])] if existing else []
+    return ["qemu-img", "convert", "-p", *options, *into, "-O", _format(dst_fmt),
             *_sparse_options(dst_fmt), image, _path(dst_path)]
-
-
-def convert_file(src_path: str, src_fmt: str, dst_path: str, dst_fmt: str) -> list[str]:
-    """Convert a local image file into a new file of dst_fmt, keeping it sparse."""
-    return ["qemu-img", "convert", "-p", "-f", _format(src_fmt), "-O", _format(dst_fmt),
-            *_sparse_options(dst_fmt), _path(src_path), _path(dst_path)]
 
 
 def _sparse_options(dst_fmt: str) -> list[str]:
@@ -282,21 +334,6 @@ def _sparse_options(dst_fmt: str) -> list[str]:
     if _format(dst_fmt) == "qcow2":
         return ["-o", "preallocation=off"]
     return ["-S", "4k"]  # raw: leave runs of 4 KiB zeros as holes
-
-
-def convert_from_nbd_to_lv(address: str, name: str, vg: str, lv: str, thin: bool,
-                           port: int = NBD_PORT, tls_dir: str | None = None) -> list[str]:
-    """Copy an exported disk into a pre-created logical volume, as raw.
-
-    -n: the volume exists (lvcreate made it). A new thin volume reads as
-    zeros, so --target-is-zero skips writing zeros and keeps it thin; a thick
-    volume may hold an earlier tenant's data, so its zeros are written.
-    """
-    options, image = nbd_source(address, name, port, tls_dir)
-    argv = ["qemu-img", "convert", "-p", "-n", *options, "-O", "raw"]
-    if thin:
-        argv.append("--target-is-zero")
-    return argv + [image, lv_path(vg, lv)]
 
 
 def lvcreate(vg: str, name: str, size: int) -> list[str]:
@@ -317,6 +354,40 @@ def lvcreate_thin(vg: str, pool: str, name: str, size: int) -> list[str]:
     """
     return ["lvcreate", "--yes", "-V", f"{_size(size)}b", "-T", f"{_lvm(vg)}/{_lvm(pool)}",
             "-n", _lvm(name)]
+
+
+def device_size(path: str) -> list[str]:
+    """Print a block device's size in bytes (a new volume's: lvm rounds it up to an extent).
+
+    >>> device_size("/dev/vg0/web")
+    ['blockdev', '--getsize64', '/dev/vg0/web']
+    """
+    return ["blockdev", "--getsize64", _path(path)]
+
+
+def parse_device_size(text: str) -> int:
+    """The byte count `device_size` printed; ValueError on anything else (a node's output).
+
+    >>> parse_device_size("1077936128\\n")
+    1077936128
+    """
+    value = (text or "").strip()
+    if not re.fullmatch(r"[0-9]{1,19}", value) or not 0 < int(value) <= _MAX_IMAGE:
+        raise ValueError(f"not a device size: {value[:40]!r}")
+    return int(value)
+
+
+def zero_range(path: str, offset: int, length: int) -> list[str]:
+    """Write zeros over exactly [offset, offset + length) bytes of a device: a new thick
+    volume's tail past the disk's size (lvcreate zeroes none of it, so it holds whatever its
+    extents held before, and a compare would find that, a guest could read it).
+
+    >>> zero_range("/dev/vg0/w.part", 1074790912, 3145216)[1:6]
+    ['if=/dev/zero', 'of=/dev/vg0/w.part', 'bs=1M', 'seek=1074790912', 'count=3145216']
+    """
+    return ["dd", "if=/dev/zero", f"of={_path(path)}", "bs=1M", f"seek={_size(offset)}",
+            f"count={_size(length)}", "oflag=seek_bytes", "iflag=count_bytes",
+            "conv=notrunc,fsync", "status=none"]
 
 
 def lvremove(vg: str, name: str) -> list[str]:
@@ -350,19 +421,23 @@ def _image(spec: str) -> str:
 
 
 def compare_with_export(address: str, name: str, port: int, path: str, fmt: str,
-                        tls_dir: str | None = None) -> list[str]:
+                        tls_dir: str | None = None, block: bool = False) -> list[str]:
     """Compare an export (read as raw, over TLS with tls_dir) with a local image of fmt.
 
     >>> compare_with_export("10.0.0.1", "ferry-1-0", 8081, "/img/w", "qcow2")[2:]
     ['-f', 'raw', '-F', 'qcow2', 'nbd://10.0.0.1:8081/ferry-1-0', '/img/w']
     >>> compare_with_export("10.0.0.1", "e", 8081, "/img/w", "qcow2", tls_dir="/p")[-2:]
     ['driver=nbd,host=10.0.0.1,port=8081,export=e,tls-creds=tls0', 'driver=qcow2,file.driver=file,file.filename=/img/w']
+    >>> compare_with_export("10.0.0.1", "e", 8081, "/dev/vg/w", "raw", tls_dir="/p", block=True)[-1]
+    'driver=raw,file.driver=host_device,file.filename=/dev/vg/w'
     """
     if tls_dir is None:
         return compare(nbd_url(address, name, port), "raw", path, fmt)
     options, image = nbd_source(address, name, port, tls_dir)
-    # --image-opts applies to both images: the local one is spelled as options too.
-    local = f"driver={_format(fmt)},file.driver=file,file.filename={_opt_path(path)}"
+    # --image-opts applies to both images: the local one is spelled as options too (a
+    # logical volume through host_device: QEMU's file driver takes regular files only).
+    protocol = "host_device" if block else "file"
+    local = f"driver={_format(fmt)},file.driver={protocol},file.filename={_opt_path(path)}"
     return ["qemu-img", "compare", *options, image, local]
 
 
@@ -422,6 +497,21 @@ def rename_disk(tmp_path: str, final_path: str) -> list[str]:
             'ln -T -- "$1" "$2" || { echo "refusing to overwrite $2" >&2; exit 17; };'
             ' rm -f -- "$1"',
             "ferry-rename", _path(tmp_path), _path(final_path)]
+
+
+def renamed(tmp_path: str, final_path: str) -> list[str]:
+    """Print "ours" when final_path is what tmp_path was (a rename that reached the node, though
+    its caller may never have heard back), else "not ours".
+
+    The final name is ours when it exists and the temporary one is gone (lvrename is atomic;
+    the temporary name is the task's own) or is the same file (`rename_disk` linked it and did
+    not yet drop the temporary name). A final name that was taken by something else leaves
+    the temporary one in place, so it is never called ours.
+    """
+    return ["sh", "-c",
+            'if [ -e "$2" ] && { [ ! -e "$1" ] || [ "$1" -ef "$2" ]; };'
+            ' then echo ours; else echo "not ours"; fi',
+            "ferry-renamed", _path(tmp_path), _path(final_path)]
 
 
 def remove_disk(path: str, allowed_dirs: Iterable[str]) -> list[str]:

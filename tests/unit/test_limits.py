@@ -1,0 +1,111 @@
+"""Claims: slots of the concurrency limits, all or nothing, on SQLite and PostgreSQL alike."""
+import threading
+
+import pytest
+
+from app.errors import FerryError
+from app.extensions import db
+from app.models import Claim
+from app.services import limits
+
+
+@pytest.fixture
+def database_url(db_url):
+    """Every test here runs once on SQLite and once on PostgreSQL."""
+    return db_url
+
+
+def held():
+    """Every claim as (kind, key, holder), sorted."""
+    db.session.expire_all()
+    return sorted((c.kind, c.key, c.holder) for c in db.session.scalars(db.select(Claim)))
+
+
+def test_it_takes_nothing_when_the_second_node_is_busy(app_context):
+    # The first node's claim must not survive the rollback (SQLite released its savepoint,
+    # which committed it, and the task then waited for a row it held itself).
+    db.session.add(Claim(kind=limits.RESOURCE, key="2", slot=0, holder="task:99"))
+    db.session.commit()
+
+    assert limits.claim_resources(1, [1, 2]) is False
+
+    assert held() == [("resource", "2", "task:99")]
+
+
+def test_it_takes_both_nodes_and_the_server_and_frees_them(app_context):
+    assert limits.claim_resources(1, [1, 2], server_id=7) is True
+    assert held() == [("resource", "1", "task:1"), ("resource", "2", "task:1"),
+                      ("server", "7", "task:1")]
+    limits.release_resources(1)
+    assert held() == []
+
+
+def test_it_refuses_a_server_claimed_by_another_task(app_context):
+    app_context.config["TASKS_PER_RESOURCE"] = 2  # the nodes have room: only the server is busy
+    assert limits.claim_resources(1, [1, 2], server_id=7) is True
+
+    assert limits.claim_resources(2, [1, 3], server_id=7) is False
+
+    assert ("resource", "3", "task:2") not in held()
+    assert [h for h in held() if h[2] == "task:2"] == []
+    assert limits.claim_resources(2, [1, 3], server_id=8) is True
+
+
+def test_it_says_who_holds_the_busy_nodes(app_context):
+    limits.claim_resources(5, [1, 2], server_id=7)
+    assert limits.blockers(6, [2, 3], server_id=7) == {"resource:2": 5, "server:7": 5}
+
+
+def test_it_gives_two_copies_from_one_source_different_ports(app_context):
+    first = limits.claim_export_port(1, resource_id=4)
+    second = limits.claim_export_port(2, resource_id=4)
+    elsewhere = limits.claim_export_port(3, resource_id=5)
+
+    assert (first, second, elsewhere) == (8081, 8082, 8081)
+    assert limits.claim_export_port(1, resource_id=4) == 8081  # asked again: the same port
+    limits.release_resources(1)
+    assert limits.claim_export_port(4, resource_id=4) == 8081
+
+
+def test_the_preflight_probes_the_port_the_next_copy_will_claim(app_context):
+    assert limits.next_export_port(4) == 8081
+    limits.claim_export_port(1, resource_id=4)
+    limits.claim_export_port(2, resource_id=4)
+    assert limits.next_export_port(4) == 8083  # what a third copy would get
+    assert limits.next_export_port(5) == 8081  # another source's ports are its own
+    limits.release_resources(1)
+    assert limits.next_export_port(4) == limits.claim_export_port(3, resource_id=4) == 8081
+
+
+def test_it_refuses_a_port_when_the_range_is_used_up(app_context):
+    limits.claim_export_port(1, resource_id=4, count=1)
+    with pytest.raises(FerryError, match="no free export port"):
+        limits.claim_export_port(2, resource_id=4, count=1)
+    assert [h for h in held() if h[2] == "task:2"] == []
+
+
+def test_it_never_leaves_half_a_claim_when_tasks_race(app):
+    # Ten tasks race for overlapping pairs of three nodes from threads with connections of
+    # their own: whatever wins, each task holds both its nodes or none.
+    pairs = {task_id: [1 + task_id % 3, 1 + (task_id + 1) % 3] for task_id in range(1, 11)}
+    start = threading.Barrier(len(pairs))
+
+    def claim(task_id):
+        with app.app_context():
+            start.wait()
+            limits.claim_resources(task_id, pairs[task_id])
+            db.session.remove()
+
+    threads = [threading.Thread(target=claim, args=(t,)) for t in pairs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with app.app_context():
+        by_task = {}
+        for kind, key, holder in held():
+            by_task.setdefault(holder, []).append(int(key))
+        assert by_task and all(sorted(keys) == sorted(pairs[int(h[5:])]) for h, keys in
+                               by_task.items()), by_task
+        assert len({k for keys in by_task.values() for k in keys}) == sum(
+            len(keys) for keys in by_task.values())  # one slot each: no node twice

@@ -1,0 +1,69 @@
+"""Start-up cost: what `import wsgi` (every CLI command, every web worker) loads, and what it
+leaves to the commands that need it. Checked by name, not by time (the bench times it)."""
+import os
+import subprocess
+import sys
+
+from bench import ROOT
+
+# Heavy modules only some commands use: importing them at start-up cost most of the 1.4 s a
+# bare `flask --app wsgi resources list` took (alembic alone 0.45 s), and later a third of the
+# 0.9 s CPU it still took (redis and its cryptography 0.2 s, the engine's runners with libvirt,
+# the certificates' cryptography, prometheus_client). The pages and commands that need them
+# import the services that load them where they use them. Of Ferry's own modules, the typed
+# blobs (a score of dataclasses, read by migration pages and jobs, and by the OpenAPI document's
+# schemas) and the preflight's stored-facts checks (the migrate dialog's) wait likewise.
+NOT_AT_START = ("alembic", "flask_migrate", "paramiko", "fabric", "invoke", "rq", "libvirt",
+                "redis", "cryptography", "prometheus_client", "app.services.migration",
+                "app.services.engine", "app.services.inventory", "app.services.evacuation",
+                "app.blobs", "app.api.openapi", "app.services.preflight_checks")
+
+
+def environment(tmp_path):
+    """An app configured for tmp_path (its own SQLite file and instance folder)."""
+    return dict(os.environ, FERRY_SECRET_KEY="test-startup-" + "x" * 40,
+                FERRY_INSTANCE_PATH=str(tmp_path),
+                FERRY_DATABASE_URL=f"sqlite:///{tmp_path / 'ferry.sqlite'}")
+
+
+def flask_cli(tmp_path, *argv):
+    """Run `flask --app wsgi ARGV` in the project."""
+    flask = os.path.join(os.path.dirname(sys.executable), "flask")
+    return subprocess.run([flask, "--app", "wsgi", *argv], cwd=ROOT, env=environment(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_it_starts_the_app_without_the_modules_only_some_commands_use(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "import sys, wsgi; print(' '.join(sys.modules))"],
+                          cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split())
+    assert "app.models" in loaded  # the app really was built
+    assert not [m for m in NOT_AT_START if m in loaded]
+
+
+def test_it_still_offers_the_schema_commands_and_upgrades_the_schema(tmp_path):
+    listed = flask_cli(tmp_path, "db", "--help")
+    assert listed.returncode == 0 and "upgrade" in listed.stdout, listed.stderr
+    upgraded = flask_cli(tmp_path, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    current = flask_cli(tmp_path, "db", "current")
+    assert "(head)" in current.stdout, current.stdout + current.stderr
+    assert flask_cli(tmp_path, "resources", "list").returncode == 0
+
+
+def test_it_lists_the_compute_resources_without_the_modules_only_some_commands_use(tmp_path):
+    assert flask_cli(tmp_path, "db", "upgrade").returncode == 0
+    # `flask --app wsgi resources list` itself, in a process that says what it loaded
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('LOADED', ' '.join(sys.modules), file=sys.stderr))\n"
+              "from flask.cli import main\n"
+              "sys.argv = ['flask', '--app', 'wsgi', 'resources', 'list']\n"
+              "main()\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stderr.rsplit("LOADED", 1)[1].split())
+    assert "app.models" in loaded and "app.cli.inventory" in loaded
+    assert not [m for m in NOT_AT_START if m in loaded]
