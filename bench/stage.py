@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,7 +24,7 @@ from app.extensions import db
 from app.models import ComputeResource, IpBlock, MigrationGroup, MigrationTask
 from app.services import limits, migration, resources
 from bench.fleet import server_id, sync
-from lab.client import FERRY_LAB, Lab, lab_env, where
+from lab.client import FERRY_LAB, TEST_LAB_NAME, Lab, hold, lab_env, where
 
 DATABASE_URL = os.environ.get("FERRY_BENCH_DATABASE_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/ferry_bench")
@@ -84,8 +85,14 @@ def make_app(database_url: str, instance_path: str, **config):
     return app
 
 
+_HELD = {}  # lab name -> the lock file this process holds until it exits
+
+
 def bring_up_lab(nodes: int = 3) -> Lab:
-    """The lab instance of the environment, brought up (idempotent) with `nodes` nodes."""
+    """The lab instance of the environment, brought up (idempotent) with `nodes` nodes, and
+    held by this process until it exits (a test session or another benchmark waits)."""
+    if TEST_LAB_NAME not in _HELD:
+        _HELD[TEST_LAB_NAME] = hold(say=lambda line: print(line, file=sys.stderr, flush=True))
     proc = subprocess.run([FERRY_LAB, "up", "--nodes", str(nodes)], env=lab_env(),
                           capture_output=True, text=True, timeout=900)
     if proc.returncode:

@@ -1,8 +1,10 @@
 """A lab instance as a program sees it (lab/ferry-lab driven from Python): the tests' fixtures
 and the benchmarks both drive the lab through here, so neither imports the other."""
+import fcntl
 import json
 import os
 import subprocess
+import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -11,6 +13,49 @@ FERRY_LAB = os.path.join(ROOT, "lab", "ferry-lab")
 # off the demo's lab.
 TEST_LAB_NAME = os.environ.get("FERRY_LAB_NAME", "ferrytest")
 TEST_LAB_NET = os.environ.get("FERRY_LAB_NET", "78")
+
+
+# Set while a process holds a lab instance (hold below); its children (the benchmarks the
+# tests run) inherit it and do not wait for their own parent.
+HELD_ENV = "FERRY_LAB_HELD"
+
+
+def hold(name=TEST_LAB_NAME, wait_s=3600.0, poll_s=2.0, say=None, root=None):
+    """One test session or benchmark run at a time on a lab instance.
+
+    Two `make test` runs on one machine share the instance's nodes (its state lives in
+    /var/lib/ferry-lab/NAME, outside the clone): one's evacuation moved the other's servers,
+    and both failed. The first to ask holds an exclusive lock until it exits (or closes the
+    returned file); the next waits for it, says whom it waits for, and gives up with
+    TimeoutError after wait_s. A child of the holder (HELD_ENV) passes at once (None).
+    """
+    if os.environ.get(HELD_ENV) == name:
+        return None
+    from lab.common import STATE_ROOT
+    directory = os.path.join(root or STATE_ROOT, name)
+    os.makedirs(directory, exist_ok=True)
+    f = open(os.path.join(directory, ".session"), "a+")
+    deadline, told = time.monotonic() + wait_s, False
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            if time.monotonic() >= deadline:
+                f.close()
+                raise TimeoutError(f"lab {name} is still in use by {holder} after {wait_s:.0f} s")
+            if not told and say:
+                say(f"lab {name} is in use by {holder}; waiting for it to finish")
+            told = True
+            time.sleep(poll_s)
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}\n")
+    f.flush()
+    os.environ[HELD_ENV] = name
+    return f
 
 
 def lab_env(name=TEST_LAB_NAME, net=TEST_LAB_NET):
