@@ -16,6 +16,7 @@ import threading
 from datetime import timedelta
 
 from app.extensions import db
+from app.infra import forkguard
 from app.models import ComputeResource, Job, utcnow
 from app.services import lease
 
@@ -41,7 +42,7 @@ def tick(app, now=None):
     from app.services import jobs
     now = now or utcnow()
     interval = app.config["SYNC_INTERVAL"]
-    with app.app_context():
+    with forkguard.database_turn(), app.app_context():
         recent = {}
         for job in db.session.scalars(db.select(Job).filter(
                 Job.name == "sync_resource",
@@ -56,7 +57,7 @@ def tick(app, now=None):
 def flush_tick(app):
     """Send the outbox's unsent jobs to Redis; returns the Job ids sent."""
     from app.services import outbox
-    with app.app_context():
+    with forkguard.database_turn(), app.app_context():
         try:
             return outbox.flush()
         finally:
@@ -72,7 +73,7 @@ def recovery_tick(app, now=None):
     """
     from app.services import recovery
     now = now or utcnow()
-    with app.app_context():
+    with forkguard.database_turn(), app.app_context():  # the pass itself runs unguarded
         try:
             if not recovery.orphans(now) and not recovery.stalled_groups(now) \
                     and not recovery.abandoned_preflights(now):

@@ -13,6 +13,7 @@ import threading
 from datetime import timedelta
 
 from app.extensions import db
+from app.infra import forkguard
 from app.models import WorkerHeartbeat, utcnow
 
 log = logging.getLogger("ferry.workers")
@@ -69,7 +70,7 @@ def start_heartbeat(app, name, stop_event=None, every=BEAT_EVERY_S, hostname=Non
     hostname = hostname or socket.gethostname()
 
     def once():
-        with app.app_context():
+        with forkguard.database_turn(), app.app_context():  # never forked mid-transaction
             try:
                 beat(hostname, name, os.getpid())
             finally:

@@ -1,0 +1,99 @@
+"""A worker process forks a work horse per job (RQ) and a child per recovery pass while its
+own threads (the heartbeat, the scheduler) write to the database. A fork taken while such a
+thread is inside SQLite leaves the child a lock it can never take back: its first database
+call hangs for good or fails "database is locked". The demo's browser test once saw exactly
+that: the work horse of a sync job was started by RQ and never wrote the job's first row.
+
+These tests fork the way the worker does, under a heartbeat beating as fast as it can, and
+require every child to reach the database within a few seconds.
+"""
+import os
+import signal
+import threading
+import time
+
+import pytest
+from sqlalchemy import text
+
+from app.extensions import db
+from app.services import workers
+from worker import schedule
+
+CHILDREN = 20
+CHILD_DEADLINE_S = 8  # a healthy child needs milliseconds; a stuck one never finishes
+
+
+@pytest.fixture
+def beating(app):
+    """The worker's heartbeat thread, beating with no pause, on the app's SQLite file."""
+    stop = workers.start_heartbeat(app, "fork-test", every=0)
+    yield app
+    stop.set()
+    time.sleep(0.05)  # let the loop see the event before the app's engine is disposed
+
+
+def _child_writes(app):
+    """In a forked child: a fresh pool, then a beat of its own (a write, like jobs.run's)."""
+    with app.app_context():
+        for engine in db.engines.values():
+            engine.dispose(close=False)
+        workers.beat("child", f"c{os.getpid()}", os.getpid())
+        db.session.execute(text("SELECT 1"))
+        db.session.remove()
+
+
+def _fork_and_wait(app):
+    """Fork like RQ does (os.fork), run _child_writes; 'ok', 'failed' or 'hung'."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _child_writes(app)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + CHILD_DEADLINE_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return "ok" if os.waitstatus_to_exitcode(status) == 0 else "failed"
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "hung"
+
+
+def test_a_forked_work_horse_always_reaches_the_database_while_the_heartbeat_writes(beating):
+    outcomes = [_fork_and_wait(beating) for _ in range(CHILDREN)]
+    assert outcomes == ["ok"] * CHILDREN
+
+
+def test_a_recovery_child_always_reaches_the_database_while_the_heartbeat_writes(beating):
+    def work():
+        _child_writes(beating)
+        return [["child", "ok"]]
+
+    results = [schedule.in_child(beating, work) for _ in range(CHILDREN)]
+    assert results == [[("child", "ok")]] * CHILDREN
+
+
+def test_the_guard_waits_for_a_thread_inside_the_database_before_a_fork(app):
+    """While a thread holds the guard, a fork waits for it (the hook takes the same lock)."""
+    from app.infra import forkguard
+    inside, leave = threading.Event(), threading.Event()
+
+    def writer():
+        with forkguard.database_turn():
+            inside.set()
+            leave.wait(5)
+
+    threading.Thread(target=writer, daemon=True).start()
+    inside.wait(5)
+    threading.Timer(0.3, leave.set).start()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    waited = time.monotonic() - started
+    os.waitpid(pid, 0)
+    assert waited >= 0.2
