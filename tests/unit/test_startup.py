@@ -67,3 +67,15 @@ def test_it_lists_the_compute_resources_without_the_modules_only_some_commands_u
     loaded = set(proc.stderr.rsplit("LOADED", 1)[1].split())
     assert "app.models" in loaded and "app.cli.inventory" in loaded
     assert not [m for m in NOT_AT_START if m in loaded]
+
+
+def test_it_builds_the_app_with_the_collector_resting_then_freezes_what_it_built(tmp_path):
+    """wsgi keeps the cyclic collector out of start-up (the bench's CLI figure) and leaves
+    it running afterwards, with the app's objects frozen out of its sweeps."""
+    proc = subprocess.run([sys.executable, "-c",
+                           "import gc, wsgi; print(gc.isenabled(), gc.get_freeze_count())"],
+                          cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    enabled, frozen = proc.stdout.split()
+    assert enabled == "True" and int(frozen) > 10_000
