@@ -97,3 +97,30 @@ def test_the_guard_waits_for_a_thread_inside_the_database_before_a_fork(app):
     waited = time.monotonic() - started
     os.waitpid(pid, 0)
     assert waited >= 0.2
+
+
+def test_a_fork_waits_for_a_stuck_database_thread_only_so_long(app, monkeypatch):
+    """A thread stuck in a database that stopped answering does not stop every fork."""
+    from app.infra import forkguard
+    monkeypatch.setattr(forkguard, "FORK_WAIT_S", 0.3)
+    inside, leave = threading.Event(), threading.Event()
+
+    def stuck():
+        with forkguard.database_turn():
+            inside.set()
+            leave.wait(10)
+
+    threading.Thread(target=stuck, daemon=True).start()
+    inside.wait(5)
+    try:
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        waited = time.monotonic() - started
+        os.waitpid(pid, 0)
+    finally:
+        leave.set()
+    assert 0.25 <= waited < 5
+    with forkguard.database_turn():  # nobody was left holding it
+        pass
