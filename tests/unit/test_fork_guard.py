@@ -77,48 +77,45 @@ def test_a_recovery_child_always_reaches_the_database_while_the_heartbeat_writes
     assert results == [[("child", "ok")]] * CHILDREN
 
 
-def test_the_guard_waits_for_a_thread_inside_the_database_before_a_fork(app):
-    """While a thread holds the guard, a fork waits for it (the hook takes the same lock)."""
+def holding_the_turn(for_s):
+    """A thread that holds forkguard's turn until the returned Event is set (or for_s)."""
     from app.infra import forkguard
     inside, leave = threading.Event(), threading.Event()
 
-    def writer():
+    def hold():
         with forkguard.database_turn():
             inside.set()
-            leave.wait(5)
+            leave.wait(for_s)
 
-    threading.Thread(target=writer, daemon=True).start()
-    inside.wait(5)
-    threading.Timer(0.3, leave.set).start()
+    threading.Thread(target=hold, daemon=True).start()
+    assert inside.wait(5)
+    return leave
+
+
+def timed_fork():
+    """Seconds the parent spent in os.fork() (the child exits at once)."""
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:
         os._exit(0)
     waited = time.monotonic() - started
     os.waitpid(pid, 0)
-    assert waited >= 0.2
+    return waited
+
+
+def test_the_guard_waits_for_a_thread_inside_the_database_before_a_fork(app):
+    """While a thread holds the guard, a fork waits for it (the hook takes the same lock)."""
+    threading.Timer(0.3, holding_the_turn(5).set).start()
+    assert timed_fork() >= 0.2
 
 
 def test_a_fork_waits_for_a_stuck_database_thread_only_so_long(app, monkeypatch):
     """A thread stuck in a database that stopped answering does not stop every fork."""
     from app.infra import forkguard
     monkeypatch.setattr(forkguard, "FORK_WAIT_S", 0.3)
-    inside, leave = threading.Event(), threading.Event()
-
-    def stuck():
-        with forkguard.database_turn():
-            inside.set()
-            leave.wait(10)
-
-    threading.Thread(target=stuck, daemon=True).start()
-    inside.wait(5)
+    leave = holding_the_turn(10)
     try:
-        started = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        waited = time.monotonic() - started
-        os.waitpid(pid, 0)
+        waited = timed_fork()
     finally:
         leave.set()
     assert 0.25 <= waited < 5
