@@ -154,7 +154,8 @@ def page_latencies(base: str, rounds: int) -> dict:
             times[name].append(time.perf_counter() - t0)
             sizes[name] = len(body)
     p95 = {name: percentile(values, 95) for name, values in times.items()}
-    return {"p95_s": p95, "median_s": {n: summary(v)["median"] for n, v in times.items()},
+    return {"p95_s": {name: round(value, 6) for name, value in p95.items()},
+            "median_s": {n: summary(v)["median"] for n, v in times.items()},
             "bytes": sizes, "requests_each": rounds,
             "dashboard_ratio": ratio(p95["dashboard"], p95["static"]),
             "servers_ratio": ratio(p95["servers"], p95["static"])}

@@ -20,7 +20,9 @@ def summary(values) -> dict | None:
 
 
 def percentile(values, p: float) -> float:
-    """The p-th percentile (0-100) with linear interpolation between the closest ranks.
+    """The p-th percentile (0-100) with linear interpolation between the closest ranks,
+    unrounded (a page's p95 is a few milliseconds: rounded to 0.1 ms, a ratio of two of them
+    moved by up to 8 %).
 
     >>> percentile([1, 2, 3, 4, 5], 95)
     4.8
@@ -31,7 +33,7 @@ def percentile(values, p: float) -> float:
     rank = (len(values) - 1) * p / 100
     low = int(rank)
     high = min(low + 1, len(values) - 1)
-    return _r(values[low] + (values[high] - values[low]) * (rank - low))
+    return float(values[low] + (values[high] - values[low]) * (rank - low))
 
 
 def ratio(a, b) -> float | None:
