@@ -21,12 +21,18 @@ def set_app(app):
     _app = app
 
 
+def forget_parent_connections(app):
+    """In a forked child, drop the pools inherited from the parent without closing the
+    parent's sockets: the child opens connections of its own."""
+    with app.app_context():
+        for engine in db.engines.values():
+            engine.dispose(close=False)
+
+
 class FerryWorker(Worker):
     """An RQ worker whose forked work horse never reuses the parent's database connections."""
 
     def main_work_horse(self, job, queue):
         """In the child, drop the inherited pool without closing the parent's sockets."""
-        with get_app().app_context():
-            for engine in db.engines.values():
-                engine.dispose(close=False)
+        forget_parent_connections(get_app())
         super().main_work_horse(job, queue)

@@ -19,6 +19,7 @@ from app.extensions import db
 from app.infra import forkguard
 from app.models import ComputeResource, Job, utcnow
 from app.services import lease
+from worker.runtime import forget_parent_connections
 
 log = logging.getLogger("ferry.schedule")
 
@@ -110,9 +111,7 @@ def in_child(app, work):
         code = 1
         try:
             os.close(reader)
-            with app.app_context():  # the pools' connections are the parent's: start afresh
-                for engine in db.engines.values():
-                    engine.dispose(close=False)
+            forget_parent_connections(app)  # the pools' connections are the parent's
             result = json.dumps(work())
             with os.fdopen(writer, "w") as out:
                 out.write(result)

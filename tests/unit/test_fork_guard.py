@@ -18,6 +18,7 @@ from sqlalchemy import text
 from app.extensions import db
 from app.services import workers
 from worker import schedule
+from worker.runtime import forget_parent_connections
 
 CHILDREN = 20
 CHILD_DEADLINE_S = 8  # a healthy child needs milliseconds; a stuck one never finishes
@@ -34,9 +35,8 @@ def beating(app):
 
 def _child_writes(app):
     """In a forked child: a fresh pool, then a beat of its own (a write, like jobs.run's)."""
+    forget_parent_connections(app)  # as the work horse and the recovery child do
     with app.app_context():
-        for engine in db.engines.values():
-            engine.dispose(close=False)
         workers.beat("child", f"c{os.getpid()}", os.getpid())
         db.session.execute(text("SELECT 1"))
         db.session.remove()
