@@ -13,20 +13,21 @@ import sys
 import time
 import traceback
 
-from bench import cli, figures, report, scale, tls
+from bench import cli, figures, paths, report, scale, tls
 from bench.stage import DATABASE_URL, Stage
 
 # Full run: >= 5 pairs per figure, sized to finish in about 15 minutes on a quiet 2-core machine.
 FULL = {"overhead_pairs": 5, "convergence_pairs": 5, "deadline_s": 20, "dirty_mbit": 200,
         "dirty_rate": 40, "eta_runs": 5, "eta_mbit": 200, "evacuation_pairs": 5,
         "evacuation_servers": 6, "servers": 5000, "resources": 200, "big": 500, "small": 50,
-        "page_rounds": 200, "planning_pairs": 5, "cli_runs": 21, "tls_pairs": 5}
+        "page_rounds": 200, "planning_pairs": 5, "cli_runs": 21, "tls_pairs": 5,
+        "path_pairs": 5, "path_sizes": paths.SIZES}
 # Quick run (make test): every figure once, at a tiny scale; it proves the bench works.
 QUICK = {**FULL, "overhead_pairs": 1, "convergence_pairs": 1, "deadline_s": 15, "eta_runs": 1,
          "evacuation_pairs": 1, "evacuation_servers": 2, "servers": 300, "resources": 10,
          "big": 50, "small": 5, "page_rounds": 5, "planning_pairs": 1, "cli_runs": 3,
-         "tls_pairs": 1}
-FIGURES = ("overhead", "convergence", "link_eta", "evacuation", "control_plane", "cli",
+         "tls_pairs": 1, "path_pairs": 1, "path_sizes": paths.QUICK_SIZES}
+FIGURES = ("overhead", "user_paths", "convergence", "link_eta", "evacuation", "control_plane", "cli",
            "tls_cost")
 # Figures that need no lab: `python -m bench --only control_plane cli` runs anywhere with
 # PostgreSQL.
@@ -38,6 +39,8 @@ def run_figure(name: str, settings: dict, stage) -> dict:
     s = settings
     if name == "overhead":
         return figures.overhead(stage, s["overhead_pairs"])
+    if name == "user_paths":
+        return paths.user_paths(stage, s["path_pairs"], s["path_sizes"])
     if name == "convergence":
         return figures.convergence(stage, s["convergence_pairs"], s["deadline_s"],
                                    s["dirty_mbit"], s["dirty_rate"])
@@ -110,6 +113,25 @@ def markdown(doc: dict) -> str:
             rows.append(("  Ferry's phases, median ms", "", ", ".join(
                 f"{name[:-3]} {stats['median']:g}" for name, stats in o["ferry_phases_ms"].items()
                 if stats), ""))
+    if "user_paths" in f:
+        p = f["user_paths"]
+        for key, size in p["sizes"].items():
+            server = size["server"]
+            label = (f"{server['memory_mib']} MiB, {server['disk_gib']} GiB disk"
+                     + (f" holding {server['fill_mib']} MiB" if server["fill_mib"] else ""))
+            for side, how in (("api", "API request"), ("cli", "`migrate --wait`")):
+                rows.append((f"Overhead from the {how} / bare virsh ({label})", size["target"],
+                             report.spread(size[f"{side}_ratio"]),
+                             report.verdict(size[f"{side}_met"])))
+            rows.append(("  seconds, API / CLI / virsh", "", f"{report.spread(size['api_s'])} / "
+                         f"{report.spread(size['cli_s'])} / {report.spread(size['virsh_s'])}",
+                         ""))
+            if size["api_phases_ms"]:
+                rows.append(("  API move's phases, median ms", "", ", ".join(
+                    f"{name[:-3]} {stats['median']:g}"
+                    for name, stats in size["api_phases_ms"].items() if stats), ""))
+        rows.append(("CLI `migrate --wait` minus API, s", f"<= {p['cli_margin_s']}",
+                     report.spread(p["cli_minus_api_s"]), report.verdict(p["cli_met"])))
     if "convergence" in f:
         c = f["convergence"]
         rows.append(("Convergence: completed within downtime target, Ferry vs virsh",

@@ -89,11 +89,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(database_url: str, instance_path: str, workers: int = 2):
-    """The app served by gunicorn on a free local port; yields its base URL."""
+def served(database_url: str, instance_path: str, workers: int = 2, **env):
+    """The app served by gunicorn on a free local port; yields its base URL. env: more
+    environment variables for it (FERRY_REDIS_URL=...)."""
     port = free_port()
     env = dict(os.environ, FERRY_DATABASE_URL=database_url, FERRY_INSTANCE_PATH=instance_path,
-               FERRY_SECRET_KEY=BENCH_SECRET_KEY, FERRY_SYNC_INTERVAL="0")
+               FERRY_SECRET_KEY=BENCH_SECRET_KEY, FERRY_SYNC_INTERVAL="0", **env)
     log = open(os.path.join(instance_path, "gunicorn.log"), "w")
     proc = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-w", str(workers),

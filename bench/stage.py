@@ -136,6 +136,7 @@ class Stage:
         self.lab = bring_up_lab(nodes)
         remove_leftover_servers(self.lab)
         fresh_database(database_url)
+        self.database_url = database_url
         self.instance = tempfile.mkdtemp(prefix="ferry-bench-")
         self.app = make_app(database_url, self.instance, **config)
         self.fleet = register(self.app, self.lab)

@@ -57,6 +57,8 @@ def parser():
     mk.add_argument("name")
     mk.add_argument("--memory", type=int, default=256, help="MiB")
     mk.add_argument("--disk", default="1", help="size: GiB (1, 2G) or MiB (256M)")
+    mk.add_argument("--fill", type=int, default=0,
+                    help="MiB of random data in the guest's filesystem (the file /fill)")
     mk.add_argument("--format", choices=["raw", "qcow2"], default="qcow2")
     mk.add_argument("--dirty-rate", type=int, default=0, help="MiB/s")
     mk.add_argument("--dirty-size", type=int, default=64, help="MiB")
@@ -155,7 +157,7 @@ def run(args, extra):
     elif args.cmd == "mkserver":
         srv = servers.mkserver(inst, args.node, args.name, args.memory, args.disk, args.format,
                                args.dirty_rate, args.dirty_size, args.stopped, args.ip,
-                               args.storage)
+                               args.storage, args.fill)
         if args.json:
             _print_json(srv)
         else:

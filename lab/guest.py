@@ -127,6 +127,22 @@ def _make_seed(folder):
     open(os.path.join(folder, "heartbeat"), "w").close()
 
 
+def _write_fill(build_dir, raw, mib):
+    """Put mib MiB of random (incompressible, never zero) data into the filesystem as /fill."""
+    data = os.path.join(build_dir, f".fill-{mib}M.tmp{os.getpid()}")
+    try:
+        with open(data, "wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(1 << 20))
+        run(["debugfs", "-w", "-R", f"write {data} fill", raw])
+        # debugfs exits 0 when a request fails: the size in the filesystem is the proof.
+        listed = run(["debugfs", "-R", "stat /fill", raw]).stdout
+        if f"Size: {mib << 20}" not in listed:
+            raise LabError(f"debugfs did not write the {mib} MiB fill file: {listed[-400:]}")
+    finally:
+        os.unlink(data)
+
+
 def seed_md5(build_dir):
     """The md5 of the seed file on every fresh guest disk."""
     with open(os.path.join(build_dir, "seed", "seed.md5")) as f:
@@ -144,11 +160,14 @@ def disk_size_mib(size):
     return mib
 
 
-def disk_template(build_dir, size, fmt):
-    """A sparse seeded disk of `size` (see disk_size_mib) in fmt (raw|qcow2), cached per size
-    and format."""
+def disk_template(build_dir, size, fmt, fill=0):
+    """A sparse seeded disk of `size` (see disk_size_mib) in fmt (raw|qcow2), cached per size,
+    fill and format. fill: MiB of random data in the file /fill, so a disk holds that much
+    data a migration must copy (the seed alone is a few MiB)."""
     mib = disk_size_mib(size)
-    label = f"{mib >> 10}G" if mib % 1024 == 0 else f"{mib}M"
+    if fill < 0 or fill > mib - 64:
+        raise LabError(f"--fill takes 0 to {mib - 64} MiB on a {mib} MiB disk, not {fill}")
+    label = (f"{mib >> 10}G" if mib % 1024 == 0 else f"{mib}M") + (f"-fill{fill}M" if fill else "")
     path = os.path.join(build_dir, f"disk-{label}.{fmt}")
     if os.path.exists(path):
         return path
@@ -156,6 +175,8 @@ def disk_template(build_dir, size, fmt):
     with open(raw, "wb") as f:
         f.truncate(mib << 20)
     run(["mkfs.ext4", "-q", "-F", "-L", "ferry", "-d", os.path.join(build_dir, "seed"), raw])
+    if fill:
+        _write_fill(build_dir, raw, fill)
     tmp = f"{path}.tmp{os.getpid()}"
     if fmt == "qcow2":
         run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, tmp])

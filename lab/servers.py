@@ -133,12 +133,13 @@ def pick_ip(inst, state):
 
 
 def mkserver(inst, node_name, name, memory=256, disk=1, fmt="qcow2", dirty_rate=0,
-             dirty_size=64, stopped=False, ip=None, storage="file"):
+             dirty_size=64, stopped=False, ip=None, storage="file", fill=0):
     """Define (and start) a lab server on a node; return its description.
 
     disk: its size, GiB as a number or "256M" (guest.disk_size_mib). storage "lvm"/"thinlvm"
     (LVM node only): the disk is a thick or thin logical volume in the node's volume group,
-    holding the same seeded image as a file disk.
+    holding the same seeded image as a file disk. fill: MiB of random data in the guest's
+    filesystem (the file /fill), so the disk holds that much data to copy.
     """
     state = inst.load()
     nodes = {n.name: n for n in all_nodes(inst, state)}
@@ -170,7 +171,7 @@ def mkserver(inst, node_name, name, memory=256, disk=1, fmt="qcow2", dirty_rate=
                 ip += "/24"
         else:
             ip = pick_ip(inst, state)
-        template = guest.disk_template(build_dir, disk, "qcow2" if vm else fmt)
+        template = guest.disk_template(build_dir, disk, "qcow2" if vm else fmt, fill)
         if storage != "file":
             fmt, path = "raw", f"/dev/{VG}/{lv_name(name)}"
             _lvcreate(node, lv_name(name), size, thin=storage == "thinlvm")
