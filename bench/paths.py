@@ -24,7 +24,8 @@ import redis
 
 from app import status
 from app.extensions import db
-from app.models import ApiToken, User
+from app.models import ApiToken, MigrationGroup, User
+from app.services import migration
 from bench import ROOT
 from bench.figures import Shuttle, phase_breakdown
 from bench.fleet import server_id
@@ -65,7 +66,7 @@ class Client:
 
     def move(self, server: int, destination: int, give_up_after: float = 600) -> dict:
         """Start a live move and follow it; seconds from the POST to the group's end."""
-        t0 = time.monotonic()
+        wall0, t0 = time.time(), time.monotonic()
         code, body = self.call("POST", "/migration-groups", {
             "server_ids": [server], "destination_id": destination,
             "acknowledge_warnings": True})
@@ -79,37 +80,47 @@ class Client:
             time.sleep(API_POLL_S)
             code, body = self.call("GET", f"/migration-groups/{group}")
         return {"ok": body["status"] == status.MIGRATION_FINISHED,
-                "seconds": time.monotonic() - t0, "group": group,
+                "seconds": time.monotonic() - t0, "group": group, "t0": wall0, "t1": time.time(),
                 "error": None if body["status"] == status.MIGRATION_FINISHED else body}
 
 
 def cli_move(env: dict, name: str, destination: str) -> dict:
     """`flask --app wsgi migrate NAME --to DESTINATION --wait` in a fresh process, wall time."""
     flask = os.path.join(os.path.dirname(sys.executable), "flask")
-    t0 = time.monotonic()
+    wall0, t0 = time.time(), time.monotonic()
     proc = subprocess.run([flask, "--app", "wsgi", "migrate", name, "--to", destination,
                            "--acknowledge-warnings", "--wait", "--json"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    seconds = time.monotonic() - t0
+    seconds, wall1 = time.monotonic() - t0, time.time()
     try:
         outcome = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         outcome = None
     ok = proc.returncode == 0 and bool(outcome) and outcome["status"] == status.MIGRATION_FINISHED
     return {"ok": ok, "seconds": seconds, "group": outcome and outcome.get("group"),
+            "t0": wall0, "t1": wall1,
             "error": None if ok else (proc.stderr[-1500:] or proc.stdout[-1500:])}
 
 
-def _phases(stage, group: int | None) -> dict:
-    """The task's phases (ms) of a group, as the report gives them."""
-    if group is None:
-        return {}
-    from app.models import MigrationGroup
-    from app.services import migration
+def _timed(stage, side: dict) -> dict:
+    """A side with its task's phases (ms) and the two ends no phase holds: `before_ms` (the
+    client's start to the group's row: a CLI's start-up, an HTTP request) and `after_ms` (the
+    group's end to the client seeing it: polling, a CLI's exit)."""
+    side["seconds"] = round(side["seconds"], 3)
+    side["phases"] = {}
+    if side["group"] is None:
+        return side
     with stage.app.app_context():
         db.session.expire_all()
-        report = migration.group_report(db.session.get(MigrationGroup, group))
-    return report["tasks"][0]["phases"] or {}
+        group = db.session.get(MigrationGroup, side["group"])
+        report = migration.group_report(group)
+        created, finished = group.created_at, group.finished_at
+    side["phases"] = dict(report["tasks"][0]["phases"] or {})
+    if created is not None and "t0" in side:
+        side["phases"]["before_ms"] = max(0, round((created.timestamp() - side["t0"]) * 1000))
+    if finished is not None and "t1" in side:
+        side["phases"]["after_ms"] = max(0, round((side["t1"] - finished.timestamp()) * 1000))
+    return side
 
 
 def _token(stage) -> str:
@@ -182,8 +193,7 @@ def _size(stage, client, env, size: dict, pairs: int, warm_up: bool) -> dict:
         order = SIDES[pair % 3:] + SIDES[:pair % 3]
         row = {side: run[side]() for side in order}
         for side in ("api", "cli"):
-            row[side]["seconds"] = round(row[side]["seconds"], 3)
-            row[side]["phases"] = _phases(stage, row[side]["group"])
+            _timed(stage, row[side])
         ok = all(row[side]["ok"] for side in SIDES)
         row["api_ratio"] = ratio(row["api"]["seconds"], row["virsh"]["seconds"]) if ok else None
         row["cli_ratio"] = ratio(row["cli"]["seconds"], row["virsh"]["seconds"]) if ok else None

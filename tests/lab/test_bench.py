@@ -48,7 +48,7 @@ def is_summary(stats):
 
 
 def test_it_runs_every_figure_quickly_and_writes_valid_results(lab):
-    run_quick("bench", lab, timeout=900)  # tls_cost adds four moves
+    run_quick("bench", lab, timeout=1200)  # tls_cost adds four moves, user_paths eight
 
     doc, summary_md = load("bench-short")
     assert doc["mode"] == "quick" and doc["errors"] == {}
@@ -59,6 +59,14 @@ def test_it_runs_every_figure_quickly_and_writes_valid_results(lab):
     pair = overhead["pairs"][0]
     assert pair["ferry"]["ok"] and pair["virsh"]["ok"], pair
     assert pair["ferry"]["route"] != pair["virsh"]["route"]  # the server went back and forth
+    for key, size in f["user_paths"]["sizes"].items():  # API, CLI and virsh each moved it
+        pair = size["pairs"][0]
+        assert all(pair[side]["ok"] for side in ("api", "cli", "virsh")), (key, pair)
+        assert {"preflight_ms", "migrate_ms", "before_ms", "after_ms"} <= set(
+            pair["cli"]["phases"]), pair["cli"]["phases"]
+        assert is_summary(size["api_ratio"]) and is_summary(size["cli_ratio"])
+    assert f["user_paths"]["sizes"]["large"]["server"]["fill_mib"] > 0
+    assert isinstance(f["user_paths"]["cli_met"], bool)
     convergence = f["convergence"]
     assert convergence["pairs"][0]["ferry"]["ok"], convergence["pairs"][0]
     assert is_summary(convergence["ratio"])
