@@ -230,11 +230,14 @@ def live_estimate(series: Sequence["JobStats"],
                   resume_ms: float = DEFAULT_RESUME_MS) -> Optional[Estimate]:
     """Re-estimate the time still to go from recent jobStats samples (oldest first).
 
-    Bandwidth is measured from data_processed over the samples (libvirt's
-    memory_bps is zero during the disk copy); the band comes from the slowest
+    Bandwidth is measured from data_processed over the samples of the current
+    phase (disk copy or RAM; libvirt's memory_bps is zero during the disk copy,
+    and stands in for the RAM phase's first sample); the band comes from the slowest
     and fastest interval, never narrower than +-10 %. During the disk copy the
     memory is still to come in full; in the RAM phase the current pass's
-    remaining bytes start the model. Returns None with fewer than two samples.
+    remaining bytes start the model, in the first pass scaled by the share of
+    full pages among those scanned (zero pages cost a few bytes each). Returns
+    None with fewer than two samples.
 
     Worked example: two samples 1 s apart, 100 MiB processed in between, RAM
     phase, 200 MiB remaining, no dirtying: 200 MiB / 100 MiB/s = 2 s (+ 50 ms
@@ -250,7 +253,17 @@ def live_estimate(series: Sequence["JobStats"],
     """
     if len(series) < 2:
         return None
-    first, last = series[0], series[-1]
+    last = series[-1]
+    # The rate is measured within the current phase: the disk copy counts its zero blocks as
+    # processed (a 1 GiB sparse disk ends with ~1 GiB in half a second), which says nothing
+    # about how fast memory will go. Right after the switch to RAM, with one sample of it,
+    # libvirt's own memory bandwidth stands in.
+    phase = [s for s in series if s.ram_phase == last.ram_phase]
+    if len(phase) >= 2:
+        series = phase
+    elif last.ram_phase and last.memory_bps > 0:
+        series = [last]
+    first = series[0]
     rates = []
     for a, b in zip(series, series[1:]):
         dt = (b.time_elapsed_ms - a.time_elapsed_ms) / 1000.0
@@ -269,6 +282,12 @@ def live_estimate(series: Sequence["JobStats"],
 
     if last.ram_phase:
         disk_left, memory_left = last.disk_remaining, last.memory_remaining
+        scanned = last.memory_constant + last.memory_normal
+        if last.memory_iteration <= 1 and scanned > 0:
+            # The first pass skips zero pages (a few bytes each): what is left of it is
+            # sent in the proportion of full pages found so far. Later passes resend
+            # dirtied pages, which are not zero.
+            memory_left *= last.memory_normal / scanned
     else:
         disk_left, memory_left = last.disk_remaining, last.memory_total
 

@@ -80,6 +80,8 @@ class JobStats:
     memory_iteration: int = 0
     memory_bps: int = 0
     memory_page_size: int = DEFAULT_PAGE_SIZE
+    memory_constant: int = 0  # pages found zero (sent as a few bytes each), all passes
+    memory_normal: int = 0  # pages sent in full, all passes
     disk_total: int = 0
     disk_processed: int = 0
     disk_remaining: int = 0
@@ -113,6 +115,8 @@ class JobStats:
             memory_iteration=num("memory_iteration"),
             memory_bps=num("memory_bps"),
             memory_page_size=page,
+            memory_constant=num("memory_constant"),
+            memory_normal=num("memory_normal"),
             disk_total=num("disk_total"),
             disk_processed=num("disk_processed"),
             disk_remaining=num("disk_remaining"),
