@@ -20,7 +20,7 @@ from app.observability import logs
 from app.services import lease, workers
 from app.services.jobs import QUEUE_DEFAULT, QUEUE_MIGRATIONS, redis_connection
 from worker import schedule
-from worker.runtime import FerryWorker, get_app
+from worker.runtime import FerryWorker, get_app, preload_job_modules
 
 
 def main(argv=None):
@@ -43,6 +43,7 @@ def main(argv=None):
     # Every job runs in a forked work horse, and a child cannot run libvirt's event loop if
     # its parent ran one: nodes are only ever reached from children (horses, recovery passes).
     host.forbid_libvirt("the worker forks a work horse per job; nodes are reached from children")
+    preload_job_modules()  # every horse inherits them instead of importing them per job
     # A worker that starts settles what a dead one left behind, before taking new work.
     schedule.recovery_tick(app)
     if not args.no_schedule and not args.burst:

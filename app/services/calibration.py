@@ -13,6 +13,13 @@ median over the recent tasks:
 * while running: actual end - (when a live estimate was made + what it
   said was left) for the first estimate past 25 % (a tail in seconds).
 
+Moves like the one estimated teach first: between the same two nodes (either
+way) and of a guest with half to double its memory. A fleet's history mixes
+links and sizes (a 1 GiB guest that is mostly zero pages moves in half the
+model's time, a 256 MiB one in twice), and one median over all of it is right
+for none; with fewer than MIN_SAMPLES like moves, the fleet's recent moves
+stand in.
+
 Only plain moves teach: one the ladder had to push (auto-converge, a CPU
 throttle, post-copy, a warning that it would not converge) ran in another
 regime, and learning from it would skew the estimate of every plain move.
@@ -24,10 +31,11 @@ never feeds on itself.
 from __future__ import annotations
 
 from statistics import median
+from typing import NamedTuple
 
 from app import status
 from app.extensions import db
-from app.models import MigrationTask, TaskEvent
+from app.models import MigrationTask, Server, TaskEvent
 
 RECENT = 20
 MIN_SAMPLES = 3
@@ -67,40 +75,63 @@ ESCALATED = frozenset({"auto-converge", "throttle", "postcopy", "postcopy-overdu
                        "not-converging"})
 
 
-def _recent_live():
-    """The latest finished plain live moves (see above) with their result and ETA record."""
+class Like(NamedTuple):
+    """The move an estimate is for: which recent moves are like it."""
+
+    source_id: int
+    destination_id: int
+    memory_mib: int
+
+
+def _recent_live(like: Like | None = None):
+    """The latest finished plain live moves (see above) with their result and ETA record; with
+    `like`, only those between the same two nodes, of a guest of similar memory."""
     escalated = db.select(TaskEvent.task_id).where(TaskEvent.kind.in_(ESCALATED))
-    return db.session.scalars(
-        db.select(MigrationTask).where(MigrationTask.status == status.MIGRATION_FINISHED,
-                                       MigrationTask.mode == status.MODE_LIVE,
-                                       MigrationTask.id.not_in(escalated))
-        .order_by(MigrationTask.id.desc()).limit(RECENT)).all()
+    query = (db.select(MigrationTask)
+             .where(MigrationTask.status == status.MIGRATION_FINISHED,
+                    MigrationTask.mode == status.MODE_LIVE, MigrationTask.id.not_in(escalated)))
+    if like is not None:
+        pair = (like.source_id, like.destination_id)
+        query = (query.join(Server, Server.id == MigrationTask.server_id)
+                 .where(MigrationTask.source_id.in_(pair), MigrationTask.destination_id.in_(pair),
+                        Server.memory_mib.between(like.memory_mib / 2, like.memory_mib * 2)))
+    return db.session.scalars(query.order_by(MigrationTask.id.desc()).limit(RECENT)).all()
 
 
 def _actual_s(task):
     return (task.result_record.wall_ms or 0) / 1000 or None
 
 
-def start_factor() -> float | None:
+def _learned(learn, like: Like | None):
+    """learn(tasks) over the moves like this one, else over the fleet's."""
+    value = learn(_recent_live(like)) if like is not None else None
+    return value if value is not None else learn(_recent_live())
+
+
+def start_factor(like: Like | None = None) -> float | None:
     """The correction for a pre-start live estimate, or None while there is too little history."""
-    pairs = []
-    for task in _recent_live():
-        predicted = task.eta_record.preflight
-        raw = predicted.raw_s if predicted else None
-        if _actual_s(task) and isinstance(raw, (int, float)):
-            pairs.append((raw, _actual_s(task)))
-    return factor_from(pairs)
+    def learn(tasks):
+        pairs = []
+        for task in tasks:
+            predicted = task.eta_record.preflight
+            raw = predicted.raw_s if predicted else None
+            if _actual_s(task) and isinstance(raw, (int, float)):
+                pairs.append((raw, _actual_s(task)))
+        return factor_from(pairs)
+    return _learned(learn, like)
 
 
-def live_tail() -> float | None:
+def live_tail(like: Like | None = None) -> float | None:
     """Seconds a live estimate leaves out (setup before the first byte counted, finish after the
     last), or None while there is too little history."""
-    points = []
-    for task in _recent_live():
-        point = next((p for p in task.eta_record.history if (p.percent or 0) >= 25), None)
-        if point is None or not _actual_s(task):
-            continue
-        remaining = point.raw_remaining_s
-        if isinstance(remaining, (int, float)) and isinstance(point.at_s, (int, float)):
-            points.append((point.at_s, remaining, _actual_s(task)))
-    return tail_from(points)
+    def learn(tasks):
+        points = []
+        for task in tasks:
+            point = next((p for p in task.eta_record.history if (p.percent or 0) >= 25), None)
+            if point is None or not _actual_s(task):
+                continue
+            remaining = point.raw_remaining_s
+            if isinstance(remaining, (int, float)) and isinstance(point.at_s, (int, float)):
+                points.append((point.at_s, remaining, _actual_s(task)))
+        return tail_from(points)
+    return _learned(learn, like)

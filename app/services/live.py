@@ -214,7 +214,10 @@ def _monitor(task, migration, settings: ladder.LadderSettings, seen: dict,
                         # (JSON has no Infinity, and PostgreSQL refuses it).
                         # What the model cannot see (libvirt's setup and finish) is learned
                         # from recent moves; the raw figure is kept for that learning.
-                        tail = seen.setdefault("tail", calibration.live_tail()) or 0.0
+                        if "tail" not in seen:  # learned once, from moves like this one
+                            seen["tail"] = calibration.live_tail(calibration.Like(
+                                task.source_id, task.destination_id, task.server.memory_mib))
+                        tail = seen["tail"] or 0.0
                         point = EtaPoint(
                             at_s=round(now - t0, 1), remaining_s=_finite(live.seconds + tail),
                             model_remaining_s=_finite(live.seconds), tail_s=tail,

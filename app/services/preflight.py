@@ -272,7 +272,7 @@ def judge(servers, sources, destination, options, measured: dict, reused=None) -
         resource_info(destination), options, probes, cpu,
         transfer_security=current_app.config["TRANSFER_SECURITY"])
     return report_of(results, measured["throughput_bps"], measured["dirty_rate_bps"],
-                     etas(servers, options, measured), measured, reused)
+                     etas(servers, destination, options, measured), measured, reused)
 
 
 def report_of(results, throughput, dirty, eta, measured, reused=None) -> dict:
@@ -288,15 +288,19 @@ def report_of(results, throughput, dirty, eta, measured, reused=None) -> dict:
     }
 
 
-def etas(servers, options, measured) -> dict:
-    """The pre-start ETA of every server whose source's throughput is known."""
-    result = {}
-    factor = calibration.start_factor() if options.live else None
+def etas(servers, destination, options, measured) -> dict:
+    """The pre-start ETA of every server whose source's throughput is known, corrected by what
+    recent moves like it taught (services.calibration; one lookup per kind of move)."""
+    result, factors = {}, {}
     for server in servers:
         name = server.compute_resource.name if server.compute_resource else None
         rate = measured["throughput_bps"].get(name)
         if not rate:
             continue
+        like = calibration.Like(server.compute_resource_id, destination.id, server.memory_mib)
+        if options.live and like not in factors:
+            factors[like] = calibration.start_factor(like)
+        factor = factors.get(like)
         disk_bytes = sum(d.allocation or 0 for d in server.disks)
         est = estimation.estimate_migration(
             memory_bytes=server.memory_mib * 1024 * 1024,

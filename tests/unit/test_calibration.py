@@ -5,7 +5,7 @@ import pytest
 
 from app import status
 from app.extensions import db
-from app.models import MigrationGroup, MigrationTask, TaskEvent
+from app.models import ComputeResource, MigrationGroup, MigrationTask, Server, TaskEvent
 from app.services import calibration, preflight
 
 
@@ -70,3 +70,39 @@ def test_a_wild_history_is_clamped(app_context):
     db.session.commit()
     assert calibration.start_factor() == calibration.FACTOR_RANGE[1]
     assert calibration.live_tail() == 99
+
+
+def test_it_learns_from_moves_like_this_one_before_the_whole_fleet(app_context):
+    # Bench, 2026-11-29: after ten moves of a 1 GiB guest (mostly zero pages: the model's
+    # raw figure was twice the actual), every small guest's start ETA was off by -52 %.
+    # Like moves: the same two nodes, either way, and memory within half to double.
+    nodes = {n: ComputeResource(name=n, host=f"127.0.0.{i}", port=1, key_path="/none")
+             for i, n in enumerate(("node1", "node2", "node3"), 2)}
+    sizes = {"small": 256, "large": 1024}
+    servers = {k: Server(uuid=f"00000000-0000-0000-0000-{i:012d}", name=k, memory_mib=m,
+                         compute_resource=nodes["node1"]) for i, (k, m) in enumerate(sizes.items())}
+    db.session.add_all([*nodes.values(), *servers.values()])
+    group = MigrationGroup()
+    for server, src, dst, wall, model in (("small", "node1", "node2", 8, 4),
+                                          ("large", "node1", "node2", 4, 8),
+                                          ("small", "node1", "node3", 12, 4)):
+        for _ in range(calibration.MIN_SAMPLES):
+            finished(group, wall, model, at_s=1, model_remaining_s=0)
+            group.tasks[-1].server = servers[server]
+            group.tasks[-1].source, group.tasks[-1].destination = nodes[src], nodes[dst]
+    db.session.add(group)
+    db.session.commit()
+    ids = {name: node.id for name, node in nodes.items()}
+
+    def like(src, dst, memory):
+        return calibration.Like(ids[src], ids[dst], memory)
+
+    assert calibration.start_factor(like("node2", "node1", 200)) == pytest.approx(2.0)
+    assert calibration.start_factor(like("node1", "node2", 1500)) == pytest.approx(0.5)
+    assert calibration.start_factor(like("node1", "node3", 256)) == pytest.approx(3.0)
+    assert calibration.live_tail(like("node1", "node3", 256)) == pytest.approx(11.0)
+    # Nothing like it (another pair, or another size): the fleet's median.
+    assert calibration.start_factor() == pytest.approx(2.0)
+    assert calibration.start_factor(like("node2", "node3", 256)) == pytest.approx(2.0)
+    assert calibration.start_factor(like("node1", "node2", 8192)) == pytest.approx(2.0)
+    assert calibration.live_tail(like("node1", "node2", 8192)) == pytest.approx(7.0)

@@ -89,3 +89,30 @@ def test_it_polls_the_banner_as_a_fragment(client, dashboard):
     fragment = client.get("/?fragment=workers", headers={"HX-Request": "true"})
     assert BANNER in fragment.get_data(as_text=True)
     assert "<html" not in fragment.get_data(as_text=True)
+
+
+PRELOAD = """
+import os, sys, threading
+from app.infra import host
+from worker import runtime
+fds = set(os.listdir("/proc/self/fd"))
+names = runtime.preload_job_modules()
+missing = [n for n in names if n not in sys.modules]
+print("missing", missing)
+print("threads", threading.active_count())
+print("loop", host._loop_pid)
+print("new fds", sorted(set(os.listdir("/proc/self/fd")) - fds))
+"""
+
+
+def test_the_worker_preloads_what_a_job_imports_and_opens_nothing_doing_it():
+    # The horses inherit the imports; a thread, a libvirt event loop or a socket made by an
+    # import would be inherited too, and those must never cross a fork (app.infra.host).
+    proc = subprocess.run([sys.executable, "-c", PRELOAD], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, FERRY_SECRET_KEY="x" * 40))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["missing []", "threads 1", "loop None", "new fds []"]
+    before = subprocess.run([sys.executable, "-c", "import sys, worker.__main__; print("
+                             "'app.services.live' in sys.modules)"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert before.stdout.strip() == "False"  # without the preload a horse would import it
