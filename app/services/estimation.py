@@ -227,7 +227,8 @@ def judge_convergence(dirty_rate_bps: float, bandwidth_bps: float,
 def live_estimate(series: Sequence["JobStats"],
                   downtime_ms: float = DEFAULT_DOWNTIME_MS,
                   max_passes: int = DEFAULT_MAX_PASSES,
-                  resume_ms: float = DEFAULT_RESUME_MS) -> Optional[Estimate]:
+                  resume_ms: float = DEFAULT_RESUME_MS,
+                  link_bps: Optional[float] = None) -> Optional[Estimate]:
     """Re-estimate the time still to go from recent jobStats samples (oldest first).
 
     Bandwidth is measured from data_processed over the samples of the current
@@ -236,8 +237,10 @@ def live_estimate(series: Sequence["JobStats"],
     and fastest interval, never narrower than +-10 %. During the disk copy the
     memory is still to come in full; in the RAM phase the current pass's
     remaining bytes start the model, in the first pass scaled by the share of
-    full pages among those scanned (zero pages cost a few bytes each). Returns
-    None with fewer than two samples.
+    full pages among those scanned (zero pages cost a few bytes each). During
+    the disk copy, whose zero blocks count as processed at any speed, the
+    memory to come is sent at no more than `link_bps` (the throughput measured
+    between the nodes) when given. Returns None with fewer than two samples.
 
     Worked example: two samples 1 s apart, 100 MiB processed in between, RAM
     phase, 200 MiB remaining, no dirtying: 200 MiB / 100 MiB/s = 2 s (+ 50 ms
@@ -280,19 +283,11 @@ def live_estimate(series: Sequence["JobStats"],
     slow = min(min((r for r in rates if r > 0), default=rate), rate * (1 - MIN_LIVE_SPREAD))
     dirty = sum(s.memory_dirty_rate_bps for s in series) / len(series)
 
-    if last.ram_phase:
-        disk_left, memory_left = last.disk_remaining, last.memory_remaining
-        scanned = last.memory_constant + last.memory_normal
-        if last.memory_iteration <= 1 and scanned > 0:
-            # The first pass skips zero pages (a few bytes each): what is left of it is
-            # sent in the proportion of full pages found so far. Later passes resend
-            # dirtied pages, which are not zero.
-            memory_left *= last.memory_normal / scanned
-    else:
-        disk_left, memory_left = last.disk_remaining, last.memory_total
+    disk_left, memory_left = last.disk_remaining, _memory_left(last)
 
     def go(r: float, d: float) -> tuple[float, _Passes]:
-        mem = _memory_passes(memory_left, r, d, downtime_ms, max_passes,
+        memory_rate = min(r, link_bps) if link_bps and not last.ram_phase else r
+        mem = _memory_passes(memory_left, memory_rate, d, downtime_ms, max_passes,
                              resume_ms, cap_bytes=max(last.memory_total, memory_left))
         return disk_left / r + mem.seconds + resume_ms / 1000.0, mem
 
@@ -301,6 +296,19 @@ def live_estimate(series: Sequence["JobStats"],
     high, _ = go(slow, dirty * (1 + MIN_LIVE_SPREAD))
     verdict = judge_convergence(dirty, rate, memory_left, downtime_ms, max_passes)
     return _estimate(seconds, low, high, mem, verdict, verdict.reason)
+
+
+def _memory_left(last: "JobStats") -> float:
+    """The memory still to send, as of the latest sample: all of it during the disk copy; in
+    the RAM phase what libvirt reports, in the first pass in the proportion of full pages found
+    so far (it skips zero pages, a few bytes each; later passes resend dirtied pages, which
+    are not zero)."""
+    if not last.ram_phase:
+        return last.memory_total
+    scanned = last.memory_constant + last.memory_normal
+    if last.memory_iteration <= 1 and scanned > 0:
+        return last.memory_remaining * last.memory_normal / scanned
+    return last.memory_remaining
 
 
 def _estimate(seconds: float, low: float, high: float, mem: _Passes,

@@ -160,6 +160,31 @@ def _stop(migration: mig.LiveMigration, seen: dict, task) -> None:
                 migration.done)
 
 
+def _eta_point(task, series, settings: ladder.LadderSettings, seen: dict, at_s: float):
+    """The live estimate from the recent samples, or None without one.
+
+    What the model cannot see (libvirt's setup and finish) is learned from recent moves like
+    this one, once per move (into `seen`); the raw figure is kept for that learning. An
+    estimate that will not converge is infinite: stored as null (JSON has no Infinity, and
+    PostgreSQL refuses it).
+    """
+    if "tail" not in seen:
+        seen["tail"] = calibration.live_tail(calibration.Like(
+            task.source_id, task.destination_id, task.server.memory_mib))
+        # The preflight's throughput between the nodes: memory goes no faster than that.
+        rates = (task.preflight or {}).get("throughput_bps") or {}
+        seen["link_bps"] = rates.get(task.source.name) if task.source else None
+    live = estimation.live_estimate(series[-20:], settings.downtime_target_ms,
+                                    link_bps=seen["link_bps"])
+    if live is None:
+        return None
+    tail = seen["tail"] or 0.0
+    return EtaPoint(at_s=at_s, remaining_s=_finite(live.seconds + tail),
+                    model_remaining_s=_finite(live.seconds), tail_s=tail,
+                    low_s=_finite(live.low + tail), high_s=_finite(live.high + tail),
+                    converges=live.converges, percent=task.progress_record.percent)
+
+
 def _monitor(task, migration, settings: ladder.LadderSettings, seen: dict,
              elapsed_s: float = 0.0, check=None) -> dict:
     """Poll the job until it ends; `seen` (the caller's) records what it saw.
@@ -208,21 +233,8 @@ def _monitor(task, migration, settings: ladder.LadderSettings, seen: dict,
                     deferred_downtime = None
                 if now - last_eta >= 2 and len(series) >= 3:
                     last_eta = now
-                    live = estimation.live_estimate(series[-20:], settings.downtime_target_ms)
-                    if live is not None:
-                        # An estimate that will not converge is infinite: stored as null
-                        # (JSON has no Infinity, and PostgreSQL refuses it).
-                        # What the model cannot see (libvirt's setup and finish) is learned
-                        # from recent moves; the raw figure is kept for that learning.
-                        if "tail" not in seen:  # learned once, from moves like this one
-                            seen["tail"] = calibration.live_tail(calibration.Like(
-                                task.source_id, task.destination_id, task.server.memory_mib))
-                        tail = seen["tail"] or 0.0
-                        point = EtaPoint(
-                            at_s=round(now - t0, 1), remaining_s=_finite(live.seconds + tail),
-                            model_remaining_s=_finite(live.seconds), tail_s=tail,
-                            low_s=_finite(live.low + tail), high_s=_finite(live.high + tail),
-                            converges=live.converges, percent=task.progress_record.percent)
+                    point = _eta_point(task, series, settings, seen, round(now - t0, 1))
+                    if point is not None:
                         task.eta = task.eta_record.with_point(point).to_json()
                 db.session.commit()
         if not seen["cancelled"] and cancel_requested(task.id):

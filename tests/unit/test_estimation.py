@@ -158,3 +158,18 @@ def test_it_counts_the_first_pass_zero_pages_as_nearly_free():
     # libvirt reads the counters from jobStats' memory_constant / memory_normal (pages).
     stats = JobStats.from_libvirt({"type": 2, "memory_constant": 9000, "memory_normal": 3000})
     assert (stats.memory_constant, stats.memory_normal) == (9000, 3000)
+
+
+def test_during_the_disk_copy_memory_is_estimated_at_no_more_than_the_link_carries():
+    # The disk copy's zero blocks count as processed at hundreds of MiB/s (bench link_eta: at
+    # 80 %, still copying the disk, the estimate said 0.2 s where 11.9 s were left). Memory has
+    # not started: it will go at most at the link's measured throughput.
+    disk = dict(memory_total=256 * MIB, disk_remaining=100 * MIB)
+    series = [sample(1000, 100 * MIB, **disk), sample(1500, 600 * MIB, **disk)]
+    e = live_estimate(series, link_bps=23 * MIB)
+    assert e.seconds == pytest.approx(100 / 1000 + 256 / 23 + 0.05)
+    assert live_estimate(series).seconds == pytest.approx(100 / 1000 + 256 / 1000 + 0.05)
+    # In the RAM phase the phase's own rate is the measure (it is what crosses the link).
+    ram = [replace(s, memory_processed=s.data_processed, memory_remaining=100 * MIB,
+                   memory_iteration=2, disk_remaining=0) for s in series]
+    assert live_estimate(ram, link_bps=23 * MIB).seconds == pytest.approx(100 / 1000 + 0.05)
