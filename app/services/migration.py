@@ -20,7 +20,6 @@ from app.blobs import Eta, GroupOptions, Prediction
 from app.errors import FerryError
 from app.extensions import db
 from app.models import ComputeResource, Evacuation, MigrationGroup, MigrationTask, Server, utcnow
-from app.services import engine as runners
 from app.services import jobs, lease, limits, outbox, preflight, timeline
 from app.services import preflight_checks as checks
 from app.services.lease import Lease, LeaseLost
@@ -331,6 +330,10 @@ def _run_leased(task, held) -> None:
         db.session.commit()
         event(task, "started", f"{task.mode.capitalize()} migration of {task.server.name} "
                                f"from {task.source.name} to {task.destination.name} started.")
+        # Here, not at the top: the CLI's `migrate` and the web's dialog use this module for
+        # the preflight and the start, and the engine (live, offline, their libvirt calls) cost
+        # them 50 ms more to import; a worker imports it before it forks (worker.runtime).
+        from app.services import engine as runners
         runners.run(task, held)
     finally:
         db.session.rollback()

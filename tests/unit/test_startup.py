@@ -79,3 +79,16 @@ def test_it_builds_the_app_with_the_collector_resting_then_freezes_what_it_built
     assert proc.returncode == 0, proc.stderr
     enabled, frozen = proc.stdout.split()
     assert enabled == "True" and int(frozen) > 10_000
+
+
+def test_the_migration_service_leaves_the_engine_to_the_process_that_runs_a_task(tmp_path):
+    # `migrate` (preflight and start) and the web's dialog import app.services.migration; the
+    # engine that moves a server (live, offline and their libvirt calls) is the worker's.
+    proc = subprocess.run([sys.executable, "-c", "import sys, wsgi, app.services.migration; "
+                           "print(' '.join(sys.modules))"], cwd=ROOT,
+                          env=environment(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split())
+    assert "app.services.migration" in loaded
+    assert not loaded & {"app.services.engine", "app.services.live", "app.services.offline",
+                         "libvirt"}
