@@ -24,6 +24,7 @@ from bench.stage import BENCH_SECRET_KEY, fresh_database, make_app
 from bench.stats import summary
 
 TARGET_S = 0.5
+FLASK = os.path.join(os.path.dirname(sys.executable), "flask")  # the venv's, as a user types it
 COMMANDS = {"resources_list": ["resources", "list"], "help": ["--help"]}
 
 
@@ -41,13 +42,23 @@ def populate(app, resources: int) -> None:
             engine.dispose()
 
 
+def command_env(database_url: str, instance_path: str, **more) -> dict:
+    """The environment of a `flask --app wsgi` command on that database; more: FERRY_*=...
+
+    Bytecode may be written: the first run writes what a machine that has run Ferry before
+    keeps, where a shell that forbids it would time compiling the app's sources every run."""
+    env = dict(os.environ, FERRY_DATABASE_URL=database_url, FERRY_INSTANCE_PATH=instance_path,
+               FERRY_SECRET_KEY=BENCH_SECRET_KEY, **more)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def timed(argv: list, env: dict) -> tuple[float, float]:
     """Wall and CPU (user + system) seconds of `flask --app wsgi ARGV`; raises if it failed.
     The CPU time is what a busy machine does not inflate much, so it is kept beside the wall."""
-    flask = os.path.join(os.path.dirname(sys.executable), "flask")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([flask, "--app", "wsgi", *argv], cwd=ROOT, env=env,
+    proc = subprocess.run([FLASK, "--app", "wsgi", *argv], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     seconds = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -62,11 +73,7 @@ def startup(database_url: str, runs: int, resources: int = 20) -> dict:
     fresh_database(database_url)
     instance_path = tempfile.mkdtemp(prefix="ferry-bench-cli-")
     populate(make_app(database_url, instance_path), resources)
-    env = dict(os.environ, FERRY_DATABASE_URL=database_url, FERRY_INSTANCE_PATH=instance_path,
-               FERRY_SECRET_KEY=BENCH_SECRET_KEY)
-    # The warm-up is what writes the bytecode a machine that has run Ferry before keeps: a
-    # shell that forbids writing it would time compiling the app's sources on every run.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = command_env(database_url, instance_path)
     for argv in COMMANDS.values():  # warm-up, not counted
         timed(argv, env)
     times = {name: [] for name in COMMANDS}

@@ -14,9 +14,7 @@ run Ferry before); the CLI's own start-up stays in its figure.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -27,10 +25,11 @@ from app.extensions import db
 from app.models import ApiToken, MigrationGroup, User
 from app.services import migration
 from bench import ROOT
+from bench.cli import FLASK, command_env
 from bench.figures import Shuttle, phase_breakdown
 from bench.fleet import server_id
 from bench.scale import served
-from bench.stage import BENCH_SECRET_KEY, REDIS_URL
+from bench.stage import REDIS_URL
 from bench.stats import ratio, summary
 from bench.workers import Workers
 
@@ -86,9 +85,8 @@ class Client:
 
 def cli_move(env: dict, name: str, destination: str) -> dict:
     """`flask --app wsgi migrate NAME --to DESTINATION --wait` in a fresh process, wall time."""
-    flask = os.path.join(os.path.dirname(sys.executable), "flask")
     wall0, t0 = time.time(), time.monotonic()
-    proc = subprocess.run([flask, "--app", "wsgi", "migrate", name, "--to", destination,
+    proc = subprocess.run([FLASK, "--app", "wsgi", "migrate", name, "--to", destination,
                            "--acknowledge-warnings", "--wait", "--json"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     seconds, wall1 = time.monotonic() - t0, time.time()
@@ -139,10 +137,8 @@ def user_paths(stage, pairs: int, sizes=SIZES) -> dict:
     redis.Redis.from_url(REDIS_URL).flushdb()  # an interrupted run's jobs must not run here
     token = _token(stage)
     workers = Workers(stage.database_url, REDIS_URL, stage.instance)
-    env = dict(os.environ, FERRY_DATABASE_URL=stage.database_url, FERRY_REDIS_URL=REDIS_URL,
-               FERRY_INSTANCE_PATH=stage.instance, FERRY_SECRET_KEY=BENCH_SECRET_KEY,
-               FERRY_SYNC_INTERVAL="0")
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as on a machine that has run Ferry before
+    env = command_env(stage.database_url, stage.instance, FERRY_REDIS_URL=REDIS_URL,
+                      FERRY_SYNC_INTERVAL="0")
     result = {"what": __doc__.split("\n\n")[0].replace("\n", " "), "sizes": {},
               "api_poll_s": API_POLL_S, "cli_margin_s": CLI_MARGIN_S, "gunicorn_workers": 1}
     workers.start(1)
