@@ -103,12 +103,18 @@ def _probe_ports(src_conn, dst_conn, source, destination, export_port: int) -> d
     libvirt's migration ports are reached from the source on the destination;
     the NBD export is on the source (on `export_port`, the one the next offline
     copy from it would claim) and read by the destination.
+
+    Both directions are probed at once, so each node runs a listener and a probe together:
+    two sessions on the one SSH connection this preflight holds (paramiko carries any number
+    of channels, and every command is a session and a runner of its own). One after the
+    other they took 170 ms of a preflight on the lab.
     """
-    return {
-        checks.MIGRATION_PORTS.start: _probe(src_conn, dst_conn, destination.host,
-                                             checks.MIGRATION_PORTS.start),
-        export_port: _probe(dst_conn, src_conn, source.host, export_port),
-    }
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="probe") as pool:
+        towards_destination = pool.submit(_probe, src_conn, dst_conn, destination.host,
+                                          checks.MIGRATION_PORTS.start)
+        towards_source = pool.submit(_probe, dst_conn, src_conn, source.host, export_port)
+    return {checks.MIGRATION_PORTS.start: towards_destination.result(),
+            export_port: towards_source.result()}
 
 
 def _throughput(src_conn, dst_conn, destination) -> float | None:

@@ -318,3 +318,22 @@ def test_it_reports_a_node_it_cannot_reach_and_stores_nothing(fleet, nodes):
         "node2 cannot be reached: cannot reach 10.0.0.2:22"]
     assert nodes["given_back"] == [("node1", False)]
     assert db.session.scalar(db.select(PreflightReport)) is None  # a Start asks again
+
+
+def test_it_probes_both_directions_at_once(monkeypatch):
+    """Each direction waits, up to a few seconds, for the other to be under way: probed one
+    after the other, the first would see the second never start."""
+    started = {"towards node2": threading.Event(), "towards node1": threading.Event()}
+    overlapped = {}
+
+    def probe(from_conn, to_conn, to_address, port):
+        mine, other = f"towards {to_address}", ({*started} - {f"towards {to_address}"}).pop()
+        started[mine].set()
+        overlapped[mine] = started[other].wait(5)
+        return "ok" if overlapped[mine] else "waited alone"
+
+    monkeypatch.setattr(preflight, "_probe", probe)
+    source, destination = ComputeResource(host="node1"), ComputeResource(host="node2")
+    ports = preflight._probe_ports("ssh-1", "ssh-2", source, destination, 10809)
+    assert ports == {49152: "ok", 10809: "ok"}
+    assert overlapped == {"towards node2": True, "towards node1": True}
