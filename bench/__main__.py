@@ -59,6 +59,13 @@ def run_figure(name: str, settings: dict, stage) -> dict:
     raise ValueError(f"unknown figure {name}")
 
 
+def _speed(machine: dict) -> str:
+    """How fast the machine ran Python, where the run measured it (bench.report.python_ms)."""
+    if machine.get("python_ms") is None:
+        return ""
+    return f", a million Python additions in {machine['python_ms']} ms"
+
+
 def main(argv=None) -> int:
     """Run the figures, write the results, print where they are."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -184,14 +191,16 @@ def markdown(doc: dict) -> str:
             f"Started {doc['started_at']}, took {doc['duration_s']} s on "
             f"{doc['machine_at_start']['cpus']} CPUs (load average at start "
             f"{doc['machine_at_start']['loadavg'][0]}, at end "
-            f"{doc['machine_at_end']['loadavg'][0]}), lab `{doc['machine_at_start']['lab']}`.",
+            f"{doc['machine_at_end']['loadavg'][0]}), lab `{doc['machine_at_start']['lab']}`"
+            + _speed(doc['machine_at_start']) + ".",
             "Every figure is a ratio of two sides measured alternately in this run; details, "
             "definitions and every pair are in the JSON beside this file.", "",
             report.table(rows)]
     for rerun in doc.get("reruns", []):
         text.append(f"Re-measured alone (`python -m bench --only {' '.join(rerun['figures'])}`): "
                     f"{', '.join(rerun['figures'])} at {rerun['started_at']} (load average "
-                    f"{rerun['machine_at_start']['loadavg'][0]}).\n")
+                    f"{rerun['machine_at_start']['loadavg'][0]}{_speed(rerun['machine_at_start'])})"
+                    ".\n")
     for name, error in doc["errors"].items():
         text.append(f"**{name} broke:** `{error.strip().splitlines()[-1]}`\n")
     return "\n".join(text)

@@ -12,10 +12,24 @@ from bench import RESULTS
 
 
 def machine() -> dict:
-    """What the numbers were measured on (a busy machine makes every figure noisy)."""
+    """What the numbers were measured on (a busy machine makes every figure noisy, a slow one
+    every figure in seconds longer: `python_ms` says how fast this one ran Python)."""
     return {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
             "kernel": platform.release(), "python": platform.python_version(),
-            "lab": os.environ.get("FERRY_LAB_NAME", "ferrylab")}
+            "lab": os.environ.get("FERRY_LAB_NAME", "ferrylab"), "python_ms": python_ms()}
+
+
+def python_ms(rounds: int = 3) -> float:
+    """Milliseconds for a fixed piece of pure Python (a million additions), the best of a few:
+    on the same 2-CPU machine it was 3 times longer one day than another, and the CLI's start-up
+    (in seconds, not a ratio) with it. Two runs' figures in seconds compare only beside it."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0, total = time.perf_counter(), 0
+        for number in range(1_000_000):
+            total += number
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 1)
 
 
 def write(name: str, document: dict, markdown: str) -> tuple[str, str]:
