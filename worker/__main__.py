@@ -20,7 +20,7 @@ from app.observability import logs
 from app.services import lease, workers
 from app.services.jobs import QUEUE_DEFAULT, QUEUE_MIGRATIONS, redis_connection
 from worker import schedule
-from worker.runtime import FerryWorker, get_app, preload_job_modules
+from worker.runtime import FerryWorker, freeze_for_horses, get_app, preload_job_modules
 
 
 def main(argv=None):
@@ -49,6 +49,7 @@ def main(argv=None):
     if not args.no_schedule and not args.burst:
         schedule.start(app)  # the outbox, inventory syncs and recovery passes
     workers.start_heartbeat(app, worker.name)  # /metrics and the dashboard see this worker
+    freeze_for_horses()  # a full collection no longer walks (or copies) what was loaded
     worker.work(burst=args.burst, logging_level="INFO")
 
 

@@ -116,3 +116,27 @@ def test_the_worker_preloads_what_a_job_imports_and_opens_nothing_doing_it():
                              "'app.services.live' in sys.modules)"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert before.stdout.strip() == "False"  # without the preload a horse would import it
+
+
+FROZEN = """
+import gc, os, sys
+from worker import runtime
+runtime.preload_job_modules()
+frozen = runtime.freeze_for_horses()
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:  # a horse: what its collector would walk on a full collection
+    os.write(write, str(len(gc.get_objects())).encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+print(frozen, int(os.read(read, 100)))
+"""
+
+
+def test_the_worker_freezes_what_its_horses_inherit():
+    proc = subprocess.run([sys.executable, "-c", FROZEN], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, FERRY_SECRET_KEY="x" * 40))
+    assert proc.returncode == 0, proc.stderr
+    frozen, walked = map(int, proc.stdout.split())
+    assert frozen > 50_000  # the app, the engine, Fabric, paramiko, cryptography
+    assert walked < frozen // 100
