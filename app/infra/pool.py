@@ -5,7 +5,10 @@ web or worker process that checks the same two nodes a few seconds apart can use
 connections it already has. The rules:
 
 - A connection is lent to one caller at a time (`acquire` takes it out of the pool, `release`
-  puts it back), so two threads never share one: Fabric is not thread-safe.
+  puts it back), so two callers never share one: Fabric is not thread-safe. The caller may
+  run commands on it from threads of its own (the preflight probes both ways at once): each
+  command is a session of its own on paramiko's transport, which is, and nothing else of
+  the connection is touched once it is open.
 - The key holds the pinned host key: after a re-pin the old connections are closed, never
   lent again. So is one that failed (`release(..., broken=True)`), one that is no longer alive,
   and one idle for longer than `max_idle_s`.
