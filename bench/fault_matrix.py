@@ -52,10 +52,10 @@ from bench.stage import DATABASE_URL, bring_up_lab, fresh_database, make_app, re
 from bench.workers import Workers
 from worker.schedule import TICK_S
 
-LIVE_STEPS = ("prepare-destination-disks", "migrate", "verify-destination",
+LIVE_STEPS = ("prepare-destination-disks", "migrate", "verify-destination", "record-destination",
               "remove-source-leftovers")
 OFFLINE_STEPS = ("export", "copy", "verify", "define-destination", "undefine-source",
-                 "remove-source-disks", "settle-addresses")
+                 "settle-addresses", "remove-source-disks")
 FAULTS = ("worker-kill", "source-libvirtd-kill", "destination-libvirtd-kill", "link-cut")
 ORPHAN_AFTER = 10  # the workers' FERRY_ORPHAN_AFTER and FERRY_LEASE_TTL
 HOLD_S = 3  # a killed libvirtd stays down this long

@@ -2,7 +2,8 @@
 
 Journaled steps (services.steps), each a line on the task's timeline:
 
-    prepare-destination-disks -> migrate -> verify-destination -> remove-source-leftovers
+    prepare-destination-disks -> migrate -> verify-destination -> record-destination
+    -> remove-source-leftovers
 
 1. pre-create sparse destination disks, exclusively (libvirt would make a fully
    allocated qcow2), and carry the NVRAM file;
@@ -13,7 +14,10 @@ Journaled steps (services.steps), each a line on the task's timeline:
 3. ask both nodes where the server is: it must run on the destination,
    persistently, and not on the source (running on both: paused at once, one
    copy kept, see `both_running`);
-4. the source's leftovers go: a stale shut-off definition (its libvirtd died
+4. the inventory records the server on the destination, running, before anything on the
+   source is touched: a source that dies now (a failing host being evacuated) leaves a task
+   that needs a person for the disks it kept, never a server recorded on the wrong node;
+5. the source's leftovers go: a stale shut-off definition (its libvirtd died
    before Confirm) and its disks.
 """
 from __future__ import annotations
@@ -513,6 +517,19 @@ class VerifyDestination(Step):
         return Decision(REDO, "asking the destination again changes nothing")
 
 
+class RecordDestination(Step):
+    """The inventory follows the server the destination was just seen running: node, state,
+    disk paths and formats."""
+
+    name = "record-destination"
+
+    def run(self, move, entry):
+        disks.record_moved(move.server, move.destination, _plan(move), status.SERVER_RUNNING)
+
+    def settle(self, move, entry):
+        return Decision(REDO, "the inventory update is idempotent")
+
+
 class RemoveSourceLeftovers(Step):
     """Once the destination is verified: undefine a stale copy on the source, remove its disks."""
 
@@ -543,14 +560,13 @@ class LiveRunner(Runner):
     """The live mode's steps."""
 
     mode = status.MODE_LIVE
-    steps = (PrepareDestinationDisks(), Migrate(), VerifyDestination(), RemoveSourceLeftovers())
+    steps = (PrepareDestinationDisks(), Migrate(), VerifyDestination(), RecordDestination(),
+             RemoveSourceLeftovers())
     committed_after = "migrate"
     connections = ("source", "destination", "control", "ssh-source", "ssh-destination")
 
     def finish(self, move):
         server = move.server
-        disks.record_moved(server, move.destination, _plan(move), status.SERVER_RUNNING)
-        move.lap("record")
         migrate = journal.last(move.task, "migrate")
         verify = journal.last(move.task, "verify-destination").data or {}
         wall_ms = move.state.get("wall_ms")

@@ -1,7 +1,7 @@
 """Offline migration of one stopped server, with optional storage conversion: journaled steps.
 
     export -> copy -> verify -> define-destination -> undefine-source
-           -> remove-source-disks -> settle-addresses
+           -> settle-addresses -> remove-source-disks
 
 The source exports each disk read-only with qemu-nbd (a port claimed for the
 task, from 8081 up); the destination reads it with `qemu-img convert` straight
@@ -11,7 +11,9 @@ size in the thin pool, written with `--target-is-zero` so it stays thin);
 `qemu-img compare` checks it. Only
 then is the server defined on the destination (disks renamed into place,
 NVRAM and TPM state carried), and only once the source's definition is gone
-(the point of no return) are the source's disks removed. So the server is
+(the point of no return) is the move recorded (node, disks, a changed address) and then
+the source's disks removed: a source that dies meanwhile leaves its disks to a person and
+the server recorded where it is. So the server is
 defined on at least one node at every instant, and on two for no longer than
 one step. Before the point of no return any failure rolls back what the
 journal says the task created; after it, steps only go forward.
@@ -541,8 +543,10 @@ class OfflineRunner(Runner):
     """The offline mode's steps."""
 
     mode = status.MODE_OFFLINE
+    # The inventory follows the server before the source's copy goes: a source that dies
+    # while its disks are removed leaves them to a person, the server recorded where it is.
     steps = (Export(), Copy(), Verify(), DefineDestination(), UndefineSource(),
-             RemoveSourceDisks(), SettleAddresses())
+             SettleAddresses(), RemoveSourceDisks())
     committed_after = "undefine-source"
 
     def finish(self, move):

@@ -240,7 +240,7 @@ class Move:
 def drive(move: Move, runner: Runner, start: int = 0) -> None:
     """Run the runner's steps from `start`, journaled; roll back or stop on failure."""
     committed = runner.index(runner.committed_after)
-    for index in range(start, len(runner.steps)):
+    for index in _from(move, runner, start, committed):
         step = runner.steps[index]
         move.check()
         move.task.phase = step.name
@@ -266,6 +266,15 @@ def drive(move: Move, runner: Runner, start: int = 0) -> None:
         journal.done(entry, data)
         move.lap(step.phase)
     runner.finish(move)
+
+
+def _from(move, runner, start: int, committed: int) -> list[int]:
+    """The steps to run from `start` on, preceded by any step past the point of no return that
+    never began: a task journaled by a Ferry whose steps came in another order (the record
+    of the server after the source's cleanup) still gets every step."""
+    skipped = [index for index in range(committed + 1, start)
+               if journal.last(move.task, runner.steps[index].name) is None]
+    return skipped + list(range(start, len(runner.steps)))
 
 
 def _settled_done(move, runner, index, entry, exc, committed) -> bool:

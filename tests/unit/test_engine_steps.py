@@ -245,6 +245,57 @@ def test_a_failed_ip_change_gives_the_new_address_back(world):
     assert [a.address for a in task.server.ip_addresses] == ["10.9.1.5"]
 
 
+
+def _source_dies_after(monkeypatch, cluster, step_class):
+    """The source stops answering the moment `step_class` has done its work (a failing host
+    evacuated: it outlives the hand-over by seconds)."""
+    monkeypatch.setattr(steps, "SETTLE_S", 0)
+    original = step_class.run
+
+    def then_the_source_dies(self, move, entry):
+        data = original(self, move, entry)
+        cluster.fail("node1", "place", times=99)
+        cluster.fail("node1", "down", times=99)
+        return data
+    monkeypatch.setattr(step_class, "run", then_the_source_dies)
+
+
+@pytest.mark.parametrize("mode, last_good_step, state", [
+    (status.MODE_OFFLINE, offline.UndefineSource, status.SERVER_STOPPED),
+    (status.MODE_LIVE, live.VerifyDestination, status.SERVER_RUNNING),
+])
+def test_a_source_that_dies_after_the_hand_over_leaves_the_server_recorded_where_it_is(
+        world, monkeypatch, mode, last_good_step, state):
+    cluster, task = world(mode=mode, tpm=False, preserve_ip=mode == status.MODE_LIVE)
+    _source_dies_after(monkeypatch, cluster, last_good_step)
+    assert run(task, cluster) == status.MIGRATION_ATTENTION  # its disks on node1 are for a person
+    assert "disks were kept" in task.error
+    assert cluster.where(UUID) == ["node2"]
+    db.session.expire_all()
+    server = db.session.get(Server, task.server_id)
+    assert (server.compute_resource.name, server.state) == ("node2", state)
+    assert server.disks[0].path == f"{IMAGES}/web.qcow2"
+    if mode == status.MODE_OFFLINE:  # the address change is settled with the server
+        assert [a.address for a in server.ip_addresses] == ["10.9.2.2"]
+
+
+def test_recovery_records_a_server_whose_move_was_journaled_with_the_record_last(world):
+    """A task journaled by a Ferry that recorded the server after removing the source's copy,
+    found by recovery with that removal done: the record is not skipped."""
+    cluster, task = world(mode=status.MODE_LIVE, tpm=False)
+    assert run(task, cluster) == status.MIGRATION_FINISHED, task.error
+    node1 = db.session.scalar(db.select(ComputeResource).filter_by(name="node1"))
+    task.server.compute_resource = node1  # as before the record
+    task.status, task.finished_at = status.MIGRATION_RUNNING, None
+    for entry in list(task.steps):
+        if entry.name == "record-destination":
+            db.session.delete(entry)
+    db.session.commit()
+    assert engine.resume(task, nodes=FakeNodes(cluster)) == status.MIGRATION_FINISHED, task.error
+    db.session.expire_all()
+    assert db.session.get(Server, task.server_id).compute_resource.name == "node2"
+
+
 OFFLINE_POINTS = [f"offline:{when}:{step.name}" for step in offline.RUNNER.steps
                   for when in ("before", "after")]
 
@@ -316,7 +367,7 @@ def test_it_records_every_phase_of_a_live_move_in_order(world):
     phases = task.result["phases"]
     run_phases = ["connect_ms", "check_ms", "prepare_destination_disks_ms", "migrate_setup_ms",
                   "migrate_ms", "migrate_outcome_ms", "verify_destination_ms",
-                  "remove_source_leftovers_ms", "record_ms"]
+                  "record_destination_ms", "remove_source_leftovers_ms"]
     assert [name for name in phases if name in run_phases] == run_phases
     assert all(isinstance(ms, int) and ms >= 0 for ms in phases.values())
 
