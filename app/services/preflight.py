@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import timedelta
@@ -35,7 +36,9 @@ from app.services import preflight_checks as checks
 log = logging.getLogger("ferry.preflight")
 
 PROBE_BYTES = 64 * 1024 * 1024
-PROBE_TRIES, PROBE_RETRY_S = 40, 0.01  # a port probe refused while its listener starts
+PROBE_RETRY_S = 0.01  # between asks of a port probe refused while its listener starts
+PROBE_WAIT_S = 5.0  # how long a probe refused while its listener runs is asked again
+LISTEN_S, LISTEN_TRIES = 8, 2  # a probe's listener: its life (> PROBE_WAIT_S), its starts
 
 
 def resource_info(resource) -> checks.ResourceInfo:
@@ -81,20 +84,72 @@ def options_of(opts) -> checks.MigrationOptions:
 
 
 def _probe(from_conn, to_conn, to_address, port) -> str:
-    """Probe one TCP port from one node to another, with a short-lived listener on the target."""
-    listener = threading.Thread(target=ssh.run, args=(
-        to_conn, storage.port_listener(to_address, port, timeout_s=6)), kwargs={"timeout": 10})
-    listener.start()
-    probe = None
-    # The listener needs a moment to bind: asked again at once (every ask is an exec on the
-    # node, ~50 ms), for about 2 s. Waiting 0.2 s between asks was a quarter of a preflight.
-    for _ in range(PROBE_TRIES):
-        probe = ssh.run(from_conn, storage.port_probe(to_address, port, timeout_s=3), timeout=10)
-        if probe.ok or "refused" not in probe.stderr.lower():
+    """Probe one TCP port from one node to another, with a short-lived listener on the target.
+
+    A probe refused while the listener is still starting is asked again (every ask is an exec
+    on the node, ~50 ms; waiting 0.2 s between asks was a quarter of a preflight) until the
+    listener has been up for PROBE_WAIT_S: refused for that long means refused (a firewall
+    rejects it). A listener that ended without being reached (its exec failed, or it could not
+    bind) is started once more, and its reason is given with the probe's. The deadline is time,
+    not a count of asks: on a loaded node or inside a slow VM an exec can take far longer than
+    usual, and a count ran out before the listener had started (a preflight failed, refused,
+    on a lab whose ports were open)."""
+    probe, listener, failures = None, None, []
+    for _ in range(LISTEN_TRIES):
+        listener = _Listener(to_conn, to_address, port)
+        deadline = time.monotonic() + PROBE_WAIT_S
+        while True:
+            probe = ssh.run(from_conn, storage.port_probe(to_address, port, timeout_s=3),
+                            timeout=10)
+            if probe.ok or "refused" not in probe.stderr.lower():
+                break
+            if listener.ended() or time.monotonic() >= deadline:
+                break
+            threading.Event().wait(PROBE_RETRY_S)
+        failure = listener.join()
+        if probe.ok or failure is None:
             break
-        threading.Event().wait(PROBE_RETRY_S)
-    listener.join(12)
-    return storage.probe_result(probe.exited, probe.stderr)
+        failures.append(failure)
+    result = storage.probe_result(probe.exited, probe.stderr)
+    if result != "ok" and failures:
+        log.warning("port %s on %s: the probe's listener did not listen: %s", port,
+                    to_address, "; ".join(failures))
+        result = f"{result}; the listener on {to_address} did not listen: {failures[-1]}"
+    return result
+
+
+class _Listener:
+    """A port listener run on a node in a thread of its own (ssh.run blocks until it ends)."""
+
+    def __init__(self, conn, address, port):
+        self.outcome = None
+        self._thread = threading.Thread(target=self._listen, args=(conn, address, port),
+                                        name=f"listen-{port}", daemon=True)
+        self._thread.start()
+
+    def _listen(self, conn, address, port):
+        try:
+            self.outcome = ssh.run(conn, storage.port_listener(address, port, timeout_s=LISTEN_S),
+                                   timeout=LISTEN_S + 4)
+        except Exception as exc:  # noqa: BLE001 - reported by join(), beside the probe's text
+            self.outcome = exc
+
+    def ended(self) -> bool:
+        """True once the listener has stopped (reached, timed out or failed)."""
+        return not self._thread.is_alive()
+
+    def join(self) -> str | None:
+        """Wait for the listener; None when it listened (reached, or left to time out), else
+        why it did not listen."""
+        self._thread.join(LISTEN_S + 6)
+        outcome = self.outcome
+        if outcome is None:
+            return None if self._thread.is_alive() else "it ended without a word"
+        if isinstance(outcome, Exception):
+            return str(outcome)[:200]
+        if outcome.ok or outcome.exited == 124:  # 124: timeout(1) ended it, listening
+            return None
+        return storage.probe_result(outcome.exited, outcome.stderr)
 
 
 def _probe_ports(src_conn, dst_conn, source, destination, export_port: int) -> dict:

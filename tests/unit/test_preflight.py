@@ -6,7 +6,9 @@ no node can run here, and the lab tests (tests/lab/test_migration_lab.py) ask re
 else is real: the database, the stored reports, the generations, the checks.
 """
 import threading
+import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 
@@ -337,3 +339,74 @@ def test_it_probes_both_directions_at_once(monkeypatch):
     ports = preflight._probe_ports("ssh-1", "ssh-2", source, destination, 10809)
     assert ports == {49152: "ok", 10809: "ok"}
     assert overlapped == {"towards node2": True, "towards node1": True}
+
+
+class Port:
+    """One TCP port between two nodes, in memory, seen through the SSH connections _probe
+    uses: `listener` runs the destination's listener (it binds `bind_after` seconds after its
+    exec, as on a loaded node; its first `fail_starts` execs fail), `probe` the source's
+    connect. A firewall refuses every connect."""
+
+    REFUSED = "2026/11/30 socat[9] E connect(5, AF=2 10.0.0.2:49152, 16): Connection refused"
+
+    def __init__(self, bind_after=0.0, fail_starts=0, firewall=False):
+        self.bind_after, self.fail_starts, self.firewall = bind_after, fail_starts, firewall
+        self.bound, self.reached, self.starts = threading.Event(), threading.Event(), 0
+
+    def listener(self, line, timeout=None, **_):
+        assert "TCP-LISTEN:49152" in line
+        self.starts += 1
+        if self.starts <= self.fail_starts:
+            raise OSError("ChannelException(1, 'Administratively prohibited')")
+        time.sleep(self.bind_after)
+        self.bound.set()
+        reached = self.reached.wait(preflight.LISTEN_S)
+        self.bound.clear()
+        return SimpleNamespace(exited=0 if reached else 124, stdout="", stderr="")
+
+    def probe(self, line, timeout=None, **_):
+        assert "TCP:10.0.0.2:49152" in line
+        if self.bound.is_set() and not self.firewall:
+            self.reached.set()
+            return SimpleNamespace(exited=0, stdout="", stderr="")
+        return SimpleNamespace(exited=1, stdout="", stderr=self.REFUSED)
+
+    def __call__(self):
+        return preflight._probe(SimpleNamespace(host="node1", run=self.probe),
+                                SimpleNamespace(host="node2", run=self.listener), "10.0.0.2",
+                                49152)
+
+
+@pytest.fixture
+def short_listens(monkeypatch):
+    monkeypatch.setattr(preflight, "LISTEN_S", 3)
+
+
+def test_a_listener_slow_to_start_is_waited_for_not_taken_for_a_closed_port(short_listens):
+    """A loaded node (or a slow VM) took over a second to run the listener: forty quick asks
+    were over before it listened, and a preflight failed "Connection refused" on an open
+    port (CI, lvm1 -> node1)."""
+    port = Port(bind_after=1.0)
+    assert port() == "ok"
+    assert port.starts == 1
+
+
+def test_a_listener_that_did_not_start_is_started_again(short_listens):
+    port = Port(fail_starts=1)
+    assert port() == "ok"
+    assert port.starts == 2
+
+
+def test_a_listener_that_never_started_is_named_beside_the_refusal(short_listens):
+    port = Port(fail_starts=2)
+    result = port()
+    assert result.startswith("Connection refused; the listener on 10.0.0.2 did not listen:")
+    assert "Administratively prohibited" in result
+    assert port.starts == 2
+
+
+def test_a_port_refused_while_its_listener_listens_is_refused(short_listens, monkeypatch):
+    monkeypatch.setattr(preflight, "PROBE_WAIT_S", 0.5)
+    port = Port(firewall=True)
+    assert port() == "Connection refused"
+    assert port.starts == 1  # a listener that listened is not run again
