@@ -254,7 +254,8 @@ class FakeHost:
 
 
 def finish_migration(cluster, source, uuid, outcome):
-    """End a migration the way `outcome` says: done, aborted, both-running, stale-source."""
+    """End a migration the way `outcome` says: done, failed or aborted, left-paused (failed,
+    with a paused transient copy on the destination), both-running, stale-source."""
     src = cluster.node(source)
     dom = src.domains[uuid]
     dom.job = None
@@ -262,6 +263,10 @@ def finish_migration(cluster, source, uuid, outcome):
     dst = cluster.node(plan["destination"])
     if outcome == "aborted" or outcome == "failed":
         dst.domains.pop(uuid, None)
+        return
+    if outcome == "left-paused":  # failed; the destination's restarted libvirtd kept its half
+        dst.domains[uuid] = FakeDomain(xml=dom.xml, running=True, paused=True, persistent=False)
+        dom.paused = bool(plan.get("pause_source"))
         return
     for path, content in plan.get("copies", {}).items():
         dst.files[path] = src.files.get(content, b"")
@@ -299,7 +304,7 @@ class FakeMigration:
             raise SystemExit("the worker died")
         dom.job = {"type": 2}
         finish_migration(self.cluster, self.source, self.uuid, outcome)
-        if outcome in ("failed", "aborted"):
+        if outcome in ("failed", "aborted", "left-paused"):
             self.error = plan.get("error", "internal error: migration failed")
         self.done = True
 

@@ -452,6 +452,28 @@ class Migrate(Step):
                 if adopted.done:
                     break
                 adopted.wait(1.0)
+        drop_incoming_copy(move)
+
+
+def drop_incoming_copy(move: Move) -> None:
+    """Destroy the paused, transient copy a failed migration left on the destination.
+
+    When the destination's libvirtd dies during the copy and comes back, it keeps the
+    half-received incoming domain, paused and transient, though the migration failed and the
+    source runs on. That copy is this task's own (nothing else makes a transient domain of the
+    server there) and never ran as the server: it goes, so the pre-created disks can go too.
+    Only while the source runs with no job: a paused source (a ladder's pause, post-copy's
+    switch-over) leaves the two copies to a person.
+    """
+    at_src, at_dst = move.place("source"), move.place("destination")
+    if at_src.error or at_dst.error or not at_src.running or at_src.job_active:
+        return
+    if not (at_dst.defined and at_dst.paused and at_dst.persistent is False):
+        return
+    move.host("destination").destroy(move.server.uuid)
+    move.event("cleanup", f"Destroyed the paused incoming copy the failed migration left on "
+                          f"{move.destination.name}; {move.server.name} runs on "
+                          f"{move.source.name}.")
 
 
 def both_running(move: Move) -> None:

@@ -422,6 +422,32 @@ def test_a_failed_live_migration_leaves_the_server_running_on_its_source(world):
     assert_safe(cluster, task, True, "node1")
 
 
+def test_a_paused_incoming_copy_left_by_a_failed_migration_is_removed_with_its_disks(world):
+    """The destination's libvirtd was killed a quarter second into the copy (the fault matrix,
+    live:before:migrate x destination-libvirtd-kill): the migration failed, the source kept
+    running, and the restarted libvirtd kept the half-received incoming domain, paused and
+    transient. The rollback took it for a server the destination defines, kept the disks and
+    asked a person; the copy stayed paused on the destination for good."""
+    cluster, task = world(mode=status.MODE_LIVE, tpm=False)
+    cluster.migration_plan["outcome"] = "left-paused"
+    assert run(task, cluster) == status.MIGRATION_FAILED, task.error
+    assert "keeps running" in task.error
+    assert_safe(cluster, task, True, "node1")
+    assert UUID not in cluster.node("node2").domains
+    assert any("paused incoming copy" in e.message for e in task.events)
+
+
+def test_a_paused_copy_on_the_destination_is_kept_while_the_source_is_not_running(world):
+    """The rule is narrow: a source that does not run (paused by a ladder, or post-copy's
+    switch-over) leaves the destination's paused copy to a person."""
+    cluster, task = world(mode=status.MODE_LIVE, tpm=False)
+    cluster.migration_plan["outcome"] = "left-paused"
+    cluster.migration_plan["pause_source"] = True
+    assert run(task, cluster) == status.MIGRATION_ATTENTION
+    assert UUID in cluster.node("node2").domains  # nothing removed on either side
+    assert UUID in cluster.node("node1").domains
+
+
 def test_a_stale_shut_off_source_definition_is_undefined_once_the_destination_runs(world):
     cluster, task = world(mode=status.MODE_LIVE, tpm=False)
     cluster.migration_plan["outcome"] = "stale-source"  # defect 14
