@@ -11,7 +11,8 @@ Kinds:
   by a migration task for its source and its destination together.
 - ``server``: key = server id, one slot: a server is in one running task at most.
 - ``port``: key = compute resource id, slot = the TCP port an offline copy exports
-  its disks on, so two copies from one source never share a port.
+  its disks on, so two copies from one source never share a port; a preflight's port
+  probe holds one too (holder ``probe:…``) while its listener has the port.
 
 A task's claims are taken in one transaction, all or nothing. On SQLite that
 needs care: pysqlite starts transactions itself and lets a released SAVEPOINT
@@ -26,7 +27,9 @@ long reads and block the lease renewals' writes).
 from __future__ import annotations
 
 import logging
+import uuid
 from contextlib import contextmanager
+from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy import event
@@ -36,7 +39,7 @@ from sqlalchemy.pool import Pool
 
 from app.errors import FerryError
 from app.extensions import db
-from app.models import Claim
+from app.models import Claim, utcnow
 
 log = logging.getLogger("ferry.limits")
 
@@ -47,6 +50,7 @@ PORT = "port"
 TASK_KINDS = (RESOURCE, SERVER, PORT)  # everything a task holds, freed together
 
 EXPORT_PORT_FIRST, EXPORT_PORT_COUNT = 8081, 64
+PROBE_HOLD = timedelta(seconds=60)  # a preflight's port claim outlives its probe (~8 s at most)
 _SQLITE_BEGIN = "ferry_sqlite_begin"  # execution option: how a claim transaction begins
 
 
@@ -184,13 +188,29 @@ def claim_export_port(task_id: int, resource_id: int, first: int = EXPORT_PORT_F
     return port
 
 
-def next_export_port(resource_id: int, first: int = EXPORT_PORT_FIRST,
-                     count: int = EXPORT_PORT_COUNT) -> int:
-    """The port claim_export_port would give the next copy from `resource_id` now (read only:
-    the preflight probes it); `first` when every port is taken (the claim then says so)."""
-    taken = set(db.session.scalars(db.select(Claim.slot).filter_by(kind=PORT,
-                                                                    key=str(resource_id))))
-    return next((port for port in range(first, first + count) if port not in taken), first)
+def claim_probe_port(resource_id: int, first: int = EXPORT_PORT_FIRST,
+                     count: int = EXPORT_PORT_COUNT) -> tuple[int, str | None]:
+    """(port, holder): the export port a preflight probes on `resource_id`, claimed while it
+    probes so that no offline copy from that node claims it meanwhile (the probe's listener
+    holds the port for seconds; an export that tried to bind it failed, its server left on the
+    source). The lowest free port, the one the next copy would otherwise take, so the probe
+    tests the path the next copy uses. holder is None, and the port `first`, when every port
+    is taken (the copy's own claim then says so). Give it back with release_probe_port; a
+    claim its preflight never gave back (the process died) is dropped after PROBE_HOLD."""
+    holder = f"probe:{uuid.uuid4().hex[:16]}"
+    with _claim_transaction():
+        db.session.execute(db.delete(Claim).where(
+            Claim.kind == PORT, Claim.key == str(resource_id), Claim.holder.like("probe:%"),
+            Claim.at < utcnow() - PROBE_HOLD))
+        port = _try_insert(PORT, str(resource_id), range(first, first + count), holder)
+    return (first, None) if port is None else (port, holder)
+
+
+def release_probe_port(holder: str | None) -> None:
+    """Give back a probe's port claim (idempotent; None: nothing was claimed)."""
+    if holder:
+        db.session.execute(db.delete(Claim).filter_by(kind=PORT, holder=holder))
+        db.session.commit()
 
 
 def release_resources(task_id: int) -> None:

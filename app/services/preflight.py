@@ -278,8 +278,12 @@ def _between(servers, sources, destination, options, lent, measured) -> None:
         if source.id == destination.id:
             continue
         src = lent[source.id]
-        measured["probes"][source.name] = _probe_ports(src.ssh, dst.ssh, source, destination,
-                                                       limits.next_export_port(source.id))
+        port, holder = limits.claim_probe_port(source.id)
+        try:
+            measured["probes"][source.name] = _probe_ports(src.ssh, dst.ssh, source,
+                                                           destination, port)
+        finally:
+            limits.release_probe_port(holder)
         recent = recent_throughput(source.id, destination.id, max_age)
         if recent is None:
             recent, origin = _throughput(src.ssh, dst.ssh, destination), "probe"

@@ -1,5 +1,6 @@
 """Claims: slots of the concurrency limits, all or nothing, on SQLite and PostgreSQL alike."""
 import threading
+from datetime import timedelta
 
 import pytest
 
@@ -67,14 +68,43 @@ def test_it_gives_two_copies_from_one_source_different_ports(app_context):
     assert limits.claim_export_port(4, resource_id=4) == 8081
 
 
-def test_the_preflight_probes_the_port_the_next_copy_will_claim(app_context):
-    assert limits.next_export_port(4) == 8081
+def test_the_preflight_probes_the_port_the_next_copy_would_claim(app_context):
     limits.claim_export_port(1, resource_id=4)
     limits.claim_export_port(2, resource_id=4)
-    assert limits.next_export_port(4) == 8083  # what a third copy would get
-    assert limits.next_export_port(5) == 8081  # another source's ports are its own
-    limits.release_resources(1)
-    assert limits.next_export_port(4) == limits.claim_export_port(3, resource_id=4) == 8081
+    port, holder = limits.claim_probe_port(4)
+    assert port == 8083  # what a third copy would have got
+    assert limits.claim_probe_port(5)[0] == 8081  # another source's ports are its own
+    limits.release_probe_port(holder)
+    assert limits.claim_export_port(3, resource_id=4) == 8083
+
+
+def test_a_copy_that_starts_while_the_preflight_probes_takes_another_port(app_context):
+    """The probe's listener holds its port for seconds: an offline copy from the same node
+    that claimed that port meanwhile could not bind it and failed (tests/lab/
+    test_many_workers.py saw it). The probe claims the port while it probes."""
+    port, holder = limits.claim_probe_port(4)
+    assert port == 8081 and holder.startswith("probe:")
+    assert limits.claim_export_port(1, resource_id=4) == 8082
+    limits.release_probe_port(holder)
+    assert ("port", "4", holder) not in held()
+    assert limits.claim_export_port(2, resource_id=4) == 8081
+
+
+def test_a_probe_claim_its_preflight_never_gave_back_is_dropped_later(app_context):
+    _port, holder = limits.claim_probe_port(4)
+    claim = db.session.scalar(db.select(Claim).filter_by(holder=holder))
+    claim.at = claim.at - limits.PROBE_HOLD - timedelta(seconds=1)  # its process died
+    db.session.commit()
+    fresh, other = limits.claim_probe_port(4)
+    assert fresh == 8081 and other != holder
+    assert [h for h in held() if h[2] == holder] == []
+
+
+def test_a_probe_takes_nothing_when_every_port_is_taken(app_context):
+    limits.claim_export_port(1, resource_id=4, count=1)
+    assert limits.claim_probe_port(4, count=1) == (8081, None)
+    limits.release_probe_port(None)
+    assert held() == [("port", "4", "task:1")]
 
 
 def test_it_refuses_a_port_when_the_range_is_used_up(app_context):
