@@ -50,7 +50,7 @@ PORT = "port"
 TASK_KINDS = (RESOURCE, SERVER, PORT)  # everything a task holds, freed together
 
 EXPORT_PORT_FIRST, EXPORT_PORT_COUNT = 8081, 64
-PROBE_HOLD = timedelta(seconds=60)  # a preflight's port claim outlives its probe (~8 s at most)
+PROBE_HOLD = timedelta(seconds=120)  # longer than a probe can last (two listeners, ~30 s each)
 _SQLITE_BEGIN = "ferry_sqlite_begin"  # execution option: how a claim transaction begins
 
 
