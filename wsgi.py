@@ -1,6 +1,8 @@
 """WSGI entry point: `gunicorn wsgi:app`, `flask --app wsgi ...`."""
 import atexit
 import gc
+import sys
+
 
 # The collector would sweep every object built so far again and again while the app's
 # modules load, and once more at exit: a third of a CLI command's wall time
@@ -11,10 +13,10 @@ import gc
 # Files are still flushed and closed as the modules are torn down.
 gc.disable()
 try:
-    from app import create_app
+    from app import create_app, serves_pages
     from app.observability import logs
 
-    app = create_app()
+    app = create_app(pages=serves_pages(sys.argv))
     logs.configure(app.config["LOG_FORMAT"])  # text, or one JSON object per line
 finally:
     gc.freeze()

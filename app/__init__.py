@@ -9,9 +9,35 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MIGRATIONS = os.path.join(HERE, "db_migrations")
 
+# The `flask` commands that serve or show the pages; any other (`resources list`, `migrate`,
+# `db upgrade`, `--help`) builds the app without them (create_app(pages=False)).
+PAGE_COMMANDS = frozenset({"run", "routes", "shell"})
 
-def create_app(test_config=None):
-    """Build the app: config, extensions, blueprints, CLI commands."""
+
+def serves_pages(argv) -> bool:
+    """False only for a command of the `flask` command line that is not a page command: a
+    server (gunicorn), `python -c` or any other importer gets the whole app.
+
+    >>> serves_pages(["/srv/ferry/.venv/bin/flask", "--app", "wsgi", "resources", "list"])
+    False
+    >>> serves_pages(["flask", "--app", "wsgi", "run", "--port", "8080"])
+    True
+    >>> serves_pages(["/srv/ferry/.venv/bin/gunicorn", "wsgi:app"])
+    True
+    """
+    program = argv[0] if argv else ""
+    if os.path.basename(program) != "flask" and \
+            not program.endswith(os.path.join("flask", "__main__.py")):
+        return True
+    return bool(PAGE_COMMANDS.intersection(argv[1:]))
+
+
+def create_app(test_config=None, pages=True):
+    """Build the app: config, extensions, blueprints, CLI commands.
+
+    pages=False leaves out the pages and the API (their blueprints, their modules and the 62
+    URL rules werkzeug compiles one by one): a command of the `flask` command line that
+    serves no request does not pay for them (see serves_pages)."""
     app = Flask(
         __name__,
         instance_relative_config=True,
@@ -33,13 +59,9 @@ def create_app(test_config=None):
     csrf.init_app(app)
     login_manager.init_app(app)
 
-    from app import (api, auth, cli, dashboard, evacuations, jobs, matrix, migrations,
-                     observability, resources, servers)
-    from app.webhooks import events as webhook_events
-    from app.webhooks import views as hooks
-    for page in (auth, dashboard, resources, servers, jobs, api, hooks, observability,
-                 migrations, matrix, evacuations, webhook_events):
-        app.register_blueprint(page.bp)
+    if pages:
+        register_pages(app)
+    from app import cli
     cli.register(app)
 
     from app import templating
@@ -51,6 +73,17 @@ def create_app(test_config=None):
         return render_template("errors/403.html"), 403
 
     return app
+
+
+def register_pages(app):
+    """Every page, the API and the webhooks' endpoints."""
+    from app import (api, auth, dashboard, evacuations, jobs, matrix, migrations,
+                     observability, resources, servers)
+    from app.webhooks import events as webhook_events
+    from app.webhooks import views as hooks
+    for page in (auth, dashboard, resources, servers, jobs, api, hooks, observability,
+                 migrations, matrix, evacuations, webhook_events):
+        app.register_blueprint(page.bp)
 
 
 def read_without_a_transaction():

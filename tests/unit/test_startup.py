@@ -92,3 +92,65 @@ def test_the_migration_service_leaves_the_engine_to_the_process_that_runs_a_task
     assert "app.services.migration" in loaded
     assert not loaded & {"app.services.engine", "app.services.live", "app.services.offline",
                          "libvirt"}
+
+
+# The pages' and the API's modules, and their URL rules (werkzeug compiles each one): a
+# command that serves no request leaves them out (wsgi.serves_pages). `--help` and `db` too.
+PAGE_MODULES = ("app.api.views", "app.dashboard.views", "app.servers.views",
+                "app.webhooks.views", "app.migrations.views")
+
+
+def loaded_by(tmp_path, *argv):
+    """`flask --app wsgi ARGV` in a process that says, on its last stderr line, what it
+    loaded and which URL rules the app has."""
+    script = ("import atexit, sys\n"
+              "def report():\n"
+              "    import wsgi\n"
+              "    rules = ' '.join(r.rule for r in wsgi.app.url_map.iter_rules())\n"
+              "    print('LOADED', ' '.join(sys.modules), 'RULES', rules, file=sys.stderr)\n"
+              "atexit.register(report)\n"
+              "from flask.cli import main\n"
+              f"sys.argv = ['flask', '--app', 'wsgi', *{list(argv)!r}]\n"
+              "main()\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    loaded, rules = proc.stderr.rsplit("LOADED", 1)[1].split("RULES")
+    return proc, set(loaded.split()), set(rules.split())
+
+
+def test_a_command_that_serves_no_request_builds_the_app_without_its_pages(tmp_path):
+    assert flask_cli(tmp_path, "db", "upgrade").returncode == 0
+    proc, loaded, rules = loaded_by(tmp_path, "resources", "list")
+    assert proc.returncode == 0, proc.stderr
+    assert "app.cli.inventory" in loaded
+    assert not [m for m in PAGE_MODULES if m in loaded]
+    assert rules == {"/static/<path:filename>"}
+
+
+def test_the_page_commands_and_every_other_importer_get_the_whole_app(tmp_path):
+    proc, loaded, rules = loaded_by(tmp_path, "routes")
+    assert proc.returncode == 0, proc.stderr
+    assert any(r.startswith("/api/") for r in rules) and any(r.startswith("/hooks/")
+                                                             for r in rules), rules
+    assert all(m in loaded for m in PAGE_MODULES)
+    imported = subprocess.run([sys.executable, "-c", "import wsgi; print(len(list("
+                               "wsgi.app.url_map.iter_rules())))"], cwd=ROOT,
+                              env=environment(tmp_path), capture_output=True, text=True,
+                              timeout=120)
+    assert int(imported.stdout) > 50, imported.stderr  # gunicorn's `wsgi:app` is whole too
+
+
+def test_it_tells_a_page_command_from_the_others():
+    import doctest
+
+    import app
+    runner = doctest.DocTestRunner()
+    for example in doctest.DocTestFinder().find(app.serves_pages, "serves_pages",
+                                                globs={"serves_pages": app.serves_pages}):
+        runner.run(example)
+    assert (runner.tries, runner.failures) == (3, 0)
+    assert app.serves_pages(["/usr/lib/python3/dist-packages/flask/__main__.py", "run"])
+    assert not app.serves_pages(["/x/.venv/lib/python3.11/site-packages/flask/__main__.py",
+                                 "--app", "wsgi", "migrate", "web-1", "--to", "node2"])
+    assert app.serves_pages(["-c"])
+    assert not app.serves_pages(["flask", "--app", "wsgi", "--help"])
