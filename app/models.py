@@ -43,6 +43,22 @@ class UTCDateTime(db.TypeDecorator):
         return value.replace(tzinfo=timezone.utc) if value is not None else None
 
 
+class Document(db.TypeDecorator):
+    """JSON that SQL reads into: jsonb on PostgreSQL, which reads one value of a document
+    without parsing all of it again (json did, for every value read); JSON text elsewhere.
+    PostgreSQL's types are imported only when PostgreSQL is used (40 ms at start-up)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        """jsonb on PostgreSQL, the plain JSON type elsewhere."""
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
 resource_ip_blocks = db.Table(
     "compute_resource_ip_block",
     db.Column("compute_resource_id", ForeignKey("compute_resource.id", ondelete="CASCADE"),
@@ -65,7 +81,7 @@ class ComputeResource(db.Model):
     host_key_fingerprint: Mapped[str | None] = mapped_column(String(100))  # SHA256:...
     status: Mapped[str] = mapped_column(String(20), default=status.RESOURCE_ACTIVE)
     status_reason: Mapped[str | None] = mapped_column(Text)
-    facts: Mapped[dict] = mapped_column(JSON, default=dict)
+    facts: Mapped[dict] = mapped_column(Document, default=dict)
     storage_tags: Mapped[list] = mapped_column(JSON, default=list)
     backup_dir: Mapped[str] = mapped_column(String(1024), default="/var/lib/ferry/backups")
     last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
