@@ -46,7 +46,8 @@ def last_seen(now=None):
 
 
 @functools.cache  # the dashboard asks on every load and poll: built once, on first use
-def _newest_beat():
+def newest_beat():
+    """When the freshest worker was last seen (one row; None when none is remembered)."""
     return db.select(db.func.max(WorkerHeartbeat.seen_at))
 
 
@@ -55,7 +56,11 @@ def silent_for(now=None, after=SILENT_AFTER_S):
 
     math.inf when no worker was ever seen (or all were forgotten).
     """
-    seen = db.session.scalar(_newest_beat())
+    return silence(db.session.scalar(newest_beat()), now, after)
+
+
+def silence(seen, now=None, after=SILENT_AFTER_S):
+    """silent_for, from the newest beat `seen` read by the caller (None: no worker ever seen)."""
     newest = math.inf if seen is None else max(0.0, ((now or utcnow()) - seen).total_seconds())
     return newest if newest > after else None
 

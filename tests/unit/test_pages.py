@@ -223,16 +223,39 @@ def test_the_dashboard_runs_a_fixed_number_of_queries_and_clamps_the_page(app, c
     login(client, "charlie")
     grow(app, "d", resources=60, servers=300, migrations=3)
     statements, page = queries_of(app, client, "/")
-    # the user, the page of resources with their counts and the total, the running
-    # migrations with their names, the jobs, the workers' last beat
-    assert len(statements) == 5, statements
+    # the user, the page of resources with their counts and the total, and in one query the
+    # running migrations with their names, the jobs and the workers' last beat
+    assert len(statements) == 3, statements
     assert page.count("/migrations/tasks/") == 3 and "1–50 of 60 compute resources" in page
     for name, counts in (("d000", "0 running / 5"), ("d001", "5 running / 5")):
         row = page[page.index(f'data-resource="{name}"'):]  # d000: servers 0, 60, ... 240
         assert counts in row[:row.index("</tr>")]  # (every third server is stopped)
     statements, last = queries_of(app, client, "/?page=99")  # past the end: the last page
     assert last.count("<tr data-resource=") == 10 and "51–60 of 60" in last
-    assert len(statements) == 7  # the empty page, the count, the last page
+    assert len(statements) == 5  # the empty page, the count, the last page
+
+
+def test_the_dashboard_lists_its_jobs_newest_first_and_its_migrations_in_order(app, client,
+                                                                              charlie, login):
+    # The running migrations, the recent jobs and the last beat come back from one query whose
+    # parts have no order of their own: each list must still be in its order, and complete.
+    from app.dashboard.views import JOBS_SHOWN, MIGRATIONS_SHOWN
+    from app.models import Job
+    grow(app, "o", resources=2, servers=MIGRATIONS_SHOWN + 2, migrations=MIGRATIONS_SHOWN + 2)
+    with app.app_context():
+        db.session.add_all(Job(name=f"job-{i:02d}", status=status.JOB_FINISHED,
+                               created_at=datetime.now(timezone.utc) - timedelta(minutes=i))
+                           for i in range(JOBS_SHOWN + 3))
+        db.session.commit()
+        ids = db.session.scalars(db.select(MigrationTask.id).order_by(MigrationTask.id)).all()
+    login(client, "charlie")
+    page = client.get("/").get_data(as_text=True)
+    links = [int(piece.split('"')[0]) for piece in page.split("/migrations/tasks/")[1:]]
+    assert links == ids[:MIGRATIONS_SHOWN]
+    assert f"{MIGRATIONS_SHOWN} of {MIGRATIONS_SHOWN + 2} shown" in page
+    names = [piece.split("<")[0] for piece in page.split(" job-")[1:]]
+    assert names == [f"{i:02d}" for i in range(JOBS_SHOWN + 2, 2, -1)]  # the last 8 added
+    assert "10 min ago" in page and "No worker has ever been seen" in page
 
 
 def test_the_dashboard_polls_read_only_their_part(app, client, charlie, login):
