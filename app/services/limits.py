@@ -71,8 +71,12 @@ def _end_sqlite_claim(conn):
     """Give the connection back its usual pysqlite handling once the claim transaction ends.
 
     Runs just before the COMMIT/ROLLBACK, which pysqlite still issues: it asks SQLite
-    whether a transaction is open, not its own setting.
+    whether a transaction is open, not its own setting. It leaves any other connection, and
+    one the database dropped, untouched: reading `conn.connection` of a dropped one tries to
+    reconnect mid-transaction, and the rollback that must clean up after it would raise.
     """
+    if conn.dialect.name != "sqlite" or conn.invalidated:
+        return
     if conn.connection.info.pop(_SQLITE_BEGIN, False):
         conn.connection.dbapi_connection.isolation_level = ""
 
