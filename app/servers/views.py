@@ -6,7 +6,7 @@ from typing import NamedTuple
 from flask import Blueprint, render_template, request
 from flask_login import current_user
 from markupsafe import Markup, escape
-from sqlalchemy import bindparam, func
+from sqlalchemy import bindparam, cast, func, literal_column, null, union_all
 
 from app import status
 from app.extensions import db
@@ -96,31 +96,52 @@ def count_query(filters: Filters):
     return db.select(func.count(Server.id)).where(*filters.where())
 
 
-@functools.cache  # built once
-def disks_query():
+@functools.cache  # built once per choice
+def disks_query(with_resources: bool):
     """The disks of the servers `ids` (an expanding bind), by server on its index (joined to
-    the page instead, PostgreSQL hashed every disk of the fleet)."""
-    return (db.select(Disk.server_id, Disk.target, Disk.format, Disk.path, Disk.virtual_size,
-                      Disk.allocation)
-            .where(Disk.server_id.in_(bindparam("ids", expanding=True)))
-            .order_by(Disk.target, Disk.id))
+    the page instead, PostgreSQL hashed every disk of the fleet); with_resources: and every
+    compute resource's id and name for the filter, in the same query (each read was its own
+    round trip). Rows are (server_id, id, name, format, path, virtual_size, allocation): a
+    disk's name is its target; a compute resource has no server_id and NULL for the rest."""
+    disks = db.select(Disk.server_id, Disk.id, Disk.target.label("name"), Disk.format,
+                      Disk.path, Disk.virtual_size, Disk.allocation).where(
+        Disk.server_id.in_(bindparam("ids", expanding=True)))
+    if not with_resources:
+        return disks.order_by(Disk.target, Disk.id)
+    nothing = {key: cast(null(), column.type).label(key) for key, column in (
+        ("server_id", Disk.server_id), ("format", Disk.format), ("path", Disk.path),
+        ("virtual_size", Disk.virtual_size), ("allocation", Disk.allocation))}
+    resources = db.select(nothing["server_id"], ComputeResource.id, ComputeResource.name,
+                          nothing["format"], nothing["path"], nothing["virtual_size"],
+                          nothing["allocation"])
+    # Disks by target, resources by name: one order for both, in the database's collation.
+    return union_all(disks, resources).order_by(literal_column("name"), literal_column("id"))
 
 
-def server_page(filters: Filters, values: dict, page: int, page_size: int = PAGE_SIZE
-                ) -> tuple[tuple[ServerRow, ...], int | None]:
+def server_page(filters: Filters, values: dict, page: int, page_size: int = PAGE_SIZE,
+                with_resources: bool = False
+                ) -> tuple[tuple[ServerRow, ...], int | None, tuple | None]:
     """Page `page` of the servers matching `filters` (their `values`), with their compute
     resource's name and their disks, and how many servers match: two queries whatever the
-    size of the fleet. A page past the end: ((), None)."""
-    rows = db.session.execute(page_query(filters), {
+    size of the fleet. with_resources: and every compute resource's (id, name), read with
+    the disks (else None). A page past the end: ((), None, ...)."""
+    conn = db.session.connection()
+    rows = conn.execute(page_query(filters), {
         **values, "page_size": page_size, "skip": (page - 1) * page_size}).all()
     disks = {row[0]: [] for row in rows}
-    if disks:
-        for server_id, *disk in db.session.execute(disks_query(), {"ids": list(disks)}):
-            disks[server_id].append(DiskRow(*disk))
+    resources = [] if with_resources else None
+    if disks or with_resources:
+        for server_id, row_id, name, *disk in conn.execute(disks_query(with_resources),
+                                                           {"ids": list(disks)}):
+            if server_id is None:
+                resources.append((row_id, name))
+            else:
+                disks[server_id].append(DiskRow(name, *disk))
     servers = tuple(ServerRow(*columns, ResourceName(resource_id, resource_name)
                               if resource_id is not None else None, tuple(disks[columns[0]]))
                     for *columns, resource_id, resource_name, _ in rows)
-    return servers, (rows[0][-1] if rows else None)
+    return (servers, (rows[0][-1] if rows else None),
+            None if resources is None else tuple(resources))
 
 
 @bp.route("/")
@@ -133,12 +154,16 @@ def index():
     filters = Filters(state in status.SERVER_STATES, bool(resource_id), bool(q))
     values = {"state": state, "resource": resource_id,
               "pattern": like_pattern(q.replace("\x00", ""))}
-    servers, total = server_page(filters, values, page)
+    # The filter form swaps only the table; a full load or a bookmark gets the page around it,
+    # with the compute resources to filter by.
+    whole = not (request.headers.get("HX-Request")
+                 and request.headers.get("HX-Target") == "servers-table")
+    servers, total, resources = server_page(filters, values, page, with_resources=whole)
     if total is None and page > 1:  # a page past the end (a stale link, a narrower filter)
         total = db.session.scalar(count_query(filters), values)
         if total:
             page = -(-total // PAGE_SIZE)
-            servers, _ = server_page(filters, values, page)
+            servers, _, resources = server_page(filters, values, page, with_resources=whole)
     total = total or 0
     pages = max(1, -(-total // PAGE_SIZE))
     page = min(page, pages)
@@ -148,23 +173,15 @@ def index():
         "last": (page - 1) * PAGE_SIZE + len(servers),
         "state": state, "resource_id": resource_id, "q": q,
     }
-    # The filter form swaps only the table; a full load or a bookmark gets the page around it,
-    # with the compute resources to filter by. The table is rendered on its own and placed in
-    # the page as one piece: included, each of its few thousand fragments went up through the
-    # page's and the layout's templates. The same rows, unchanged, render from a cache.
+    # The table is rendered on its own and placed in the page as one piece: included, each of
+    # its few thousand fragments went up through the page's and the layout's templates. The
+    # same rows, unchanged, render from a cache.
     table = render_fragment("servers/_table.html",
                             selectable=current_user.has_role(status.ROLE_OPERATOR), **context)
-    if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "servers-table":
+    if not whole:
         return table
-    resources = db.session.execute(resources_query())
     return render_template("servers/index.html", table=table,
-                           resource_options=options(tuple(resources), resource_id), **context)
-
-
-@functools.cache  # built once
-def resources_query():
-    """Every compute resource's id and name, for the filter."""
-    return db.select(ComputeResource.id, ComputeResource.name).order_by(ComputeResource.name)
+                           resource_options=options(resources, resource_id), **context)
 
 
 @functools.lru_cache(maxsize=16)  # keyed by every (id, name) it lists: never stale
