@@ -16,7 +16,8 @@ try:
     from app import create_app, serves_pages
     from app.observability import logs
 
-    app = create_app(pages=serves_pages(sys.argv))
+    serving = serves_pages(sys.argv)
+    app = create_app(pages=serving, serving=serving)
     logs.configure(app.config["LOG_FORMAT"])  # text, or one JSON object per line
 finally:
     gc.freeze()

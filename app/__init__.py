@@ -32,12 +32,13 @@ def serves_pages(argv) -> bool:
     return bool(PAGE_COMMANDS.intersection(argv[1:]))
 
 
-def create_app(test_config=None, pages=True):
+def create_app(test_config=None, pages=True, serving=False):
     """Build the app: config, extensions, blueprints, CLI commands.
 
     pages=False leaves out the pages and the API (their blueprints, their modules and the 62
     URL rules werkzeug compiles one by one): a command of the `flask` command line that
-    serves no request does not pay for them (see serves_pages)."""
+    serves no request does not pay for them (see serves_pages). serving=True: the app of a
+    web server, whose pooled database connections are pinged only after resting (dbping)."""
     app = Flask(
         __name__,
         instance_relative_config=True,
@@ -52,7 +53,15 @@ def create_app(test_config=None, pages=True):
     security.register(app)  # ProxyFix, session cookie, security headers on every response
 
     from app.extensions import csrf, db, login_manager
+    if serving:
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+            **app.config["SQLALCHEMY_ENGINE_OPTIONS"], "pool_pre_ping": False}
     db.init_app(app)
+    if serving:
+        from app.infra import dbping
+        with app.app_context():
+            for engine in db.engines.values():
+                dbping.ping_after_idle(engine)
     app.before_request(read_without_a_transaction)  # before the guard loads the user
     from app.schema import schema_cli
     app.cli.add_command(schema_cli)  # `flask db`: alembic is imported only when it runs
