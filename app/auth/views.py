@@ -1,9 +1,11 @@
 """Login and logout pages; the request guard that enforces login, roles and CSRF."""
+import functools
 import re
 from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_user, logout_user
+from sqlalchemy import bindparam
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app import access, status  # access: registers the API token loader with Flask-Login
@@ -25,6 +27,11 @@ MACHINE_PATHS = ("/api/", "/hooks/")
 MACHINE_ENDPOINTS = {"observability.metrics", "observability.healthz"}
 
 
+@functools.cache  # every page asks: built once (session.get built its query on each call)
+def _user_by_id():
+    return db.select(User).where(User.id == bindparam("user_id"))
+
+
 @login_manager.user_loader
 def load_user(session_id):
     """Find the signed-in user from the session cookie ("<id>:<epoch>", see User.get_id).
@@ -35,7 +42,7 @@ def load_user(session_id):
     user_id, _, epoch = session_id.partition(":")
     if not (user_id.isdigit() and epoch.isdigit()):
         return None  # a cookie from before epochs existed: sign in again
-    user = db.session.get(User, int(user_id))
+    user = db.session.scalars(_user_by_id(), {"user_id": int(user_id)}).first()
     if user is None or not user.is_active or user.session_epoch != int(epoch):
         return None
     return user
