@@ -185,8 +185,8 @@ class JobRow(NamedTuple):
 
 @functools.cache  # built once, on first use: building it cost more than running it
 def short_lists_query(shown: int = MIGRATIONS_SHOWN, jobs: int = JOBS_SHOWN):
-    """The dashboard's short reads in one query (each its own round trip, they were 40 % of the
-    page's time in the database): the first `shown` active migration tasks with their server's
+    """The dashboard's short reads in one query (each its own round trip, they were a third of
+    the page's time in the database): the first `shown` active migration tasks with their server's
     and nodes' names and how many are active (a window count), the last `jobs` jobs, and one
     row with the newest worker beat. Rows are (kind, id, status, name, source, destination,
     at, total); what a kind does not have is NULL, cast so that every backend reads the types
