@@ -55,16 +55,8 @@ def test_it_still_offers_the_schema_commands_and_upgrades_the_schema(tmp_path):
 
 def test_it_lists_the_compute_resources_without_the_modules_only_some_commands_use(tmp_path):
     assert flask_cli(tmp_path, "db", "upgrade").returncode == 0
-    # `flask --app wsgi resources list` itself, in a process that says what it loaded
-    script = ("import atexit, sys\n"
-              "atexit.register(lambda: print('LOADED', ' '.join(sys.modules), file=sys.stderr))\n"
-              "from flask.cli import main\n"
-              "sys.argv = ['flask', '--app', 'wsgi', 'resources', 'list']\n"
-              "main()\n")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+    proc, loaded, _ = loaded_by(tmp_path, "resources", "list")  # (defined below)
     assert proc.returncode == 0, proc.stderr
-    loaded = set(proc.stderr.rsplit("LOADED", 1)[1].split())
     assert "app.models" in loaded and "app.cli.inventory" in loaded
     assert not [m for m in NOT_AT_START if m in loaded]
 
