@@ -26,7 +26,6 @@ PAGE_SIZE = 50  # compute resources per page: a fleet of hundreds is read a page
 MIGRATIONS_SHOWN = 20  # running migrations listed; an evacuation's hundred are on its page
 JOBS_SHOWN = 8
 MIGRATION_KIND, JOB_KIND, BEAT_KIND = "migration", "job", "beat"  # the short lists' rows
-UNREAD = object()  # worker_state: the newest beat was not read by the caller
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ def index():
     resources or workers (htmx's polls) reads and renders that part only."""
     fragment = request.args.get("fragment") if request.headers.get("HX-Request") else None
     if fragment == "workers":
-        return render_template("dashboard/_workers.html", **worker_state())
+        return render_template("dashboard/_workers.html", **worker_state(workers.silent_for()))
     rows, pager = resource_page(request.args.get("page", 1, type=int))
     # The table is rendered on its own and placed in the page as one piece (included, each of
     # its fragments went up through the page's and the layout's templates); the same rows,
@@ -153,13 +152,12 @@ def index():
     migrations, migrations_total, jobs, seen = short_lists()
     return render_template("dashboard/index.html", resources_table=table, pager=pager,
                            migrations=migrations, migrations_total=migrations_total,
-                           jobs=jobs, **worker_state(seen))
+                           jobs=jobs, **worker_state(workers.silence(seen)))
 
 
-def worker_state(seen=UNREAD) -> dict:
-    """What the banner about workers needs: seconds of silence (None while one is fresh), from
-    the newest beat `seen` when the caller read it."""
-    silence = (workers.silent_for() if seen is UNREAD else workers.silence(seen))
+def worker_state(silence) -> dict:
+    """What the banner about workers needs, from the seconds of silence (None while a worker is
+    fresh, math.inf when none was ever seen: services.workers.silence)."""
     return {"worker_silence": silence, "worker_never_seen": silence == math.inf}
 
 

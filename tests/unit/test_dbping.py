@@ -1,6 +1,7 @@
 """The web server's pooled connections to PostgreSQL are pinged after resting, not on every
 checkout (app.infra.dbping): a connection the database dropped while it rested is replaced
 before a request uses it; one used a moment ago is not asked again. Real PostgreSQL."""
+import importlib
 import time
 
 import pytest
@@ -63,6 +64,25 @@ def test_a_connection_used_a_moment_ago_is_not_pinged_again(engine):
         backend(engine)
     assert failed.value.connection_invalidated
     assert backend(engine) != first
+
+
+def test_a_transaction_on_a_dropped_connection_rolls_back(engine):
+    # The claims' rollback listener (app.services.limits, on every engine) read the connection
+    # of every rollback; on one the database had dropped, that read tried to reconnect inside
+    # the failed transaction and the rollback itself raised PendingRollbackError: a request's
+    # teardown or a job's clean-up after a database restart failed a second time.
+    importlib.import_module("app.services.limits")  # registers the listener this is about
+    conn = engine.connect()
+    first = conn.scalar(text("SELECT pg_backend_pid()"))
+    drop(first)
+    with pytest.raises(exc.OperationalError) as dropped:
+        conn.scalar(text("SELECT 1"))
+    assert dropped.value.connection_invalidated
+
+    conn.rollback()
+    conn.close()
+
+    assert backend(engine) != first  # and the pool hands out a working connection
 
 
 def test_only_a_serving_app_pings_after_rest(tmp_path):
