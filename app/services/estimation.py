@@ -228,7 +228,9 @@ def live_estimate(series: Sequence["JobStats"],
                   downtime_ms: float = DEFAULT_DOWNTIME_MS,
                   max_passes: int = DEFAULT_MAX_PASSES,
                   resume_ms: float = DEFAULT_RESUME_MS,
-                  link_bps: Optional[float] = None) -> Optional[Estimate]:
+                  link_bps: Optional[float] = None,
+                  disk_data_bytes: Optional[float] = None,
+                  memory_bytes: Optional[float] = None) -> Optional[Estimate]:
     """Re-estimate the time still to go from recent jobStats samples (oldest first).
 
     Bandwidth is measured from data_processed over the samples of the current
@@ -240,7 +242,13 @@ def live_estimate(series: Sequence["JobStats"],
     full pages among those scanned (zero pages cost a few bytes each). During
     the disk copy, whose zero blocks count as processed at any speed, the
     memory to come is sent at no more than `link_bps` (the throughput measured
-    between the nodes) when given. Returns None with fewer than two samples.
+    between the nodes) when given. With `disk_data_bytes` (the data the disks hold, their
+    allocation) and `link_bps` both known, the disk copy's own rate is not used at all: its
+    first samples include libvirt's set-up (a 7 s move was once estimated at 50 s there) and
+    its zero blocks then count at any speed, so what is left of the disks' data (their share
+    still to copy) and then the memory go at the link's rate. `memory_bytes`, the guest's
+    memory, stands in for libvirt's memory total while that is still 0 (during the disk
+    copy). Returns None with fewer than two samples.
 
     Worked example: two samples 1 s apart, 100 MiB processed in between, RAM
     phase, 200 MiB remaining, no dirtying: 200 MiB / 100 MiB/s = 2 s (+ 50 ms
@@ -257,25 +265,15 @@ def live_estimate(series: Sequence["JobStats"],
     if len(series) < 2:
         return None
     last = series[-1]
-    # The rate is measured within the current phase: the disk copy counts its zero blocks as
-    # processed (a 1 GiB sparse disk ends with ~1 GiB in half a second), which says nothing
-    # about how fast memory will go. Right after the switch to RAM, with one sample of it,
-    # libvirt's own memory bandwidth stands in.
-    phase = [s for s in series if s.ram_phase == last.ram_phase]
-    if len(phase) >= 2:
-        series = phase
-    elif last.ram_phase and last.memory_bps > 0:
-        series = [last]
-    first = series[0]
-    rates = []
-    for a, b in zip(series, series[1:]):
-        dt = (b.time_elapsed_ms - a.time_elapsed_ms) / 1000.0
-        if dt > 0:
-            rates.append(max(b.data_processed - a.data_processed, 0) / dt)
-    span = (last.time_elapsed_ms - first.time_elapsed_ms) / 1000.0
-    rate = (last.data_processed - first.data_processed) / span if span > 0 else 0.0
-    if rate <= 0:
-        rate = float(last.memory_bps)
+    series, rate, rates = _phase_rate(series, link_bps)
+    disk_left, memory_left = last.disk_remaining, _memory_left(last)
+    if not last.ram_phase and memory_bytes:  # libvirt counts memory once the RAM phase begins
+        memory_left = max(memory_left, memory_bytes)
+    by_link = bool(link_bps and disk_data_bytes is not None and not last.ram_phase)
+    if by_link:  # the disk copy: its data share, then the memory, at the link's rate
+        rate, rates = float(link_bps), []
+        if last.disk_total > 0:
+            disk_left = disk_data_bytes * min(1.0, last.disk_remaining / last.disk_total)
     if rate <= 0:
         return Estimate(math.inf, math.inf, math.inf, math.inf, False, 0,
                         "No data moved in the recent samples: no estimate.")
@@ -283,10 +281,8 @@ def live_estimate(series: Sequence["JobStats"],
     slow = min(min((r for r in rates if r > 0), default=rate), rate * (1 - MIN_LIVE_SPREAD))
     dirty = sum(s.memory_dirty_rate_bps for s in series) / len(series)
 
-    disk_left, memory_left = last.disk_remaining, _memory_left(last)
-
     def go(r: float, d: float) -> tuple[float, _Passes]:
-        memory_rate = min(r, link_bps) if link_bps and not last.ram_phase else r
+        memory_rate = min(r, link_bps) if link_bps and not last.ram_phase and not by_link else r
         mem = _memory_passes(memory_left, memory_rate, d, downtime_ms, max_passes,
                              resume_ms, cap_bytes=max(last.memory_total, memory_left))
         return disk_left / r + mem.seconds + resume_ms / 1000.0, mem
@@ -298,16 +294,61 @@ def live_estimate(series: Sequence["JobStats"],
     return _estimate(seconds, low, high, mem, verdict, verdict.reason)
 
 
+def _phase_rate(series: Sequence["JobStats"], link_bps: Optional[float]
+                ) -> tuple[Sequence["JobStats"], float, list[float]]:
+    """The samples of the current phase, the rate over them and over each interval.
+
+    The rate is measured within the current phase: the disk copy counts its zero blocks as
+    processed (a 1 GiB sparse disk ends with ~1 GiB in half a second), which says nothing
+    about how fast memory will go. Right after the switch to RAM, with one sample of it,
+    libvirt's own memory bandwidth stands in, and without it the link's measured rate (the
+    rate over the disk copy's zero blocks said 0.2 s were left of 6: bench link_eta).
+    """
+    last = series[-1]
+    phase = [s for s in series if s.ram_phase == last.ram_phase]
+    if len(phase) >= 2:
+        series = phase
+    elif last.ram_phase and last.memory_bps > 0:
+        series = [last]
+    elif last.ram_phase and link_bps:
+        return [last], float(link_bps), []
+    first = series[0]
+    rates = []
+    for a, b in zip(series, series[1:]):
+        dt = (b.time_elapsed_ms - a.time_elapsed_ms) / 1000.0
+        if dt > 0:
+            rates.append(max(b.data_processed - a.data_processed, 0) / dt)
+    span = (last.time_elapsed_ms - first.time_elapsed_ms) / 1000.0
+    rate = (last.data_processed - first.data_processed) / span if span > 0 else 0.0
+    return series, rate if rate > 0 else float(last.memory_bps), rates
+
+
+# Early in the first pass the share of full pages found so far says little (a guest's low
+# memory is often all zeros: a move estimated at 0.1 s left, 1.5 s into 7.4 s, bench link_eta):
+# the share is taken as if this many of the guest's pages had already been found full, so it
+# starts at "all of it", as the preflight assumes, and follows what QEMU finds as it scans.
+FIRST_PASS_PRIOR = 1 / 16
+
+
 def _memory_left(last: "JobStats") -> float:
     """The memory still to send, as of the latest sample: all of it during the disk copy; in
     the RAM phase what libvirt reports, in the first pass in the proportion of full pages found
     so far (it skips zero pages, a few bytes each; later passes resend dirtied pages, which
-    are not zero)."""
+    are not zero), that proportion starting from all full (FIRST_PASS_PRIOR).
+
+    >>> from app.services.ladder import JobStats
+    >>> first = dict(memory_total=128 * MIB, memory_remaining=120 * MIB, memory_iteration=1)
+    >>> round(_memory_left(JobStats(memory_constant=2048, **first)) / MIB)  # 8 MiB all zero
+    60
+    >>> round(_memory_left(JobStats(memory_constant=22528, memory_normal=6144, **first)) / MIB)
+    32
+    """
     if not last.ram_phase:
         return last.memory_total
     scanned = last.memory_constant + last.memory_normal
     if last.memory_iteration <= 1 and scanned > 0:
-        return last.memory_remaining * last.memory_normal / scanned
+        prior = last.memory_total / last.memory_page_size * FIRST_PASS_PRIOR
+        return last.memory_remaining * (last.memory_normal + prior) / (scanned + prior)
     return last.memory_remaining
 
 

@@ -137,21 +137,28 @@ def test_it_measures_the_ram_phase_rate_without_the_disk_copy_before_it():
     rate = (1057 - 1033) * MIB / 1.057  # the RAM phase's own samples
     assert e.seconds == pytest.approx(205 * MIB / rate + 0.05)
     assert 8 < e.seconds < 10
-    # Right after the switch a single RAM sample has no interval: libvirt's own figure.
+    # Right after the switch a single RAM sample has no interval: libvirt's own figure, and
+    # without one the link's measured rate.
     first = live_estimate(series[:2] + [replace(series[2], memory_bps=22 * MIB)])
     assert first.seconds == pytest.approx(239 / 22 + 0.05, rel=0.01)
+    linked = live_estimate(series[:3], link_bps=20 * MIB)
+    assert linked.seconds == pytest.approx(239 / 20 + 0.05, rel=0.01)
 
 
 def test_it_counts_the_first_pass_zero_pages_as_nearly_free():
     # First pass of an idle 256 MiB guest: of the pages scanned so far three in four were
     # zero (QEMU sends a few bytes for each), so of the 200 MiB left about 50 MiB will be
-    # sent: 2.5 s at 20 MiB/s, not 10 s (bench link_eta: +75 % at 25 % for this guest).
+    # sent, not 200 (bench link_eta: +75 % at 25 % for this guest). The share found so far
+    # counts as if a sixteenth of the guest's pages (4096) had been found full: 47 MiB scanned
+    # make (3000 + 4096) / (12000 + 4096) of the 200 MiB, 88 MiB; 188 MiB scanned, 62 MiB.
     ram = dict(memory_total=256 * MIB, memory_iteration=1, memory_constant=9000,
                memory_normal=3000, memory_remaining=200 * MIB)
     series = [sample(1000, 0, memory_processed=MIB, **ram),
               sample(2000, 20 * MIB, memory_processed=21 * MIB, **ram)]
     e = live_estimate(series)
-    assert e.seconds == pytest.approx(50 / 20 + 0.05)
+    assert e.seconds == pytest.approx(200 * 7096 / 16096 / 20 + 0.05)
+    more = [replace(s, memory_constant=36000, memory_normal=12000) for s in series]
+    assert live_estimate(more).seconds == pytest.approx(200 * 16096 / 52096 / 20 + 0.05)
     # From the second pass on, what is left is the dirtied set: it is sent in full.
     later = [replace(s, memory_iteration=2) for s in series]
     assert live_estimate(later).seconds == pytest.approx(200 / 20 + 0.05)
@@ -173,3 +180,23 @@ def test_during_the_disk_copy_memory_is_estimated_at_no_more_than_the_link_carri
     ram = [replace(s, memory_processed=s.data_processed, memory_remaining=100 * MIB,
                    memory_iteration=2, disk_remaining=0) for s in series]
     assert live_estimate(ram, link_bps=23 * MIB).seconds == pytest.approx(100 / 1000 + 0.05)
+
+
+def test_during_the_disk_copy_the_disks_data_and_the_memory_go_at_the_links_rate():
+    # A lab move's first samples (bench link_eta, 200 Mbit/s): libvirt's set-up, then 1 GiB
+    # of mostly sparse disk counted at any speed. The disk copy's own rate said 50 s were left
+    # of a 7 s move. Knowing the disks hold 8 MiB of data, what is left is their share still
+    # to copy and then all of the memory, at the link's measured rate.
+    disk = dict(memory_total=128 * MIB, disk_total=GIB)
+    series = [sample(0, 0, disk_remaining=GIB, **disk),
+              sample(500, 0, disk_remaining=GIB, **disk),
+              sample(1000, 20 * MIB, disk_remaining=GIB - 20 * MIB, **disk)]
+    e = live_estimate(series, link_bps=24 * MIB, disk_data_bytes=8 * MIB)
+    left = 8 * (GIB - 20 * MIB) / GIB + 128
+    assert e.seconds == pytest.approx(left / 24 + 0.05)
+    assert e.low < e.seconds < e.high
+    assert live_estimate(series, link_bps=24 * MIB).seconds > 40  # the disk copy's own rate
+    # libvirt's own memory total is 0 until the RAM phase: the guest's memory stands in.
+    unknown = [replace(s, memory_total=0) for s in series]
+    assert live_estimate(unknown, link_bps=24 * MIB, disk_data_bytes=8 * MIB,
+                         memory_bytes=128 * MIB).seconds == pytest.approx(e.seconds)
