@@ -16,7 +16,8 @@ from app.extensions import db
 from app.models import ComputeResource, Disk, IpAddress, IpBlock, MigrationGroup, MigrationTask, Server
 from app.infra.commands import peer
 from app.services import engine, journal, live, offline, steps
-from tests.fakes import FakeCluster, FakeDomain, FakeNode, FakeNodes, domain_xml
+from tests.fakes import (FakeCluster, FakeDomain, FakeMigration, FakeNode, FakeNodes,
+                         domain_xml)
 
 UUID = "11111111-2222-4333-8444-555555555555"
 IMAGES = "/var/lib/libvirt/images"
@@ -631,3 +632,40 @@ def test_database_lost_is_told_from_other_errors():
         assert journal.database_lost(outer)
     assert not journal.database_lost(IntegrityError("INSERT", {}, ValueError("duplicate")))
     assert not journal.database_lost(steps.FerryError("the node said no"))
+
+
+class ScriptedMigration(FakeMigration):
+    """A running migration whose jobStats follow a script, a sample a poll, done after the last;
+    each poll's wait moves `clock` on by the poll interval instead of sleeping."""
+
+    def __init__(self, samples, clock):
+        self.samples, self.clock = list(samples), clock
+        self.done, self.error, self.error_code = False, None, None
+
+    def stats(self):
+        return self.samples.pop(0) if self.samples else {}
+
+    def wait(self, timeout=None):
+        self.clock[0] += timeout or 0
+        self.done = not self.samples
+
+
+def test_the_live_estimate_is_fresh_early_and_every_two_seconds_later(world, monkeypatch):
+    # A 40 s disk copy polled every 0.5 s: an estimate at every poll while the move is young
+    # (a quarter into a 7 s move the user saw the estimate made at 1 s: bench link_eta), then
+    # never more than 2 s apart.
+    cluster, task = world(mode=status.MODE_LIVE, tpm=False)
+    clock = [1000.0]
+    monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
+    gib, polls = 1 << 30, 80
+    samples = [{"type": 2, "time_elapsed": 500 * (i + 1), "data_total": gib,
+                "data_processed": gib * i // polls, "data_remaining": gib - gib * i // polls,
+                "disk_total": gib, "disk_processed": gib * i // polls,
+                "disk_remaining": gib - gib * i // polls, "memory_total": 256 << 20}
+               for i in range(polls)]
+    live._monitor(task, ScriptedMigration(samples, clock), live.ladder.LadderSettings(), {})
+    made = [point.at_s for point in task.eta_record.history]
+    assert made[:4] == [1.0, 1.5, 2.0, 2.5], made
+    gaps = [b - a for a, b in zip(made, made[1:])]
+    assert max(gaps) <= live.ETA_EVERY_S and made[-1] >= 38, made
+    assert len(made) < polls / 2, made  # later, far fewer than one a poll
