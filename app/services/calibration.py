@@ -11,7 +11,9 @@ median over the recent tasks:
 
 * at start: actual time / the model's own prediction (a factor);
 * while running: actual end - (when a live estimate was made + what it
-  said was left) for the first estimate past 25 % (a tail in seconds).
+  said was left) for the move's last estimate (a tail in seconds: by then
+  libvirt's set-up is behind and only its finish is unseen; an early point
+  taught the model's errors of the disk copy instead).
 
 Moves like the one estimated teach first: between the same two nodes (either
 way) and of a guest with half to double its memory. A fleet's history mixes
@@ -122,12 +124,13 @@ def start_factor(like: Like | None = None) -> float | None:
 
 
 def live_tail(like: Like | None = None) -> float | None:
-    """Seconds a live estimate leaves out (setup before the first byte counted, finish after the
-    last), or None while there is too little history."""
+    """Seconds a live estimate leaves out (libvirt's finish after the last byte), learned from
+    each recent move's last estimate, or None while there is too little history."""
     def learn(tasks):
         points = []
         for task in tasks:
-            point = next((p for p in task.eta_record.history if (p.percent or 0) >= 25), None)
+            history = task.eta_record.history
+            point = history[-1] if history else None
             if point is None or not _actual_s(task):
                 continue
             remaining = point.raw_remaining_s
