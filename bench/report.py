@@ -97,6 +97,18 @@ def finish(name: str, quick: bool, document: dict, started: float, markdown) -> 
     return 1 if document["errors"] else 0
 
 
+def without(reruns: list, measured) -> list:
+    """The earlier reruns less the figures measured again (a rerun left with none goes): each
+    figure is listed under the run its numbers come from, once.
+
+    >>> without([{"figures": ["a", "b"]}, {"figures": ["a"]}], ["a"])
+    [{'figures': ['b']}]
+    """
+    kept = ({**run, "figures": [f for f in run["figures"] if f not in measured]}
+            for run in reruns)
+    return [run for run in kept if run["figures"]]
+
+
 def fold(name: str, quick: bool, document: dict, started: float, markdown) -> int:
     """Like finish, for a run of some figures only (`--only`): they replace their entries in the
     last document of the same mode, the other figures stay as they were measured, and the run
@@ -111,7 +123,8 @@ def fold(name: str, quick: bool, document: dict, started: float, markdown) -> in
     for key in ("figures", "errors", "seconds"):
         kept = {k: v for k, v in previous.get(key, {}).items() if k not in measured}
         previous[key] = {**kept, **document[key]}
-    previous.setdefault("reruns", []).append({
+    previous["reruns"] = without(previous.get("reruns", []), measured)
+    previous["reruns"].append({
         "figures": measured, "started_at": document["started_at"], "finished_at": stamp(),
         "duration_s": round(time.monotonic() - started, 1),
         "machine_at_start": document["machine_at_start"], "machine_at_end": machine()})
