@@ -246,9 +246,10 @@ def live_estimate(series: Sequence["JobStats"],
     allocation) and `link_bps` both known, the disk copy's own rate is not used at all: its
     first samples include libvirt's set-up (a 7 s move was once estimated at 50 s there) and
     its zero blocks then count at any speed, so what is left of the disks' data (their share
-    still to copy) and then the memory go at the link's rate. `memory_bytes`, the guest's
-    memory, stands in for libvirt's memory total while that is still 0 (during the disk
-    copy). Returns None with fewer than two samples.
+    still to copy) and then the memory go at the link's rate. `memory_bytes` is the memory
+    to come during the disk copy (libvirt's memory total is 0 until the RAM phase): what the
+    guest touched, when the preflight could read it, else all of it. Returns None with fewer
+    than two samples.
 
     Worked example: two samples 1 s apart, 100 MiB processed in between, RAM
     phase, 200 MiB remaining, no dirtying: 200 MiB / 100 MiB/s = 2 s (+ 50 ms
@@ -268,7 +269,7 @@ def live_estimate(series: Sequence["JobStats"],
     series, rate, rates = _phase_rate(series, link_bps)
     disk_left, memory_left = last.disk_remaining, _memory_left(last)
     if not last.ram_phase and memory_bytes:  # libvirt counts memory once the RAM phase begins
-        memory_left = max(memory_left, memory_bytes)
+        memory_left = memory_bytes
     by_link = bool(link_bps and disk_data_bytes is not None and not last.ram_phase)
     if by_link:  # the disk copy: its data share, then the memory, at the link's rate
         rate, rates = float(link_bps), []

@@ -25,7 +25,12 @@ def gather_facts(resource, conn, host, lvm_report=None):
     lvm_report: (volume groups, logical volumes) when the caller read them already.
     """
     conn = read_ahead(conn, fact_commands(resource, lvm_too=lvm_report is None))
+    return facts_from(resource, conn, host, lvm_report)
 
+
+def facts_from(resource, conn, host, lvm_report=None):
+    """gather_facts on a connection whose answers to fact_commands were read ahead already
+    (with more of the caller's own in the same exec: see preflight._reach)."""
     def out(argv):
         return ssh.run(conn, argv).stdout
 

@@ -194,12 +194,16 @@ def _eta_point(task, series, settings: ladder.LadderSettings, seen: dict, at_s: 
         # The preflight's throughput between the nodes: memory goes no faster than that.
         rates = (task.preflight or {}).get("throughput_bps") or {}
         seen["link_bps"] = rates.get(task.source.name) if task.source else None
-        # The data the disks hold: the disk copy sends that much, whatever their size.
+        # The data the disks hold: the disk copy sends that much, whatever their size. And
+        # the memory the guest ever touched, as the preflight read it: the rest goes as zeros.
         seen["disk_data"] = sum(disk.allocation or 0 for disk in task.server.disks)
+        touched = (((task.preflight or {}).get("measured") or {}).get("touched_bytes")
+                   or {}).get(task.server.name)
+        seen["memory"] = touched or task.server.memory_mib * 2**20
     live = estimation.live_estimate(series[-20:], settings.downtime_target_ms,
                                     link_bps=seen["link_bps"],
                                     disk_data_bytes=seen.get("disk_data"),
-                                    memory_bytes=task.server.memory_mib * 2**20)
+                                    memory_bytes=seen.get("memory"))
     if live is None:
         return None
     tail = seen["tail"] or 0.0

@@ -27,7 +27,7 @@ from app.blobs import GroupOptions
 from app.errors import FerryError
 from app.extensions import db
 from app.infra import ssh
-from app.infra.commands import storage
+from app.infra.commands import node as node_commands, storage
 from app.models import ComputeResource, MigrationTask, PreflightReport, Server, utcnow
 from app.services import addresses, calibration, estimation, inventory, limits, resources
 from app.services import preflight_checks as checks
@@ -219,16 +219,19 @@ def measure(servers, sources, destination, options) -> dict:
     ports, the guests' CPUs on the destination, and the throughput (from recent moves between
     the two nodes, probed only when there are none). JSON-able, so it can be stored."""
     measured = {"unreachable": [], "probes": {}, "cpu": {}, "throughput_bps": {},
-                "throughput_from": {}, "dirty_rate_bps": {}}
+                "throughput_from": {}, "dirty_rate_bps": {}, "touched_bytes": {}}
     nodes = {r.id: resources.Node.of(r) for r in list(sources.values()) + [destination]}
     lent, broken = {}, set()
     app = current_app._get_current_object()
+    guests = running_guests(servers) if options.live else {}
     with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-        reached = {rid: pool.submit(_reach, app, node) for rid, node in nodes.items()}
+        reached = {rid: pool.submit(_reach, app, node, guests.get(rid, {}))
+                   for rid, node in nodes.items()}
     surprises = []
     for rid, future in reached.items():
         try:
-            lent[rid], facts = future.result()
+            lent[rid], facts, touched = future.result()
+            measured["touched_bytes"].update(touched)
         except FerryError as exc:
             measured["unreachable"].append(f"{nodes[rid].name} cannot be reached: {exc}")
             continue
@@ -256,14 +259,42 @@ def measure(servers, sources, destination, options) -> dict:
     return measured
 
 
-def _reach(app, node):
-    """Borrow connections to a node and gather its facts (in a thread of its own: the app's
-    context only for its settings, no session; the connections are this thread's alone until
-    given back)."""
+def running_guests(servers) -> dict:
+    """{compute resource id: {server name: the command reading its resident memory}} of the
+    running servers (a name libvirt could not have is left out: node.guest_resident)."""
+    guests = {}
+    for server in servers:
+        if server.state != status.SERVER_RUNNING or not server.memory_mib:
+            continue
+        try:
+            argv = node_commands.guest_resident(server.name, server.memory_mib * 1024)
+        except ValueError:
+            continue
+        guests.setdefault(server.compute_resource_id, {})[server.name] = argv
+    return guests
+
+
+def _reach(app, node, guests: dict):
+    """Borrow connections to a node and gather its facts, and in the same exec how much of
+    each of `guests` (running there) is resident: what it ever touched, the most its first
+    pass sends in full. In a thread of its own: the app's context only for its settings, no
+    session; the connections are this thread's alone until given back. Returns the pair, the
+    facts and {server name: resident bytes} (a guest whose answer does not tell is left out:
+    the estimate then assumes all of its memory)."""
     pair = resources.borrow(node)
     try:
         with app.app_context():  # the facts' TLS verdict reads the CA from the instance folder
-            return pair, inventory.gather_facts(node, pair.ssh, pair.libvirt)
+            conn = inventory.read_ahead(pair.ssh, inventory.fact_commands(node, lvm_too=True)
+                                        + list(guests.values()))
+            facts = inventory.facts_from(node, conn, pair.libvirt)
+        touched = {}
+        for name, argv in guests.items():
+            done = ssh.run(conn, argv)
+            resident = node_commands.parse_resident(done.stdout, int(argv[-1])) \
+                if done.ok else None
+            if resident is not None:
+                touched[name] = resident
+        return pair, facts, touched
     except BaseException:
         resources.give_back(node, pair, broken=True)
         raise
@@ -371,7 +402,8 @@ def etas(servers, destination, options, measured) -> dict:
             memory_bytes=server.memory_mib * 1024 * 1024,
             disk_bytes=disk_bytes if options.live else 0,
             throughput_bps=rate,
-            dirty_rate_bps=float(measured["dirty_rate_bps"].get(server.name) or 0))
+            dirty_rate_bps=float(measured["dirty_rate_bps"].get(server.name) or 0),
+            touched_memory_bytes=(measured.get("touched_bytes") or {}).get(server.name))
         if not options.live:  # offline: the disk copy is all there is
             seconds = 1.0 + disk_bytes / rate
             est = estimation.Estimate(seconds, seconds * 0.8, seconds * 1.3, 0, True, 0,

@@ -162,6 +162,57 @@ def parse_df(text):
     return int(fields[3])
 
 
+# ---------------------------------------------------------------- a guest's resident memory
+
+_RESIDENT_LINE = re.compile(r"^([0-9]{1,12}) ([0-9]{1,12})$")
+_MAX_MAPPINGS = 64  # mappings of a guest's size in one QEMU: more is not an answer
+
+
+def guest_resident(name: str, memory_kib: int) -> list[str]:
+    """The size and resident KiB (hugetlb pages included) of every mapping of exactly the
+    guest's memory size in the QEMU process running domain `name` (libvirt's pid file): the
+    guest's RAM, whose resident part is what the guest ever touched. QEMU sends untouched
+    pages as zero pages, a few bytes each, so this bounds what the first pass sends in full.
+    The name is an argument, never shell text; libvirt refuses names with a "/".
+
+    >>> argv = guest_resident("web 1", 262144)
+    >>> argv[:2], argv[3:]
+    (['sh', '-c'], ['ferry-resident', 'web 1', '262144'])
+    """
+    if (not isinstance(name, str) or not name or "/" in name or "\0" in name
+            or name in (".", "..") or not isinstance(memory_kib, int) or memory_kib <= 0):
+        raise ValueError(f"not a domain name and memory size: {name!r}, {memory_kib!r}")
+    script = (
+        'pid=$(cat -- "/run/libvirt/qemu/$1.pid") || exit 3\n'
+        'case $pid in ""|*[!0-9]*) exit 3;; esac\n'
+        'exec awk -v want="$2" \''
+        '/^[0-9a-f]+-[0-9a-f]+ / { if (hit) print size, rss; hit = 0; rss = 0 } '
+        '/^Size:/ { size = $2; hit = ($2 == want) } '
+        '/^(Rss|Shared_Hugetlb|Private_Hugetlb):/ { rss += $2 } '
+        'END { if (hit) print size, rss }\' "/proc/$pid/smaps"')
+    return ["sh", "-c", script, "ferry-resident", name, str(memory_kib)]
+
+
+def parse_resident(text, memory_kib: int) -> int | None:
+    """The bytes of the guest's memory that are resident, from guest_resident's output, or None
+    when it does not tell (no mapping of the guest's size, or several, or another shape).
+
+    >>> parse_resident("262144 126976\\n", 262144)
+    130023424
+    >>> parse_resident("", 262144), parse_resident("262144 1\\n262144 2\\n", 262144)
+    (None, None)
+    >>> parse_resident("262144 999999999\\n", 262144)  # more than the guest has: all of it
+    268435456
+    """
+    lines = text.split("\n") if isinstance(text, str) else []
+    if lines and lines[-1] == "":
+        lines.pop()
+    found = [_RESIDENT_LINE.match(line) for line in lines[:_MAX_MAPPINGS + 1]]
+    if len(found) != 1 or not found[0] or int(found[0].group(1)) != memory_kib:
+        return None
+    return min(int(found[0].group(2)), memory_kib) * 1024
+
+
 # ---------------------------------------------------------------- several commands, one exec
 
 _BATCH_LINE = re.compile(r"^(\d{1,4}) (\d{1,3}) ([A-Za-z0-9+/=]*) ([A-Za-z0-9+/=]*)$")
