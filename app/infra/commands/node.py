@@ -173,7 +173,8 @@ def guest_resident(name: str, memory_kib: int) -> list[str]:
     guest's memory size in the QEMU process running domain `name` (libvirt's pid file): the
     guest's RAM, whose resident part is what the guest ever touched. QEMU sends untouched
     pages as zero pages, a few bytes each, so this bounds what the first pass sends in full.
-    The name is an argument, never shell text; libvirt refuses names with a "/".
+    The name is an argument, never shell text; libvirt refuses names with a "/". Reading a
+    large guest's mapping walks its page tables: at most 10 s (it shares the facts' exec).
 
     >>> argv = guest_resident("web 1", 262144)
     >>> argv[:2], argv[3:]
@@ -185,7 +186,7 @@ def guest_resident(name: str, memory_kib: int) -> list[str]:
     script = (
         'pid=$(cat -- "/run/libvirt/qemu/$1.pid") || exit 3\n'
         'case $pid in ""|*[!0-9]*) exit 3;; esac\n'
-        'exec awk -v want="$2" \''
+        'exec timeout 10 awk -v want="$2" \''
         '/^[0-9a-f]+-[0-9a-f]+ / { if (hit) print size, rss; hit = 0; rss = 0 } '
         '/^Size:/ { size = $2; hit = ($2 == want) } '
         '/^(Rss|Shared_Hugetlb|Private_Hugetlb):/ { rss += $2 } '
