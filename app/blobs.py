@@ -86,6 +86,7 @@ class EtaPoint(Blob):
     high_s: float | None = None
     converges: bool | None = None
     percent: float | None = None
+    phase: str | None = None  # "disk" (the disk copy) or "ram"; None: made before phases
 
     @property
     def raw_remaining_s(self) -> float | None:

@@ -246,10 +246,10 @@ def live_estimate(series: Sequence["JobStats"],
     allocation) and `link_bps` both known, the disk copy's own rate is not used at all: its
     first samples include libvirt's set-up (a 7 s move was once estimated at 50 s there) and
     its zero blocks then count at any speed, so what is left of the disks' data (their share
-    still to copy) and then the memory go at the link's rate. `memory_bytes` is the memory
-    to come during the disk copy (libvirt's memory total is 0 until the RAM phase): what the
-    guest touched, when the preflight could read it, else all of it. Returns None with fewer
-    than two samples.
+    still to copy) and then the memory go at the link's rate. `memory_bytes` is what the
+    guest touched, when the preflight could read it, else all of its memory: the memory to
+    come during the disk copy (libvirt's memory total is 0 until the RAM phase), and early in
+    the first pass the share of full pages expected. Returns None with fewer than two samples.
 
     Worked example: two samples 1 s apart, 100 MiB processed in between, RAM
     phase, 200 MiB remaining, no dirtying: 200 MiB / 100 MiB/s = 2 s (+ 50 ms
@@ -267,7 +267,10 @@ def live_estimate(series: Sequence["JobStats"],
         return None
     last = series[-1]
     series, rate, rates = _phase_rate(series, link_bps)
-    disk_left, memory_left = last.disk_remaining, _memory_left(last)
+    touched_share = 1.0  # of the guest's memory, as the prior of the first pass's full pages
+    if memory_bytes and last.memory_total > 0:
+        touched_share = min(1.0, memory_bytes / last.memory_total)
+    disk_left, memory_left = last.disk_remaining, _memory_left(last, touched_share)
     if not last.ram_phase and memory_bytes:  # libvirt counts memory once the RAM phase begins
         memory_left = memory_bytes
     by_link = bool(link_bps and disk_data_bytes is not None and not last.ram_phase)
@@ -326,16 +329,17 @@ def _phase_rate(series: Sequence["JobStats"], link_bps: Optional[float]
 
 # Early in the first pass the share of full pages found so far says little (a guest's low
 # memory is often all zeros: a move estimated at 0.1 s left, 1.5 s into 7.4 s, bench link_eta):
-# the share is taken as if this many of the guest's pages had already been found full, so it
-# starts at "all of it", as the preflight assumes, and follows what QEMU finds as it scans.
+# the share is taken as if this many of the guest's pages had already been scanned at the
+# share the preflight expected (what the guest touched, else all of it), and follows what
+# QEMU finds as it scans.
 FIRST_PASS_PRIOR = 1 / 16
 
 
-def _memory_left(last: "JobStats") -> float:
+def _memory_left(last: "JobStats", touched_share: float = 1.0) -> float:
     """The memory still to send, as of the latest sample: all of it during the disk copy; in
     the RAM phase what libvirt reports, in the first pass in the proportion of full pages found
     so far (it skips zero pages, a few bytes each; later passes resend dirtied pages, which
-    are not zero), that proportion starting from all full (FIRST_PASS_PRIOR).
+    are not zero), that proportion starting from `touched_share` (FIRST_PASS_PRIOR).
 
     >>> from app.services.ladder import JobStats
     >>> first = dict(memory_total=128 * MIB, memory_remaining=120 * MIB, memory_iteration=1)
@@ -343,13 +347,16 @@ def _memory_left(last: "JobStats") -> float:
     60
     >>> round(_memory_left(JobStats(memory_constant=22528, memory_normal=6144, **first)) / MIB)
     32
+    >>> round(_memory_left(JobStats(memory_constant=2048, **first), touched_share=0.5) / MIB)
+    30
     """
     if not last.ram_phase:
         return last.memory_total
     scanned = last.memory_constant + last.memory_normal
     if last.memory_iteration <= 1 and scanned > 0:
         prior = last.memory_total / last.memory_page_size * FIRST_PASS_PRIOR
-        return last.memory_remaining * (last.memory_normal + prior) / (scanned + prior)
+        return (last.memory_remaining * (last.memory_normal + prior * touched_share)
+                / (scanned + prior))
     return last.memory_remaining
 
 

@@ -669,3 +669,4 @@ def test_the_live_estimate_is_fresh_early_and_every_two_seconds_later(world, mon
     gaps = [b - a for a, b in zip(made, made[1:])]
     assert max(gaps) <= live.ETA_EVERY_S and made[-1] >= 38, made
     assert len(made) < polls / 2, made  # later, far fewer than one a poll
+    assert {point.phase for point in task.eta_record.history} == {"disk"}  # no memory yet

@@ -159,6 +159,9 @@ def test_it_counts_the_first_pass_zero_pages_as_nearly_free():
     assert e.seconds == pytest.approx(200 * 7096 / 16096 / 20 + 0.05)
     more = [replace(s, memory_constant=36000, memory_normal=12000) for s in series]
     assert live_estimate(more).seconds == pytest.approx(200 * 16096 / 52096 / 20 + 0.05)
+    # The preflight read that the guest touched half of its memory: the prior share is a half.
+    half = live_estimate(series, memory_bytes=128 * MIB)
+    assert half.seconds == pytest.approx(200 * (3000 + 2048) / 16096 / 20 + 0.05)
     # From the second pass on, what is left is the dirtied set: it is sent in full.
     later = [replace(s, memory_iteration=2) for s in series]
     assert live_estimate(later).seconds == pytest.approx(200 / 20 + 0.05)
