@@ -267,12 +267,7 @@ def live_estimate(series: Sequence["JobStats"],
         return None
     last = series[-1]
     series, rate, rates = _phase_rate(series, link_bps)
-    touched_share = 1.0  # of the guest's memory, as the prior of the first pass's full pages
-    if memory_bytes and last.memory_total > 0:
-        touched_share = min(1.0, memory_bytes / last.memory_total)
-    disk_left, memory_left = last.disk_remaining, _memory_left(last, touched_share)
-    if not last.ram_phase and memory_bytes:  # libvirt counts memory once the RAM phase begins
-        memory_left = memory_bytes
+    disk_left, memory_left = last.disk_remaining, _memory_left(last, memory_bytes)
     by_link = bool(link_bps and disk_data_bytes is not None and not last.ram_phase)
     if by_link:  # the disk copy: its data share, then the memory, at the link's rate
         rate, rates = float(link_bps), []
@@ -335,11 +330,12 @@ def _phase_rate(series: Sequence["JobStats"], link_bps: Optional[float]
 FIRST_PASS_PRIOR = 1 / 16
 
 
-def _memory_left(last: "JobStats", touched_share: float = 1.0) -> float:
-    """The memory still to send, as of the latest sample: all of it during the disk copy; in
-    the RAM phase what libvirt reports, in the first pass in the proportion of full pages found
-    so far (it skips zero pages, a few bytes each; later passes resend dirtied pages, which
-    are not zero), that proportion starting from `touched_share` (FIRST_PASS_PRIOR).
+def _memory_left(last: "JobStats", touched: Optional[float] = None) -> float:
+    """The memory still to send, as of the latest sample: during the disk copy what the guest
+    `touched` (else all of it: libvirt's memory total, 0 until the RAM phase); in the RAM
+    phase what libvirt reports, in the first pass in the proportion of full pages found so far
+    (it skips zero pages, a few bytes each; later passes resend dirtied pages, which are not
+    zero), that proportion starting from the share touched (FIRST_PASS_PRIOR).
 
     >>> from app.services.ladder import JobStats
     >>> first = dict(memory_total=128 * MIB, memory_remaining=120 * MIB, memory_iteration=1)
@@ -347,13 +343,14 @@ def _memory_left(last: "JobStats", touched_share: float = 1.0) -> float:
     60
     >>> round(_memory_left(JobStats(memory_constant=22528, memory_normal=6144, **first)) / MIB)
     32
-    >>> round(_memory_left(JobStats(memory_constant=2048, **first), touched_share=0.5) / MIB)
+    >>> round(_memory_left(JobStats(memory_constant=2048, **first), touched=64 * MIB) / MIB)
     30
     """
     if not last.ram_phase:
-        return last.memory_total
+        return touched or last.memory_total
     scanned = last.memory_constant + last.memory_normal
     if last.memory_iteration <= 1 and scanned > 0:
+        touched_share = min(1.0, touched / last.memory_total) if touched else 1.0
         prior = last.memory_total / last.memory_page_size * FIRST_PASS_PRIOR
         return (last.memory_remaining * (last.memory_normal + prior * touched_share)
                 / (scanned + prior))
