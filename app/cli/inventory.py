@@ -43,7 +43,12 @@ def resources_add(name, host, port, user, key_path, storage_tags, backup_dir, ex
 @resources_cli.command("list")
 def resources_list():
     """List compute resources with status and host key fingerprint."""
-    for r in db.session.scalars(db.select(ComputeResource).order_by(ComputeResource.name)):
+    # Rows of the table, not objects: the ORM would first configure every model's mappers,
+    # a tenth of this command's start-up (36 ms of 0.5 s), to print six columns.
+    table = ComputeResource.__table__
+    for r in db.session.execute(db.select(
+            table.c.name, table.c.status, table.c.user, table.c.host, table.c.port,
+            table.c.host_key_fingerprint, table.c.status_reason).order_by(table.c.name)):
         click.echo(f"{r.name}\t{r.status}\t{r.user}@{r.host}:{r.port}\t{r.host_key_fingerprint}"
                    + (f"\t{r.status_reason}" if r.status_reason else ""))
 

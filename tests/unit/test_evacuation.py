@@ -171,3 +171,17 @@ def test_the_cli_puts_a_node_in_and_out_of_maintenance(rack, runner):
     assert runner.invoke(args=["resources", "maintenance", "node2", "--off"]).output == \
         "node2: active\n"
     assert "no compute resource" in runner.invoke(args=["resources", "maintenance", "x"]).output
+
+
+def test_the_cli_lists_the_compute_resources_by_name_with_a_reason_only_where_there_is_one(
+        rack, runner):
+    nodes, _ = rack
+    nodes["node3"].host_key_fingerprint = "SHA256:abc"
+    nodes["node4"].status, nodes["node4"].status_reason = status.RESOURCE_UNREACHABLE, "ssh: refused"
+    db.session.commit()
+    listed = runner.invoke(args=["resources", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.splitlines() == [
+        "node1\tactive\troot@127.0.0.2:1\tNone", "node2\tactive\troot@127.0.0.3:1\tNone",
+        "node3\tactive\troot@127.0.0.4:1\tSHA256:abc",
+        f"node4\t{status.RESOURCE_UNREACHABLE}\troot@127.0.0.5:1\tNone\tssh: refused"]
