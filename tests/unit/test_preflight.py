@@ -5,7 +5,10 @@ What the nodes would answer (services.preflight.measure) is replaced by a canned
 no node can run here, and the lab tests (tests/lab/test_migration_lab.py) ask real ones. Everything
 else is real: the database, the stored reports, the generations, the checks.
 """
+import mmap
+import os
 import shlex
+import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -16,6 +19,7 @@ from flask import current_app
 
 from app import status
 from app.extensions import db
+from app.infra.commands import node as node_commands
 from app.infra.libvirt import GuestOnDestination
 from app.infra.pool import Pool
 from app.infra.ssh import SSHError
@@ -341,6 +345,38 @@ def test_the_eta_counts_only_the_memory_the_guest_ever_touched(fleet, nodes, mon
     # 384 MiB fewer at 50 MB/s (the probe's answer here) is 8 s sooner.
     assert untouched - report["eta"]["web"]["seconds"] == pytest.approx(384 * 2**20 / 50e6)
     assert report["eta"]["web"]["high"] >= untouched * 0.99  # the band's high end: all of it
+
+
+def test_the_guests_of_a_node_share_one_time_limit_for_reading_their_memory():
+    # An evacuation reads every running guest of its node in one exec, one after the other: a
+    # limit of its own each (10 s) let a node of large guests hold the preflight for minutes.
+    def guest(name, node, state=status.SERVER_RUNNING):
+        return SimpleNamespace(name=name, compute_resource_id=node, state=state, memory_mib=512)
+    many = [guest(f"vm{i}", 1) for i in range(40)] + [guest("db", 2), guest("cold", 2, "stopped")]
+    guests = preflight.running_guests(many + [guest("x/y", 2)])  # a name libvirt refuses: left out
+    limits = {node: {argv[4] for argv in argvs.values()} for node, argvs in guests.items()}
+    assert limits == {1: {"0.2"}, 2: {"10"}}  # 10 s shared by 40; db reads alone
+    assert sorted(guests[2]) == ["db"]
+    hundreds = preflight.running_guests([guest(f"vm{i}", 1) for i in range(300)])
+    assert {argv[4] for argv in hundreds[1].values()} == {"0.1"}  # never less than a tenth
+
+
+def test_the_resident_read_finds_the_touched_part_of_a_mapping_in_a_real_smaps(tmp_path):
+    # This test process stands in for QEMU: a mapping of a size nothing else here has, a
+    # quarter of it touched, read through the very command a node runs (with its pid file
+    # here instead of libvirt's /run/libvirt/qemu).
+    size = 4 * 2**20 + 3 * 4096
+    memory = mmap.mmap(-1, size)
+    memory[:2**20] = b"x" * 2**20
+    (tmp_path / "web 1.pid").write_text(f"{os.getpid()}\n")
+    argv = node_commands.guest_resident("web 1", size // 1024, 5)
+    argv[2] = argv[2].replace("/run/libvirt/qemu/", f"{tmp_path}/")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert 2**20 <= node_commands.parse_resident(done.stdout, size // 1024) < size
+    gone = subprocess.run(node_commands.guest_resident("not here", 4096, 5), capture_output=True)
+    assert gone.returncode == 3 and gone.stdout == b""
+    memory.close()
 
 
 def test_it_reports_a_node_it_cannot_reach_and_stores_nothing(fleet, nodes):
