@@ -230,7 +230,8 @@ def live_estimate(series: Sequence["JobStats"],
                   resume_ms: float = DEFAULT_RESUME_MS,
                   link_bps: Optional[float] = None,
                   disk_data_bytes: Optional[float] = None,
-                  memory_bytes: Optional[float] = None) -> Optional[Estimate]:
+                  memory_bytes: Optional[float] = None,
+                  dirty_bps: Optional[float] = None) -> Optional[Estimate]:
     """Re-estimate the time still to go from recent jobStats samples (oldest first).
 
     Bandwidth is measured from data_processed over the samples of the current
@@ -249,7 +250,9 @@ def live_estimate(series: Sequence["JobStats"],
     still to copy) and then the memory go at the link's rate. `memory_bytes` is what the
     guest touched, when the preflight could read it, else all of its memory: the memory to
     come during the disk copy (libvirt's memory total is 0 until the RAM phase), and early in
-    the first pass the share of full pages expected. Returns None with fewer than two samples.
+    the first pass the share of full pages expected. libvirt measures how fast the guest
+    dirties its memory only from the second memory pass on: until then `dirty_bps`, the rate
+    the preflight sampled, stands in. Returns None with fewer than two samples.
 
     Worked example: two samples 1 s apart, 100 MiB processed in between, RAM
     phase, 200 MiB remaining, no dirtying: 200 MiB / 100 MiB/s = 2 s (+ 50 ms
@@ -279,6 +282,8 @@ def live_estimate(series: Sequence["JobStats"],
     fast = max(max(rates, default=rate), rate * (1 + MIN_LIVE_SPREAD))
     slow = min(min((r for r in rates if r > 0), default=rate), rate * (1 - MIN_LIVE_SPREAD))
     dirty = sum(s.memory_dirty_rate_bps for s in series) / len(series)
+    if not dirty and dirty_bps and not any(s.memory_iteration > 1 for s in series):
+        dirty = float(dirty_bps)  # libvirt has not measured it yet
 
     def go(r: float, d: float) -> tuple[float, _Passes]:
         memory_rate = min(r, link_bps) if link_bps and not last.ram_phase and not by_link else r

@@ -206,10 +206,13 @@ def _eta_point(task, series, settings: ladder.LadderSettings, seen: dict, at_s: 
         touched = (((task.preflight or {}).get("measured") or {}).get("touched_bytes")
                    or {}).get(task.server.name)
         seen["memory"] = touched or task.server.memory_mib * 2**20
+        # How fast the guest writes, as the preflight sampled it (FERRY_SAMPLE_DIRTY_RATE):
+        # libvirt measures it only from the second memory pass on.
+        seen["dirty"] = ((task.preflight or {}).get("dirty_rate_bps") or {}).get(task.server.name)
     live = estimation.live_estimate(series[-20:], settings.downtime_target_ms,
                                     link_bps=seen["link_bps"],
                                     disk_data_bytes=seen.get("disk_data"),
-                                    memory_bytes=seen.get("memory"))
+                                    memory_bytes=seen.get("memory"), dirty_bps=seen.get("dirty"))
     if live is None:
         return None
     phase = "ram" if series[-1].ram_phase else "disk"

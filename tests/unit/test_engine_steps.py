@@ -670,3 +670,28 @@ def test_the_live_estimate_is_fresh_early_and_every_two_seconds_later(world, mon
     assert max(gaps) <= live.ETA_EVERY_S and made[-1] >= 38, made
     assert len(made) < polls / 2, made  # later, far fewer than one a poll
     assert {point.phase for point in task.eta_record.history} == {"disk"}  # no memory yet
+
+
+def test_the_live_estimate_counts_the_rate_the_preflight_knew_the_guest_writes_at(world,
+                                                                                  monkeypatch):
+    # In the first memory pass libvirt has not measured how fast the guest writes: the rate
+    # the preflight sampled (FERRY_SAMPLE_DIRTY_RATE) stands in for it. Before, the estimate
+    # used the sample before the start and dropped it until the second pass.
+    mib = 1 << 20
+    samples = [{"type": 2, "time_elapsed": 500 * (i + 1), "data_processed": 10 * mib * i,
+                "memory_total": 256 * mib, "memory_processed": 10 * mib * i,
+                "memory_remaining": 256 * mib - 10 * mib * i, "memory_normal": 2560 * i,
+                "memory_iteration": 1} for i in range(6)]
+
+    cluster, task = world(mode=status.MODE_LIVE, tpm=False)
+
+    def first_estimate(preflight):
+        task.preflight, task.eta = preflight(task.server.name), None
+        clock = [1000.0]
+        monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
+        live._monitor(task, ScriptedMigration(samples, clock), live.ladder.LadderSettings(), {})
+        return task.eta_record.history[0].model_remaining_s
+
+    blind = first_estimate(lambda name: {})
+    told = first_estimate(lambda name: {"dirty_rate_bps": {name: 8 * mib}})
+    assert told > blind * 1.3, (blind, told)  # lambda 8/20: 1/(1-0.4) of the memory

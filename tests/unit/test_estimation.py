@@ -203,3 +203,25 @@ def test_during_the_disk_copy_the_disks_data_and_the_memory_go_at_the_links_rate
     unknown = [replace(s, memory_total=0) for s in series]
     assert live_estimate(unknown, link_bps=24 * MIB, disk_data_bytes=8 * MIB,
                          memory_bytes=128 * MIB).seconds == pytest.approx(e.seconds)
+
+
+def test_until_libvirt_measures_the_dirty_rate_the_sampled_one_stands_in():
+    # libvirt measures how fast a guest writes only from the second memory pass on; until
+    # then the estimate assumed it wrote nothing, even when the preflight had sampled it.
+    ram = dict(memory_total=256 * MIB, memory_iteration=1, memory_remaining=200 * MIB,
+               memory_constant=0, memory_normal=5000)
+    series = [sample(1000, 0, memory_processed=MIB, **ram),
+              sample(2000, 20 * MIB, memory_processed=21 * MIB, **ram)]
+    blind, told = live_estimate(series), live_estimate(series, dirty_bps=8 * MIB)
+    # lambda = 8 / 20: each pass resends 0.4 of the one before, 1 / (1 - 0.4) of it in all.
+    assert told.seconds - 0.05 == pytest.approx((blind.seconds - 0.05) / 0.6, rel=0.05)
+    assert told.converges
+    # From the second pass on libvirt's own figure counts, even when it is nothing.
+    later = [replace(s, memory_iteration=2, memory_dirty_rate_bps=2 * MIB) for s in series]
+    assert live_estimate(later, dirty_bps=8 * MIB).seconds == pytest.approx(
+        live_estimate(later).seconds)
+    idle = [replace(s, memory_iteration=2) for s in series]
+    assert live_estimate(idle, dirty_bps=8 * MIB).seconds == pytest.approx(
+        live_estimate(idle).seconds)
+    # A guest the preflight saw write faster than the link carries: it will not converge.
+    assert not live_estimate(series, dirty_bps=30 * MIB).converges
