@@ -208,7 +208,8 @@ def _eta_point(task, series, settings: ladder.LadderSettings, seen: dict, at_s: 
         seen["memory"] = touched or task.server.memory_mib * 2**20
         # How fast the guest writes, as the preflight sampled it (FERRY_SAMPLE_DIRTY_RATE):
         # libvirt measures it only from the second memory pass on.
-        seen["dirty"] = ((task.preflight or {}).get("dirty_rate_bps") or {}).get(task.server.name)
+        dirty = ((task.preflight or {}).get("dirty_rate_bps") or {}).get(task.server.name)
+        seen["dirty"] = dirty if isinstance(dirty, (int, float)) and dirty > 0 else None
     live = estimation.live_estimate(series[-20:], settings.downtime_target_ms,
                                     link_bps=seen["link_bps"],
                                     disk_data_bytes=seen.get("disk_data"),

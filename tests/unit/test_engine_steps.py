@@ -695,3 +695,4 @@ def test_the_live_estimate_counts_the_rate_the_preflight_knew_the_guest_writes_a
     blind = first_estimate(lambda name: {})
     told = first_estimate(lambda name: {"dirty_rate_bps": {name: 8 * mib}})
     assert told > blind * 1.3, (blind, told)  # lambda 8/20: 1/(1-0.4) of the memory
+    assert first_estimate(lambda name: {"dirty_rate_bps": {name: "fast"}}) == blind
