@@ -273,13 +273,9 @@ def running_guests(servers) -> dict:
     node's guests sharing RESIDENT_BUDGET_S."""
     running = {}
     for server in servers:
-        if server.state != status.SERVER_RUNNING or not server.memory_mib:
-            continue
-        try:
-            node_commands.guest_resident(server.name, server.memory_mib * 1024)
-        except ValueError:
-            continue
-        running.setdefault(server.compute_resource_id, []).append(server)
+        if (server.state == status.SERVER_RUNNING and (server.memory_mib or 0) > 0
+                and node_commands.domain_name_ok(server.name)):
+            running.setdefault(server.compute_resource_id, []).append(server)
     guests = {}
     for resource_id, on_node in running.items():
         seconds = max(RESIDENT_MIN_S, math.floor(RESIDENT_BUDGET_S * 10 / len(on_node)) / 10)

@@ -168,6 +168,17 @@ _RESIDENT_LINE = re.compile(r"^([0-9]{1,12}) ([0-9]{1,12})$")
 _MAX_MAPPINGS = 64  # mappings of a guest's size in one QEMU: more is not an answer
 
 
+def domain_name_ok(name) -> bool:
+    """Whether `name` is one libvirt could have given a domain (and a pid file): a non-empty
+    text without "/" or NUL, not "." or "..".
+
+    >>> domain_name_ok("web 1"), domain_name_ok("x/y"), domain_name_ok("..")
+    (True, False, False)
+    """
+    return (isinstance(name, str) and bool(name) and "/" not in name and "\0" not in name
+            and name not in (".", ".."))
+
+
 def guest_resident(name: str, memory_kib: int, seconds: float = 10.0) -> list[str]:
     """The size and resident KiB (hugetlb pages included) of every mapping of exactly the
     guest's memory size in the QEMU process running domain `name` (libvirt's pid file): the
@@ -183,8 +194,7 @@ def guest_resident(name: str, memory_kib: int, seconds: float = 10.0) -> list[st
     >>> argv[:2], argv[3:]
     (['sh', '-c'], ['ferry-resident', '0.5', 'web 1', '262144'])
     """
-    if (not isinstance(name, str) or not name or "/" in name or "\0" in name
-            or name in (".", "..") or not isinstance(memory_kib, int) or memory_kib <= 0
+    if (not domain_name_ok(name) or not isinstance(memory_kib, int) or memory_kib <= 0
             or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3600):
         raise ValueError(f"not a domain name, memory size and time limit: {name!r}, "
                          f"{memory_kib!r}, {seconds!r}")
