@@ -6,7 +6,8 @@ from typing import NamedTuple
 from flask import Blueprint, render_template, request
 from flask_login import current_user
 from markupsafe import Markup, escape
-from sqlalchemy import bindparam, cast, func, literal_column, null, union_all
+from sqlalchemy import Integer, any_, bindparam, cast, func, literal_column, null, union_all
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from app import status
 from app.extensions import db
@@ -97,15 +98,18 @@ def count_query(filters: Filters):
 
 
 @functools.cache  # built once per choice
-def disks_query(with_resources: bool):
-    """The disks of the servers `ids` (an expanding bind), by server on its index (joined to
-    the page instead, PostgreSQL hashed every disk of the fleet); with_resources: and every
+def disks_query(with_resources: bool, dialect: str = "sqlite"):
+    """The disks of the servers `ids`, by server on its index (joined to the page instead,
+    PostgreSQL hashed every disk of the fleet). On PostgreSQL `ids` is one array parameter
+    (`= ANY(...)`): an expanding IN's fifty parameters were rendered into the statement on
+    every request, 0.1 ms of a 3 ms page; SQLite has no arrays. with_resources: and every
     compute resource's id and name for the filter, in the same query (each read was its own
     round trip). Rows are (server_id, id, name, format, path, virtual_size, allocation): a
     disk's name is its target; a compute resource has no server_id and NULL for the rest."""
+    on_page = (Disk.server_id == any_(bindparam("ids", type_=ARRAY(Integer)))
+               if dialect == "postgresql" else Disk.server_id.in_(bindparam("ids", expanding=True)))
     disks = db.select(Disk.server_id, Disk.id, Disk.target.label("name"), Disk.format,
-                      Disk.path, Disk.virtual_size, Disk.allocation).where(
-        Disk.server_id.in_(bindparam("ids", expanding=True)))
+                      Disk.path, Disk.virtual_size, Disk.allocation).where(on_page)
     if not with_resources:
         return disks.order_by(Disk.target, Disk.id)
     nothing = {key: cast(null(), column.type).label(key) for key, column in (
@@ -131,8 +135,8 @@ def server_page(filters: Filters, values: dict, page: int, page_size: int = PAGE
     disks = {row[0]: [] for row in rows}
     resources = [] if with_resources else None
     if disks or with_resources:
-        for server_id, row_id, name, *disk in conn.execute(disks_query(with_resources),
-                                                           {"ids": list(disks)}):
+        query = disks_query(with_resources, conn.dialect.name)
+        for server_id, row_id, name, *disk in conn.execute(query, {"ids": list(disks)}).all():
             if server_id is None:
                 resources.append((row_id, name))
             else:
