@@ -38,8 +38,9 @@ SIZES = (
     {"key": "small", "memory_mib": 256, "disk_gib": 1, "fill_mib": 0, "target": 1.10},
     {"key": "large", "memory_mib": 1024, "disk_gib": 2, "fill_mib": 1024, "target": 1.05},
 )
-# Quick run: the large server shrunk to what proves the path (a filled disk) in seconds.
-QUICK_SIZES = (SIZES[0], {**SIZES[1], "memory_mib": 256, "disk_gib": 1, "fill_mib": 128})
+# Quick run (make test): one server, the large one shrunk to what proves the path (a filled
+# disk) in seconds. The small one, which differed only in its empty disk, cost 30 s more.
+QUICK_SIZES = ({**SIZES[1], "memory_mib": 256, "disk_gib": 1, "fill_mib": 128},)
 CLI_MARGIN_S = 0.5  # the CLI's move may take this much longer than the API's
 API_POLL_S = 0.1
 SIDES = ("api", "cli", "virsh")
