@@ -315,3 +315,25 @@ def test_a_size_the_node_did_not_report_shows_a_dash_not_an_error():
 
     from app import templating
     assert doctest.testmod(templating).failed == 0
+
+
+def test_a_kept_link_is_the_path_of_its_own_script_root_and_values(app):
+    # Templates' url_for keeps the paths it built: the same endpoint under another script
+    # root (Ferry behind a proxy at /ferry) or with other values is another path, and what
+    # cannot be kept (an external URL, a list) is built as url_for builds it.
+    from flask import url_for
+
+    from app.templating import link
+    with app.test_request_context("/"):
+        assert link("servers.index") == "/servers/" == link("servers.index")
+        assert link("resources.detail", resource_id=3) == "/resources/3"
+        assert link("resources.detail", resource_id=4) == "/resources/4"
+        assert link("servers.index", _external=True) == "http://localhost/servers/"
+        assert link("servers.index", state=["a", "b"]) == url_for("servers.index",
+                                                                 state=["a", "b"])
+    with app.test_request_context("/", base_url="http://localhost/ferry"):
+        assert link("servers.index") == "/ferry/servers/"
+        assert link("resources.detail", resource_id=3) == "/ferry/resources/3"
+    with app.test_request_context("/"):
+        page = app.jinja_env.from_string("{{ url_for('servers.index', q='a b') }}").render()
+        assert page == "/servers/?q=a+b"
