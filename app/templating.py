@@ -2,7 +2,7 @@
 import functools
 from datetime import datetime, timezone
 
-from flask import current_app, render_template, request, url_for
+from flask import current_app, has_request_context, render_template, request, url_for
 from jinja2 import Undefined
 from markupsafe import Markup
 
@@ -66,9 +66,11 @@ def link(endpoint, **values):
     A relative path is a function of the app, the script root, the endpoint and the values
     alone (Ferry has no subdomains, host rules or URL defaults), so the cache can never give
     another request's path. An external URL, an anchor, a method or a scheme, a relative
-    endpoint (".index") or a value that cannot be hashed is built as before, every time.
+    endpoint (".index"), a value that cannot be hashed or a template rendered outside a request
+    is built as before, every time.
     """
-    if endpoint.startswith(".") or any(key.startswith("_") for key in values):
+    if (endpoint.startswith(".") or any(key.startswith("_") for key in values)
+            or not has_request_context()):
         return url_for(endpoint, **values)
     try:
         return _link((current_app._get_current_object(), request.script_root, endpoint,

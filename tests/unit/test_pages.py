@@ -337,3 +337,6 @@ def test_a_kept_link_is_the_path_of_its_own_script_root_and_values(app):
     with app.test_request_context("/"):
         page = app.jinja_env.from_string("{{ url_for('servers.index', q='a b') }}").render()
         assert page == "/servers/?q=a+b"
+    app.config["SERVER_NAME"] = "ferry.example"
+    with app.app_context():  # no request: built by url_for, as Flask builds it there
+        assert link("servers.index") == url_for("servers.index") == "http://ferry.example/servers/"
