@@ -98,7 +98,7 @@ def count_query(filters: Filters):
 
 
 @functools.cache  # built once per choice
-def disks_query(with_resources: bool, dialect: str = "sqlite"):
+def disks_query(with_resources: bool, dialect: str):
     """The disks of the servers `ids`, by server on its index (joined to the page instead,
     PostgreSQL hashed every disk of the fleet). On PostgreSQL `ids` is one array parameter
     (`= ANY(...)`): an expanding IN's fifty parameters were rendered into the statement on
