@@ -29,7 +29,7 @@ services: deps ## Redis and PostgreSQL, started only where none runs
 	.ci/services
 
 test: venv services ## the whole suite: unit, SQLite and PostgreSQL, Redis, the lab, the browser
-	$(TEST_LAB) FERRY_TEST_DATABASE_URL=$(TEST_DB) $(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	$(TEST_LAB) FERRY_TEST_DATABASE_URL=$(TEST_DB) $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests $(PYTEST_ARGS)
 
 container: venv services ## build the Containerfile with podman, run it on the test database, sign in
 	FERRY_TEST_DATABASE_URL=$(TEST_DB) $(PY) -m pytest -q -p no:cacheprovider -m container tests/container/test_container.py $(PYTEST_ARGS)
