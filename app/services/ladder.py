@@ -36,6 +36,14 @@ finished; all timing scaled by the guest's memory size):
    restarts that clock, since it changes the conditions). libvirt's abortJob
    leaves the guest running on the source.
 
+A guest that no downtime step can help skips the climb: once QEMU has finished a full
+pass and, on HOPELESS_POLLS polls in a row, the guest dirties memory so fast that even the
+target downtime would need more than `max_passes` passes (lambda >= 1: faster than the link
+carries), the ladder jumps to the rung that can converge: post-copy at once when the task
+allows it, otherwise the target downtime at once with auto-converge's window starting now.
+Walking ten steps first only added their time to the move, with the guest's vCPUs
+throttled harder by QEMU all along (bench convergence: moves ended at their deadline).
+
 Alongside, a "will not converge at current settings" signal (edge-triggered,
 with hysteresis) from the dirty rate vs the bandwidth: `WillNotConverge`.
 """
@@ -62,6 +70,11 @@ DEFAULT_PAGE_SIZE = 4096
 # Hysteresis for the convergence signal: raised at lambda >= 1, cleared only
 # below 0.9, so a dirty rate hovering near the bandwidth does not flap.
 CONVERGING_AGAIN_RATIO = 0.9
+
+# Polls in a row (about half a second apart) that must find the guest beyond what the target
+# downtime can absorb before the ladder jumps past the downtime steps: one poll can fall on
+# a dip of the bandwidth between two passes.
+HOPELESS_POLLS = 2
 
 
 @dataclass(frozen=True)
@@ -174,6 +187,8 @@ class LadderState:
     lowest_remaining: Optional[int] = None
     progress_at: Optional[float] = None
     not_converging: bool = False
+    hopeless_polls: int = 0  # polls in a row beyond the target downtime's reach
+    jumped: bool = False  # the climb was skipped (see _jump)
     overdue_noted: bool = False
     aborted: bool = False
 
@@ -390,6 +405,46 @@ def _convergence_signal(state: LadderState, stats: JobStats,
     return []
 
 
+def _beyond_target(stats: JobStats, settings: LadderSettings) -> bool:
+    """True when even the target downtime cannot make this sample's migration converge: the
+    guest dirties at least as fast as the link carries, or would need more than max_passes
+    passes at the target (a sample without bytes moving says nothing)."""
+    if stats.memory_bps <= 0:
+        return False
+    return not judge_convergence(stats.memory_dirty_rate_bps, stats.memory_bps,
+                                 stats.memory_remaining, settings.downtime_target_ms,
+                                 settings.max_passes).converges
+
+
+def _jump(state: LadderState, stats: JobStats, now: float, settings: LadderSettings,
+          top: int) -> list[Action]:
+    """Skip the downtime steps of a guest none of them can help: post-copy now when the task
+    allows it, else the target downtime now and auto-converge's window from now."""
+    state.jumped = True
+    state.progress_at = now
+    why = (f"the guest dirties {stats.memory_dirty_rate_bps / MIB:.0f} MiB/s and the link"
+           f" carries {stats.memory_bps / MIB:.0f} MiB/s, so no allowed downtime up to"
+           f" {settings.downtime_target_ms} ms lets the copy converge")
+    if settings.postcopy and stats.ram_phase:
+        state.postcopy_at = now
+        return [StartPostCopy(message=(
+            f"Switched to post-copy after {stats.memory_iteration - 1} full pass(es): {why}."
+            f" The guest now runs on the destination and fetches the"
+            f" {stats.memory_remaining / MIB:.0f} MiB still on the source on demand."))]
+    state.downtime_step, state.top_reached_at, state.auto_converge_at = top, now, now
+    raised = SetDowntime(downtime_ms=settings.downtime_target_ms, step=top, message=(
+        f"Allowed downtime raised to its {settings.downtime_target_ms} ms target at once:"
+        f" {why} (the steps in between are skipped)."))
+    if not settings.auto_converge:
+        return [raised, Note(kind="auto-converge", message=(
+            "Auto-converge was not enabled for this migration: that rung is skipped."))]
+    window = settings.auto_converge_window_per_gib_s * scale_gib(settings, stats.memory_total)
+    throttle = (f"throttling the vCPUs by {stats.auto_converge_throttle} % now"
+                if stats.auto_converge_throttle else "not throttling yet")
+    return [raised, Note(kind="auto-converge", message=(
+        f"Auto-converge ({throttle}) gets {window:.0f} s from now to slow the guest down."))]
+
+
 def _climb(state: LadderState, stats: JobStats, now: float, settings: LadderSettings,
            schedule: list[tuple[float, int]]) -> list[Action]:
     """Take the next due rung of the ladder, if any."""
@@ -397,6 +452,10 @@ def _climb(state: LadderState, stats: JobStats, now: float, settings: LadderSett
         return []
     in_ram = now - state.ram_phase_at
     top = len(schedule) - 1
+    if not state.jumped and state.auto_converge_at is None:
+        state.hopeless_polls = state.hopeless_polls + 1 if _beyond_target(stats, settings) else 0
+        if state.hopeless_polls >= HOPELESS_POLLS:
+            return _jump(state, stats, now, settings, top)
     if state.downtime_step < top:
         due = max(i for i, (at, _) in enumerate(schedule) if at <= in_ram)
         if due <= state.downtime_step:

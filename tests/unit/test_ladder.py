@@ -205,9 +205,11 @@ def test_it_signals_will_not_converge_when_dirty_rate_exceeds_bandwidth():
     assert [type(a) for a in signal] == [WillNotConverge]
     assert signal[0].ratio == 1.5
     assert "will not converge at current settings" in signal[0].message
-    # Edge-triggered, and hysteresis: 95 % of the link is not "converging again".
-    assert decide(state, ram_phase(iteration=3, dirty=150 * MIB, remaining=GIB // 4),
-                  3.0, SETTINGS) == []
+    # Edge-triggered (the second hopeless poll jumps the ladder, see below, but says it once),
+    # and hysteresis: 95 % of the link is not "converging again".
+    again = decide(state, ram_phase(iteration=3, dirty=150 * MIB, remaining=GIB // 4),
+                   3.0, SETTINGS)
+    assert not any(isinstance(a, WillNotConverge) for a in again)
     assert decide(state, ram_phase(iteration=4, dirty=95 * MIB, remaining=GIB // 5),
                   4.0, SETTINGS) == []
     cleared = decide(state, ram_phase(iteration=5, dirty=10 * MIB, remaining=GIB // 6),
@@ -219,3 +221,53 @@ def test_it_does_nothing_once_the_job_has_ended():
     state = LadderState()
     assert decide(state, JobStats(type=JOB_COMPLETED), 0.0, SETTINGS) == []
     assert state.started_at is None
+
+
+def test_a_guest_no_downtime_step_can_help_goes_to_postcopy_at_once_when_allowed():
+    """Dirtying faster than the link carries, on two polls after a full pass: post-copy now,
+    not after ten downtime steps and auto-converge's window (bench convergence: the moves
+    ended at their deadline, the guest throttled all along)."""
+    settings = LadderSettings(downtime_target_ms=300, downtime_steps=10, postcopy=True)
+    state = LadderState()
+    decide(state, ram_phase(iteration=1), 0.0, settings)
+    assert decide(state, ram_phase(iteration=1, dirty=60 * MIB, bps=25 * MIB), 1.0,
+                  settings) == []  # the first pass says nothing
+    first = decide(state, ram_phase(iteration=2, dirty=60 * MIB, bps=25 * MIB), 1.5, settings)
+    assert not any(isinstance(a, StartPostCopy) for a in first)  # one poll may be a dip
+    jump = decide(state, ram_phase(iteration=2, dirty=60 * MIB, bps=25 * MIB,
+                                   remaining=70 * MIB), 2.0, settings)
+    assert [type(a) for a in jump] == [StartPostCopy]
+    assert "60 MiB/s" in jump[0].message and "25 MiB/s" in jump[0].message
+    assert "70 MiB" in jump[0].message
+    assert state.in_postcopy and state.downtime_step == 0  # no step was walked
+
+
+def test_without_postcopy_the_jump_sets_the_target_downtime_and_starts_auto_converge_now():
+    settings = LadderSettings(downtime_target_ms=300, downtime_steps=10,
+                              auto_converge_window_per_gib_s=20.0)
+    state = LadderState()
+    decide(state, ram_phase(iteration=1), 0.0, settings)
+    decide(state, ram_phase(iteration=2, dirty=60 * MIB, bps=25 * MIB), 1.5, settings)
+    jump = decide(state, ram_phase(iteration=2, dirty=60 * MIB, bps=25 * MIB,
+                                   auto_converge_throttle=20), 2.0, settings)
+    assert [(a.kind, getattr(a, "downtime_ms", None)) for a in jump if a.kind != "throttle"] \
+        == [("downtime", 300), ("auto-converge", None)]
+    assert "20 s from now" in jump[-1].message and "20 %" in jump[-1].message
+    assert decide(state, ram_phase(iteration=5, dirty=60 * MIB, bps=25 * MIB), 21.0,
+                  settings) == []  # auto-converge's window: no step, no jump again
+    refused = decide(state, ram_phase(iteration=6, dirty=60 * MIB, bps=25 * MIB), 22.5,
+                     settings)
+    assert kinds(refused) == ["postcopy-not-allowed"]
+
+
+def test_a_slow_but_converging_guest_still_walks_the_steps():
+    """Half the link's rate: the target downtime can absorb it, so the steps are walked."""
+    settings = LadderSettings(downtime_target_ms=300, downtime_steps=3, postcopy=True)
+    state = LadderState()
+    decide(state, ram_phase(iteration=1), 0.0, settings)
+    actions = []
+    for t in (1.0, 1.5, 2.0, 11.0):
+        actions += decide(state, ram_phase(iteration=2, dirty=50 * MIB, bps=100 * MIB,
+                                           remaining=200 * MIB), t, settings)
+    assert not state.in_postcopy and not state.jumped
+    assert [a.downtime_ms for a in actions if isinstance(a, SetDowntime)] == [166]
