@@ -66,6 +66,7 @@ class Prediction(Blob):
     reason: str | None = None
     model_s: float | None = None
     calibration: float | None = None
+    tail_s: float | None = None  # offline: seconds recent moves took beyond the model
 
     @property
     def raw_s(self) -> float | None:

@@ -397,7 +397,7 @@ def report_of(results, throughput, dirty, eta, measured, reused=None) -> dict:
 def etas(servers, destination, options, measured) -> dict:
     """The pre-start ETA of every server whose source's throughput is known, corrected by what
     recent moves like it taught (services.calibration; one lookup per kind of move)."""
-    result, factors = {}, {}
+    result, factors, tails = {}, {}, {}
     for server in servers:
         name = server.compute_resource.name if server.compute_resource else None
         rate = measured["throughput_bps"].get(name)
@@ -414,10 +414,12 @@ def etas(servers, destination, options, measured) -> dict:
             throughput_bps=rate,
             dirty_rate_bps=float(measured["dirty_rate_bps"].get(server.name) or 0),
             touched_memory_bytes=(measured.get("touched_bytes") or {}).get(server.name))
-        if not options.live:  # offline: the disk copy is all there is
-            seconds = 1.0 + disk_bytes / rate
-            est = estimation.Estimate(seconds, seconds * 0.8, seconds * 1.3, 0, True, 0,
-                                      "offline copy of the allocated disk data")
+        if not options.live:  # offline: the disk copy, and what recent ones took beyond it
+            route = calibration.Route(server.compute_resource_id, destination.id)
+            if route not in tails:
+                tails[route] = calibration.offline_tail(route)
+            result[server.name] = offline_eta(1.0 + disk_bytes / rate, tails[route])
+            continue
         # A guest that will not converge has an infinite estimate: JSON (and PostgreSQL)
         # cannot hold Infinity, so it is stored as null next to converges=False.
         result[server.name] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -475,6 +477,31 @@ def store(key: str, involved, report: dict) -> None:
         (PreflightReport.key == key) | (PreflightReport.created_at < utcnow() - timedelta(days=1))))
     db.session.add(PreflightReport(key=key, generations=generations(involved), report=report))
     db.session.commit()
+
+
+# An offline estimate is never cut below this share of its model's figure by a learned
+# tail (moves of another size taught it).
+OFFLINE_FLOOR = 0.25
+
+
+def offline_eta(model_s: float, tail: float | None) -> dict:
+    """An offline move's pre-start estimate: the model's figure plus the tail recent offline
+    moves in the same direction taught (services.calibration), with a band of -20/+30 %;
+    the model's own figure stays in `model_s`.
+
+    >>> e = offline_eta(1.2, 17.8)
+    >>> e["seconds"], e["model_s"], e["tail_s"], e["low"], e["high"]
+    (19.0, 1.2, 17.8, 15.2, 24.7)
+    >>> offline_eta(10.0, -30.0)["seconds"], offline_eta(2.0, None)["seconds"]
+    (2.5, 2.0)
+    """
+    seconds = model_s if tail is None else max(model_s * OFFLINE_FLOOR, model_s + tail)
+    return {"seconds": round(seconds, 3), "low": round(seconds * 0.8, 3),
+            "high": round(seconds * 1.3, 3), "expected_downtime_ms": 0, "converges": True,
+            "passes": 0, "reason": "offline copy of the allocated disk data"
+            + ("" if tail is None else f", and {tail:+.1f} s that recent offline moves in "
+               "this direction took beyond it"),
+            "model_s": model_s, "calibration": None, "tail_s": tail}
 
 
 def calibrated(eta: dict, factor: float | None) -> dict:

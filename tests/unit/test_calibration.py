@@ -143,3 +143,65 @@ def test_estimates_made_during_the_disk_copy_learn_a_tail_of_their_own(app_conte
         {"at_s": 5.0, "model_remaining_s": 0.5, "phase": "ram"}])
     assert calibration.live_tail(phase="ram") == pytest.approx(1.5)
     assert calibration.live_tail(phase="disk") == pytest.approx(0.3)
+
+
+def test_offline_moves_teach_a_tail_of_their_own_per_direction(app_context):
+    # make test, 2026-12-01: the model (1 s and the allocated data over the link) said 1.1 s
+    # for offline moves into the LVM node that took 19 s, and 10 s for one out of it (7 s).
+    nodes = {n: ComputeResource(name=n, host=f"127.0.0.{i}", port=1, key_path="/none")
+             for i, n in enumerate(("node1", "lvm1", "node3"), 2)}
+    db.session.add_all(nodes.values())
+    group = MigrationGroup()
+    for src, dst, wall, model, count in (("node1", "lvm1", 19.0, 1.1, 3),
+                                         ("lvm1", "node1", 7.0, 10.0, 3),
+                                         ("node1", "node3", 4.0, 2.0, 1)):
+        for _ in range(count):
+            finished(group, wall, model, mode=status.MODE_OFFLINE)
+            group.tasks[-1].source, group.tasks[-1].destination = nodes[src], nodes[dst]
+    # Neither a live move nor a failed offline one teaches it.
+    finished(group, 99, 1)
+    group.tasks[-1].source, group.tasks[-1].destination = nodes["node1"], nodes["lvm1"]
+    finished(group, 99, 1, mode=status.MODE_OFFLINE, state=status.MIGRATION_FAILED)
+    group.tasks[-1].source, group.tasks[-1].destination = nodes["node1"], nodes["lvm1"]
+    db.session.add(group)
+    db.session.commit()
+
+    def route(src, dst):
+        return calibration.Route(nodes[src].id, nodes[dst].id)
+
+    assert calibration.offline_tail(route("node1", "lvm1")) == pytest.approx(17.9)
+    assert calibration.offline_tail(route("lvm1", "node1")) == pytest.approx(-3.0)
+    # One move node1 -> node3 is too few: the fleet's median (-3 x3, 2, 17.9 x3).
+    assert calibration.offline_tail(route("node1", "node3")) == pytest.approx(2.0)
+    assert calibration.start_factor() is None  # and offline moves teach the live ones nothing
+
+
+def test_an_offline_preflight_estimate_adds_what_moves_in_its_direction_took_beyond_it(
+        app_context):
+    nodes = [ComputeResource(name=n, host=f"127.0.0.{i}", port=1, key_path="/none")
+             for i, n in enumerate(("node1", "lvm1"), 2)]
+    server = Server(uuid="00000000-0000-0000-0000-00000000000a", name="cold", memory_mib=256,
+                    compute_resource=nodes[0])
+    db.session.add_all([*nodes, server])
+    group = MigrationGroup()
+    for _ in range(calibration.MIN_SAMPLES):
+        finished(group, 19.0, 1.1, mode=status.MODE_OFFLINE)
+        group.tasks[-1].source, group.tasks[-1].destination = nodes
+    db.session.add(group)
+    db.session.commit()
+    measured = {"throughput_bps": {"node1": 100 * 2**20}, "dirty_rate_bps": {}}
+
+    def eta(options):
+        return preflight.etas([server], nodes[1], options, measured)["cold"]
+
+    offline = eta(preflight.options_of({"mode": status.MODE_OFFLINE}))
+    assert offline["model_s"] == pytest.approx(1.0)  # no disk: the model's fixed second
+    assert offline["seconds"] == pytest.approx(18.9) and offline["tail_s"] == pytest.approx(17.9)
+    assert offline["low"] < offline["seconds"] < offline["high"]
+    assert "recent offline moves" in offline["reason"]
+    # The other direction has no history of its own: the fleet's (here the same moves).
+    server.compute_resource = nodes[1]
+    db.session.commit()
+    assert preflight.etas([server], nodes[0], preflight.options_of({"mode": status.MODE_OFFLINE}),
+                          {"throughput_bps": {"lvm1": 100 * 2**20}, "dirty_rate_bps": {}}
+                          )["cold"]["seconds"] == pytest.approx(18.9)
