@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 
-from bench import cli, figures, paths, report, scale, tls
+from bench import cli, figures, offline_eta, paths, report, scale, tls
 from bench.stage import DATABASE_URL, Stage
 
 # Full run: >= 5 pairs per figure, sized to finish in about 15 minutes on a quiet 2-core machine.
@@ -21,14 +21,14 @@ FULL = {"overhead_pairs": 5, "convergence_pairs": 5, "deadline_s": 20, "dirty_mb
         "dirty_rate": 40, "eta_runs": 5, "eta_mbit": 200, "evacuation_pairs": 5,
         "evacuation_servers": 6, "servers": 5000, "resources": 200, "big": 500, "small": 50,
         "page_rounds": 200, "planning_pairs": 5, "cli_runs": 21, "tls_pairs": 5,
-        "path_pairs": 5, "path_sizes": paths.SIZES}
+        "path_pairs": 5, "path_sizes": paths.SIZES, "offline_moves": 10}
 # Quick run (make test): every figure once, at a tiny scale; it proves the bench works.
 QUICK = {**FULL, "overhead_pairs": 1, "convergence_pairs": 1, "deadline_s": 15, "eta_runs": 1,
          "evacuation_pairs": 1, "evacuation_servers": 2, "servers": 300, "resources": 10,
          "big": 50, "small": 5, "page_rounds": 5, "planning_pairs": 1, "cli_runs": 3,
-         "tls_pairs": 1, "path_pairs": 1, "path_sizes": paths.QUICK_SIZES}
+         "tls_pairs": 1, "path_pairs": 1, "path_sizes": paths.QUICK_SIZES, "offline_moves": 4}
 FIGURES = ("overhead", "user_paths", "convergence", "link_eta", "evacuation", "control_plane", "cli",
-           "tls_cost")
+           "tls_cost", "offline_eta")
 # Figures that need no lab: `python -m bench --only control_plane cli` runs anywhere with
 # PostgreSQL.
 WITHOUT_LAB = ("control_plane", "cli")
@@ -56,6 +56,8 @@ def run_figure(name: str, settings: dict, stage) -> dict:
         return cli.startup(DATABASE_URL + "_cli", s["cli_runs"])
     if name == "tls_cost":
         return tls.cost(stage, s["tls_pairs"])
+    if name == "offline_eta":
+        return offline_eta.offline_eta(stage, s["offline_moves"])
     raise ValueError(f"unknown figure {name}")
 
 
@@ -190,6 +192,11 @@ def markdown(doc: dict) -> str:
                          report.spread(t["ratio"]), ""))
             rows.append(("  seconds, TLS / plain", "", f"{report.spread(t['tls_s'])} / "
                          f"{report.spread(t['plain_s'])}", ""))
+    if "offline_eta" in f:
+        o = f["offline_eta"]
+        rows.append(("Offline ETA error, once a tail is learned", o["target"],
+                     report.spread(o["error"]), report.verdict(o["met"])))
+        rows.append(("  (the model alone, every move)", "", report.spread(o["model_error"]), ""))
     text = [f"# Ferry benchmarks ({doc['mode']} run)", "",
             f"Started {doc['started_at']}, took {doc['duration_s']} s on "
             f"{doc['machine_at_start']['cpus']} CPUs (load average at start "

@@ -84,7 +84,10 @@ def test_it_runs_every_figure_quickly_and_writes_valid_results(lab):
     for mode in ("live", "offline"):
         pair = f["tls_cost"][mode]["pairs"][0]
         assert pair["tls"]["ok"] and pair["plain"]["ok"], pair
-    for figure in ("overhead", "convergence", "evacuation"):
+    offline = f["offline_eta"]  # offline moves, each with its estimate and the model's
+    assert offline["moves"] and all(m["ok"] and m["model_s"] for m in offline["moves"])
+    assert offline["learned_moves"] >= 1 and is_summary(offline["error"])  # tls_cost's teach
+    for figure in ("overhead", "convergence", "evacuation", "offline_eta"):
         assert isinstance(f[figure]["met"], bool)
     assert "| Overhead: Ferry live / bare virsh |" in summary_md
     assert not [s for s in lab.servers() if s["name"].startswith("bench-")]  # cleaned up
