@@ -22,8 +22,13 @@ from worker.schedule import TICK_S
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 ORPHAN_AFTER = 10
+# One downtime step, the target itself, from the start: under TCG a pre-copy of many passes
+# at a low downtime now and then loses a dirty page, and a move that then completes leaves a
+# dead guest on the destination (lab/README.md, "Known QEMU limits"). The ladder now jumps to
+# the target once it sees this guest cannot converge, so moves that used to be aborted at the
+# deadline complete; a make test run lost the guest that way (its status page never answered).
 OVERRIDES = {"min_deadline_s": 45, "completion_timeout_per_gib_s": 20, "step_delay_per_gib_s": 2,
-             "auto_converge_window_per_gib_s": 5, "progress_timeout_s": 60}
+             "auto_converge_window_per_gib_s": 5, "progress_timeout_s": 60, "downtime_steps": 1}
 ABORT_GRACE_S = 30  # libvirt's abort landing on a loaded 2-core machine
 LADDER_KINDS = {"downtime", "abort", "not-converging", "throttle", "postcopy"}
 
