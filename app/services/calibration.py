@@ -135,6 +135,17 @@ def _actual_s(task):
     return (task.result_record.wall_ms or 0) / 1000 or None
 
 
+def _predicted_and_actual(tasks) -> list[tuple[float, float]]:
+    """(the preflight model's raw seconds, the actual seconds) of each task that has both."""
+    pairs = []
+    for task in tasks:
+        predicted = task.eta_record.preflight
+        raw = predicted.raw_s if predicted else None
+        if _actual_s(task) and isinstance(raw, (int, float)):
+            pairs.append((raw, _actual_s(task)))
+    return pairs
+
+
 def _learned(learn, like: Like | None):
     """learn(tasks) over the moves like this one, else over the fleet's."""
     value = learn(_recent_live(like)) if like is not None else None
@@ -143,15 +154,7 @@ def _learned(learn, like: Like | None):
 
 def start_factor(like: Like | None = None) -> float | None:
     """The correction for a pre-start live estimate, or None while there is too little history."""
-    def learn(tasks):
-        pairs = []
-        for task in tasks:
-            predicted = task.eta_record.preflight
-            raw = predicted.raw_s if predicted else None
-            if _actual_s(task) and isinstance(raw, (int, float)):
-                pairs.append((raw, _actual_s(task)))
-        return factor_from(pairs)
-    return _learned(learn, like)
+    return _learned(lambda tasks: factor_from(_predicted_and_actual(tasks)), like)
 
 
 def live_tail(like: Like | None = None, phase: str = "ram") -> float | None:
@@ -177,12 +180,7 @@ def offline_tail(route: Route | None = None) -> float | None:
     over the link), learned from the recent moves in the same direction, else from the
     fleet's; None while there is too little history."""
     def learn(tasks):
-        points = []
-        for task in tasks:
-            predicted = task.eta_record.preflight
-            raw = predicted.raw_s if predicted else None
-            if _actual_s(task) and isinstance(raw, (int, float)):
-                points.append((0.0, raw, _actual_s(task)))
-        return tail_from(points, OFFLINE_TAIL_RANGE)
+        return tail_from([(0.0, raw, actual) for raw, actual in _predicted_and_actual(tasks)],
+                         OFFLINE_TAIL_RANGE)
     value = learn(_recent_offline(route)) if route is not None else None
     return value if value is not None else learn(_recent_offline())
