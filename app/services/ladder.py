@@ -30,7 +30,11 @@ finished; all timing scaled by the guest's memory size):
    VIR_MIGRATE_POSTCOPY), only in the RAM phase (QEMU refuses it during the
    disk copy), once. From then on the ladder never aborts: the guest's memory
    is split between the hosts and an abort would lose it.
-4. Abort: at the completion deadline (`completion_timeout_per_gib_s` x data
+4. Abort: once nothing left can help (post-copy not allowed, QEMU's throttle at
+   its most, THROTTLE_MAX, for a full pass and the guest still beyond the target
+   downtime's reach on HOPELESS_POLLS polls in a row: what dirties its memory then
+   is not its vCPUs but a device), at once rather than at the deadline; else at the
+   completion deadline (`completion_timeout_per_gib_s` x data
    GiB, at least `min_deadline_s`) or after `progress_timeout_s` without
    progress (the remaining data never reached a new low; each ladder step
    restarts that clock, since it changes the conditions). libvirt's abortJob
@@ -75,6 +79,10 @@ CONVERGING_AGAIN_RATIO = 0.9
 # downtime can absorb before the ladder jumps past the downtime steps: one poll can fall on
 # a dip of the bandwidth between two passes.
 HOPELESS_POLLS = 2
+
+# QEMU's auto-converge throttle rises no further than this (its max-cpu-throttle parameter,
+# 99 % by default; libvirt cannot set it): at it, the ladder has nothing left to try.
+THROTTLE_MAX = 99
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,8 @@ class LadderState:
     not_converging: bool = False
     hopeless_polls: int = 0  # polls in a row beyond the target downtime's reach
     jumped: bool = False  # the climb was skipped (see _jump)
+    most_throttle_pass: Optional[int] = None  # the pass in which the throttle was at its most
+    spent_polls: int = 0  # polls in a row after a full such pass, beyond the target's reach
     overdue_noted: bool = False
     aborted: bool = False
 
@@ -224,7 +234,7 @@ class StartPostCopy(Action):
 
 @dataclass(frozen=True, kw_only=True)
 class Abort(Action):
-    """Call dom.abortJob(); reason is "deadline" or "stall"."""
+    """Call dom.abortJob(); reason is "cannot converge", "deadline" or "stall"."""
 
     reason: str
     kind: str = "abort"
@@ -356,8 +366,20 @@ def decide(state: LadderState, stats: JobStats, now: float,
 
 def _abort(state: LadderState, stats: JobStats, now: float,
            settings: LadderSettings) -> Optional[Abort]:
-    """Return an Abort at the deadline or after the stall timeout, else None."""
+    """Return an Abort when nothing left can help, at the deadline or after the stall
+    timeout, else None."""
     deadline = completion_deadline_s(settings, stats.data_total)
+    if _nothing_left(state, stats, settings):
+        return Abort(reason="cannot converge", message=(
+            f"Aborted: QEMU throttles the guest's vCPUs by {stats.auto_converge_throttle} %,"
+            f" its most, and after a full pass at that the guest still dirties"
+            f" {stats.memory_dirty_rate_bps / MIB:.0f} MiB/s while the link carries"
+            f" {stats.memory_bps / MIB:.0f} MiB/s (what writes its memory now is likely a"
+            f" device, network or disk, not its vCPUs). Post-copy is not allowed for this"
+            f" task, so nothing left can make the copy converge: Ferry stops now rather than"
+            f" at the deadline in {max(0.0, deadline - (now - state.started_at)):.0f} s."
+            f" The server keeps running on the source; allow post-copy, or move it when it"
+            f" is quieter."))
     if now - state.started_at >= deadline:
         return Abort(reason="deadline", message=(
             f"Aborted: the migration did not complete within its deadline of"
@@ -369,6 +391,21 @@ def _abort(state: LadderState, stats: JobStats, now: float,
             f" never dropped below {state.lowest_remaining / MIB:.0f} MiB); the server"
             " keeps running on the source."))
     return None
+
+
+def _nothing_left(state: LadderState, stats: JobStats, settings: LadderSettings) -> bool:
+    """True once post-copy is not allowed, QEMU's throttle has been at THROTTLE_MAX for a
+    full pass (it only changes between passes), and the guest is still beyond the target
+    downtime's reach on HOPELESS_POLLS polls in a row since."""
+    if settings.postcopy or not stats.ram_phase or stats.auto_converge_throttle < THROTTLE_MAX:
+        state.most_throttle_pass, state.spent_polls = None, 0
+        return False
+    if state.most_throttle_pass is None:
+        state.most_throttle_pass = stats.memory_iteration
+    if stats.memory_iteration <= state.most_throttle_pass:
+        return False
+    state.spent_polls = state.spent_polls + 1 if _beyond_target(stats, settings) else 0
+    return state.spent_polls >= HOPELESS_POLLS
 
 
 def _overdue_in_postcopy(state: LadderState, stats: JobStats, now: float,
@@ -500,5 +537,6 @@ def _climb(state: LadderState, stats: JobStats, now: float, settings: LadderSett
         left = max(0.0, deadline - (now - state.started_at))
         return [Note(kind="postcopy-not-allowed", message=(
             "Post-copy is not allowed for this task: the migration goes on until it"
-            f" converges or is aborted at its deadline in {left:.0f} s."))]
+            f" converges or is aborted, at its deadline in {left:.0f} s or sooner once QEMU's"
+            " throttle is at its most and the copy still cannot converge."))]
     return []

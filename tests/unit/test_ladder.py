@@ -271,3 +271,73 @@ def test_a_slow_but_converging_guest_still_walks_the_steps():
                                            remaining=200 * MIB), t, settings)
     assert not state.in_postcopy and not state.jumped
     assert [a.downtime_ms for a in actions if isinstance(a, SetDowntime)] == [166]
+
+
+def hopeless_until_throttled_to_the_most(settings, state):
+    """A guest that dirties 60 MiB/s on a 25 MiB/s link through the jump and auto-converge,
+    QEMU's throttle climbing to its most (99 %) by pass 10; returns the time of that poll."""
+    decide(state, ram_phase(iteration=1), 0.0, settings)
+    for t, iteration, throttle in ((1.5, 2, 20), (2.0, 2, 20), (5.0, 4, 40), (12.0, 10, 99)):
+        actions = decide(state, ram_phase(iteration=iteration, dirty=60 * MIB, bps=25 * MIB,
+                                          auto_converge_throttle=throttle), t, settings)
+        assert not any(isinstance(a, Abort) for a in actions)
+    return 12.0
+
+
+def test_a_guest_still_beyond_reach_at_the_most_throttle_is_aborted_before_its_deadline():
+    """Post-copy not allowed, the vCPUs throttled by 99 % and the memory still dirtied faster
+    than the link carries (a device writing, not the vCPUs): nothing left on the ladder can
+    help, so the move stops after one full pass at that throttle, not at its 150 s deadline."""
+    settings = LadderSettings(downtime_target_ms=300, downtime_steps=10)
+    state = LadderState()
+    t = hopeless_until_throttled_to_the_most(settings, state)
+    same_pass = decide(state, ram_phase(iteration=10, dirty=60 * MIB, bps=25 * MIB,
+                                        auto_converge_throttle=99), t + 2, settings)
+    assert not any(isinstance(a, Abort) for a in same_pass)  # the throttle gets a full pass
+    actions = []
+    for dt in (4.0, 4.5):
+        actions += decide(state, ram_phase(iteration=11, dirty=60 * MIB, bps=25 * MIB,
+                                           auto_converge_throttle=99), t + dt, settings)
+    aborts = [a for a in actions if isinstance(a, Abort)]
+    assert [a.reason for a in aborts] == ["cannot converge"]
+    assert t + 4.5 < completion_deadline_s(settings, GIB)
+    message = aborts[0].message
+    assert "99 %" in message and "60 MiB/s" in message and "25 MiB/s" in message
+    assert "keeps running on the source" in message and "post-copy" in message
+    assert decide(state, ram_phase(iteration=12, dirty=60 * MIB, bps=25 * MIB,
+                                   auto_converge_throttle=99), t + 5, settings) == []
+
+
+def test_a_throttled_guest_that_comes_within_reach_is_not_aborted():
+    """At the most throttle, one poll within reach resets the count: a dip is not hope lost,
+    and a guest whose writes slow down keeps its move."""
+    settings = LadderSettings(downtime_target_ms=300, downtime_steps=10)
+    state = LadderState()
+    t = hopeless_until_throttled_to_the_most(settings, state)
+    polls = ((t + 4.0, 60 * MIB), (t + 4.5, 5 * MIB), (t + 5.0, 60 * MIB))
+    for now, dirty in polls:
+        actions = decide(state, ram_phase(iteration=11, dirty=dirty, bps=25 * MIB,
+                                          auto_converge_throttle=99), now, settings)
+        assert not any(isinstance(a, Abort) for a in actions)
+
+
+def test_no_early_abort_when_postcopy_is_allowed_or_the_throttle_can_still_rise():
+    """With post-copy allowed the ladder switches instead; below 99 % QEMU still has a rung."""
+    allowed = LadderSettings(downtime_target_ms=300, downtime_steps=10, postcopy=True,
+                             auto_converge_window_per_gib_s=1000.0)
+    state = LadderState()
+    decide(state, ram_phase(iteration=1), 0.0, allowed)
+    state.jumped = True  # as if the jump had been declined: only the abort rule is left
+    state.auto_converge_at = 0.0
+    for now, iteration in ((20.0, 10), (30.0, 12), (31.0, 12)):
+        actions = decide(state, ram_phase(iteration=iteration, dirty=60 * MIB, bps=25 * MIB,
+                                          auto_converge_throttle=99), now, allowed)
+        assert not any(isinstance(a, Abort) for a in actions)
+    rising = LadderSettings(downtime_target_ms=300, downtime_steps=10,
+                            auto_converge_window_per_gib_s=1000.0)
+    state = LadderState()
+    decide(state, ram_phase(iteration=1), 0.0, rising)
+    for now, iteration in ((2.0, 2), (2.5, 2), (20.0, 10), (30.0, 12), (31.0, 12)):
+        actions = decide(state, ram_phase(iteration=iteration, dirty=60 * MIB, bps=25 * MIB,
+                                          auto_converge_throttle=90), now, rising)
+        assert not any(isinstance(a, Abort) for a in actions)
