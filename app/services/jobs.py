@@ -69,18 +69,26 @@ def send(job, *, queue=QUEUE_DEFAULT, timeout=None, connection=None, module="wor
 
 
 def queued(job, connection=None):
-    """True while the RQ job of a pending row waits in Redis (False when Redis lost it)."""
+    """True while the RQ job of a pending row waits in Redis (False when Redis lost it).
+
+    "queued" is believed only while the job's id is on its queue: RQ takes a job by moving its
+    id to the queue's intermediate list and marks it started a moment later, so a worker killed
+    in between leaves a job that says "queued" and that no worker will take (RQ's maintenance
+    fails it minutes later at best; fault suite seed 10 saw its group wait for good)."""
     from rq.exceptions import NoSuchJobError
     from rq.job import Job as RqJob
     from rq.serializers import JSONSerializer
     if not job.rq_id:
         return False
+    connection = connection or redis_connection()
     try:
-        rq_job = RqJob.fetch(job.rq_id, connection=connection or redis_connection(),
-                             serializer=JSONSerializer)
+        rq_job = RqJob.fetch(job.rq_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:
         return False
-    return rq_job.get_status(refresh=False) in ("queued", "deferred", "scheduled")
+    state = rq_job.get_status(refresh=False)
+    if state == "queued":
+        return get_queue(rq_job.origin, connection).get_job_position(rq_job.id) is not None
+    return state in ("deferred", "scheduled")
 
 
 class _RowLogHandler(logging.Handler):
