@@ -32,14 +32,15 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import event
+from sqlalchemy import event, or_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import Pool
 
 from app.errors import FerryError
 from app.extensions import db
-from app.models import Claim, utcnow
+from app import status
+from app.models import Claim, MigrationGroup, MigrationTask, utcnow
 
 log = logging.getLogger("ferry.limits")
 
@@ -134,8 +135,15 @@ def claim_group_slot(group_id: int) -> bool:
 
 def release_group_slot(group_id: int) -> None:
     """Give back the slot a group holds (idempotent)."""
-    Claim.query.filter_by(kind=GROUP, holder=f"group:{group_id}").delete()
+    free_group_slot(group_id)
     db.session.commit()
+
+
+def free_group_slot(group_id: int) -> None:
+    """Delete the group's slot in the session's transaction: the commit that records the group's
+    end gives it back too, so no process can die between the two."""
+    db.session.execute(db.delete(Claim).where(Claim.kind == GROUP,
+                                              Claim.holder == f"group:{group_id}"))
 
 
 class _Busy(Exception):
@@ -219,8 +227,40 @@ def release_probe_port(holder: str | None) -> None:
 
 def release_resources(task_id: int) -> None:
     """Free every slot a task holds: its nodes, its server, its export ports (idempotent)."""
-    Claim.query.filter(Claim.kind.in_(TASK_KINDS), Claim.holder == f"task:{task_id}").delete()
+    free_task_claims(task_id)
     db.session.commit()
+
+
+def free_task_claims(task_id: int) -> None:
+    """Delete every slot a task holds in the session's transaction: the commit that records the
+    task's outcome frees them too (a job killed between two commits left an ended task holding
+    both nodes, and every later move on them waited; fault suite seed 10)."""
+    db.session.execute(db.delete(Claim).where(Claim.kind.in_(TASK_KINDS),
+                                              Claim.holder == f"task:{task_id}"))
+
+
+def release_ended() -> dict[str, int]:
+    """Free the claims still held by a task or a group that has ended (left by a process that
+    died before its outcome and its release shared a commit); returns {holder: claims freed},
+    committed. A holder without a row is left alone: nothing says it ended."""
+    held: dict[str, list[Claim]] = {}
+    for claim in db.session.scalars(db.select(Claim).where(
+            or_(Claim.holder.like("task:%"), Claim.holder.like("group:%")))):
+        held.setdefault(claim.holder, []).append(claim)
+    freed = {}
+    for model, kind in ((MigrationTask, "task"), (MigrationGroup, "group")):
+        ids = {int(number) for holder in held
+               for prefix, _, number in [holder.partition(":")]
+               if prefix == kind and number.isdigit()}
+        if not ids:
+            continue
+        for ended in db.session.scalars(db.select(model.id).where(
+                model.id.in_(ids), model.status.in_(status.MIGRATION_DONE))):
+            for claim in held[f"{kind}:{ended}"]:
+                db.session.delete(claim)
+            freed[f"{kind}:{ended}"] = len(held[f"{kind}:{ended}"])
+    db.session.commit()
+    return freed
 
 
 def holders(kind: str) -> list[str]:

@@ -286,8 +286,8 @@ def end_group(group) -> None:
     else:
         group.status = status.MIGRATION_FAILED
     group.finished_at = utcnow()
+    limits.free_group_slot(group.id)  # in the outcome's commit: an ended group holds no slot
     db.session.commit()
-    limits.release_group_slot(group.id)
     Evacuation.group_ended(group)
     db.session.commit()
 

@@ -287,13 +287,18 @@ def _send_again(group) -> None:
 
 
 def reconcile(wait_s: float | None = None) -> list[tuple[int | None, str]]:
-    """One recovery pass: settle orphaned tasks, send stalled groups again, end abandoned
-    preflights and groups with nothing left to run. A few queries when there is nothing to do.
+    """One recovery pass: free claims that ended tasks and groups still hold, settle orphaned
+    tasks, send stalled groups again, end abandoned preflights and groups with nothing left to
+    run. A few queries when there is nothing to do.
 
     Every worker runs it from its scheduler thread (and once at start), never as a job
     queued behind migrations; leases keep two passes from acting on one task or group.
     """
     done, touched, dead = [], set(), set()
+    for holder, count in limits.release_ended().items():
+        kind, _, number = holder.partition(":")
+        done.append((None, f"freed {count} claim{'s' * (count != 1)} of ended {kind} {number}"))
+        log.warning("%s had ended but still held %d claim(s): freed", holder, count)
     for task in orphans():
         owner = task.lease_owner
         outcome = _settle(task)

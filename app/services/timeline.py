@@ -1,8 +1,8 @@
 """A migration task's timeline and its endings: events, cancel requests, outcomes.
 
 Every runner, the group job and recovery write through these; they import
-nothing else of the engine, so no service needs an import inside a function
-to reach them.
+nothing else of the engine (only limits, whose claims an ending gives back), so
+no service needs an import inside a function to reach them.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from app.blobs import TaskResult
 from app.errors import FerryError
 from app.extensions import db
 from app.models import MigrationTask, TaskEvent, utcnow
+from app.services import limits
 
 log = logging.getLogger("ferry.migration")
 
@@ -49,6 +50,7 @@ def finish(task, outcome: str, message: str) -> None:
     task.finished_at = task.finished_at or utcnow()
     if outcome != status.MIGRATION_FINISHED:
         task.error = message
+    limits.free_task_claims(task.id)  # in the outcome's commit: an ended task holds nothing
     event(task, outcome, message)
 
 
@@ -59,6 +61,7 @@ def finish_success(task, message: str, result: TaskResult | dict) -> None:
     task.status = status.MIGRATION_FINISHED
     task.phase = None
     task.finished_at = utcnow()
+    limits.free_task_claims(task.id)
     event(task, status.MIGRATION_FINISHED, message, data=result)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from app.errors import FerryError
 from app.extensions import db
-from app.models import Claim
+from app.models import Claim, utcnow
 from app.services import limits
 
 
@@ -140,3 +140,62 @@ def test_it_never_leaves_half_a_claim_when_tasks_race(app):
         assert len({k for keys in by_task.values() for k in keys}) == sum(
             len(keys) for keys in by_task.values())  # one slot each: no node twice
 
+
+
+def ended_task(outcome_status=None, n=1):
+    """A task (the n-th: nodes and server of its own) with its nodes, its server and an export
+    port claimed, as a running job holds them; returns it."""
+    from app import status
+    from app.models import ComputeResource, MigrationGroup, MigrationTask, Server
+    node1, node2 = (ComputeResource(name=f"{name}-{n}", host="h", key_path="/k")
+                    for name in ("n1", "n2"))
+    server = Server(uuid=f"00000000-0000-4000-8000-00000000c1a{n}", name=f"held-{n}",
+                    compute_resource=node1)
+    task = MigrationTask(source=node1, destination=node2, server=server, mode=status.MODE_OFFLINE,
+                         status=outcome_status or status.MIGRATION_RUNNING)
+    db.session.add(MigrationGroup(status=status.MIGRATION_RUNNING, options={}, tasks=[task]))
+    db.session.commit()
+    assert limits.claim_resources(task.id, [node1.id, node2.id], server_id=server.id)
+    limits.claim_export_port(task.id, node1.id)
+    return task
+
+
+@pytest.mark.parametrize("ending", ["failed", "finished"])
+def test_a_task_gives_back_its_claims_in_the_commit_that_records_its_outcome(app_context,
+                                                                             ending):
+    # Fault suite seed 10, #69: the task said finished while its nodes, server and port were
+    # still claimed; the job freed them in a commit of its own after the outcome's, so a worker
+    # killed between the two left both nodes blocked for every later move.
+    from app import status
+    from app.services import timeline
+    task = ended_task()
+    assert len(held()) == 4
+    if ending == "failed":
+        timeline.finish(task, status.MIGRATION_FAILED, "the link went away")
+    else:
+        timeline.finish_success(task, "moved", {})
+    db.session.rollback()  # nothing uncommitted counts: only what the outcome's commit wrote
+    assert held() == []
+
+
+def test_recovery_frees_claims_an_ended_task_or_group_still_holds(app_context):
+    # Claims a worker left behind before their release shared the outcome's commit (or any
+    # other way): a recovery pass gives them back, and says so.
+    from app import status
+    from app.services import recovery
+    task = ended_task(status.MIGRATION_FINISHED)
+    db.session.add(Claim(kind=limits.GROUP, key="*", slot=0, holder=f"group:{task.group_id}"))
+    task.group.status = status.MIGRATION_FINISHED
+    db.session.add(Claim(kind=limits.RESOURCE, key="9", slot=0, holder="task:4242"))  # no row
+    db.session.commit()
+    live = ended_task(n=2)  # a running task, its job alive, keeps what it holds
+    live.lease_owner, live.lease_until = "worker-1", utcnow() + timedelta(minutes=5)
+    live.heartbeat_at = utcnow()
+    db.session.commit()
+    live_claims = [c for c in held() if c[2] == f"task:{live.id}"]
+
+    done = recovery.reconcile()
+
+    assert held() == sorted(live_claims + [("resource", "9", "task:4242")])
+    assert (None, f"freed 4 claims of ended task {task.id}") in done
+    assert (None, f"freed 1 claim of ended group {task.group_id}") in done
