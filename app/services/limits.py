@@ -37,9 +37,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import Pool
 
+from app import status
 from app.errors import FerryError
 from app.extensions import db
-from app import status
 from app.models import Claim, MigrationGroup, MigrationTask, utcnow
 
 log = logging.getLogger("ferry.limits")
@@ -242,20 +242,23 @@ def free_task_claims(task_id: int) -> None:
 def release_ended() -> dict[str, int]:
     """Free the claims still held by a task or a group that has ended (left by a process that
     died before its outcome and its release shared a commit); returns {holder: claims freed},
-    committed. A holder without a row is left alone: nothing says it ended."""
+    committed. A holder without a row is left alone: nothing says it ended; so is a group that
+    needs attention, which recovery may send again with its slot."""
     held: dict[str, list[Claim]] = {}
     for claim in db.session.scalars(db.select(Claim).where(
             or_(Claim.holder.like("task:%"), Claim.holder.like("group:%")))):
         held.setdefault(claim.holder, []).append(claim)
     freed = {}
-    for model, kind in ((MigrationTask, "task"), (MigrationGroup, "group")):
+    group_ended = tuple(set(status.MIGRATION_DONE) - {status.MIGRATION_ATTENTION})
+    for model, kind, ended_states in ((MigrationTask, "task", status.MIGRATION_DONE),
+                                      (MigrationGroup, "group", group_ended)):
         ids = {int(number) for holder in held
                for prefix, _, number in [holder.partition(":")]
                if prefix == kind and number.isdigit()}
         if not ids:
             continue
         for ended in db.session.scalars(db.select(model.id).where(
-                model.id.in_(ids), model.status.in_(status.MIGRATION_DONE))):
+                model.id.in_(ids), model.status.in_(ended_states))):
             for claim in held[f"{kind}:{ended}"]:
                 db.session.delete(claim)
             freed[f"{kind}:{ended}"] = len(held[f"{kind}:{ended}"])
