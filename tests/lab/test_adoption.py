@@ -8,6 +8,7 @@ destination or aborted with the server running on the source, within the task's 
 plus ORPHAN_AFTER. Throughout, the task must never say it ended while libvirt on the source
 still migrates. Small deadlines come from LADDER_OVERRIDES in the workers' instance config.
 """
+import os
 import time
 
 import pytest
@@ -46,8 +47,13 @@ def source_job_active(lab, node, name):
 
 
 def test_it_adopts_a_live_migration_whose_worker_died_mid_copy(
-        app, lab, lab_server, fleet, workers, worker_redis, shaped_link, tmp_path):
-    (tmp_path / "config.py").write_text(f"LADDER_OVERRIDES = {OVERRIDES!r}\n")  # the workers'
+        app, lab, lab_server, fleet, workers, worker_redis, shaped_link):
+    # The workers read config.py in the app's instance folder (the test's tmp_path/instance):
+    # written to tmp_path itself, as it was, the workers never saw it and ran the default
+    # ladder (30 ms first), and a clean-clone make test lost the guest to the TCG race again.
+    os.makedirs(app.instance_path, exist_ok=True)
+    with open(os.path.join(app.instance_path, "config.py"), "w") as config:
+        config.write(f"LADDER_OVERRIDES = {OVERRIDES!r}\n")
     app.config["LADDER_OVERRIDES"] = OVERRIDES  # this process's, to compute the deadline
     settings = dict(schedule=True, orphan_after=ORPHAN_AFTER, lease_ttl=ORPHAN_AFTER)
     first, = workers.start(1, **settings)
@@ -80,6 +86,9 @@ def test_it_adopts_a_live_migration_whose_worker_died_mid_copy(
         assert time.monotonic() < deadline, "the task never ended\n" + workers.logs()
         time.sleep(0.5)
 
+    first_downtime = next(message for kind, message in row["events"] if kind == "downtime")
+    assert f"set to {app.config['DOWNTIME_TARGET_MS']} ms" in first_downtime, \
+        ("the workers did not read the test's ladder", first_downtime)
     after = [kind for kind, _ in row["events"][events_before:]]
     assert "adopted" in after, (row["events"], workers.logs())
     adopted_at = after.index("adopted")
