@@ -137,6 +137,7 @@ class TaskResult(Blob):
     tls: bool = False
     phases: dict = field(default_factory=dict)
     new_address: str | None = None
+    dirty_rate_bps: int | None = None  # live: how fast libvirt saw the guest dirty its memory
 
 
 @dataclass(frozen=True)

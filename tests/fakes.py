@@ -291,6 +291,8 @@ class FakeMigration:
         self.error = None
         self.error_code = None
         self.done = False
+        # jobStats the monitor loop reads, one a poll, before the call returns (plan "samples")
+        self.samples = list(cluster.migration_plan.get("samples", ()))
 
     def start(self):
         plan = self.cluster.migration_plan
@@ -306,13 +308,17 @@ class FakeMigration:
         finish_migration(self.cluster, self.source, self.uuid, outcome)
         if outcome in ("failed", "aborted", "left-paused"):
             self.error = plan.get("error", "internal error: migration failed")
-        self.done = True
+        self.done = not self.samples
 
     def wait(self, timeout=None):
         pass
 
     def stats(self):
-        return {}
+        if not self.samples:
+            return {}
+        sample = self.samples.pop(0)
+        self.done = not self.samples
+        return sample
 
     def set_max_downtime(self, ms):
         pass

@@ -225,6 +225,27 @@ def _eta_point(task, series, settings: ladder.LadderSettings, seen: dict, at_s: 
                     phase=phase)
 
 
+def _note_dirty_rate(seen: dict, stats: ladder.JobStats, state: ladder.LadderState) -> None:
+    """Keep the fastest rate at which libvirt saw the guest dirty its memory, apart for samples
+    taken while auto-converge slowed the guest: the next preflight of this server stands it in
+    for the sample it cannot take (services.preflight.learn_dirty_rates). libvirt measures it
+    from the second pass on; in post-copy pages are not resent, so its figure means nothing."""
+    if stats.memory_iteration < 2 or state.in_postcopy or stats.memory_dirty_rate_bps <= 0:
+        return
+    key = "dirty_throttled" if stats.auto_converge_throttle else "dirty_free"
+    seen[key] = max(seen.get(key) or 0, stats.memory_dirty_rate_bps)
+
+
+def dirty_rate_seen(seen: dict) -> int | None:
+    """The guest's dirty rate a move saw (bytes/s): unthrottled if libvirt measured one, else
+    the throttled one (less than the guest's own rate, more than knowing nothing), else None.
+
+    >>> dirty_rate_seen({"dirty_free": 5, "dirty_throttled": 9}), dirty_rate_seen({})
+    (5, None)
+    """
+    return seen.get("dirty_free") or seen.get("dirty_throttled") or None
+
+
 def _monitor(task, migration, settings: ladder.LadderSettings, seen: dict,
              elapsed_s: float = 0.0, check=None) -> dict:
     """Poll the job until it ends; `seen` (the caller's) records what it saw.
@@ -249,6 +270,7 @@ def _monitor(task, migration, settings: ladder.LadderSettings, seen: dict,
             stats = ladder.JobStats.from_libvirt(raw)
             if stats.active:
                 seen["samples"] += 1
+                _note_dirty_rate(seen, stats, state)
                 series.append(stats)
                 history.append([round(now - t0, 2), stats.memory_remaining, stats.data_remaining])
                 task.progress = _progress(stats, history)
@@ -440,7 +462,8 @@ class Migrate(Step):
             decision = decide_migrate(at_src, at_dst)
         seen_nodes = {"source": at_src.__dict__, "destination": at_dst.__dict__}
         if decision.action == DONE:
-            return {"postcopy": bool(seen.get("postcopy")), "nodes": seen_nodes}
+            return {"postcopy": bool(seen.get("postcopy")), "nodes": seen_nodes,
+                    "dirty_rate_bps": dirty_rate_seen(seen)}
         reason = _explain(error or "libvirt reported no error", move)
         if decision.action == ROLLBACK:
             if seen.get("cancelled"):
@@ -634,6 +657,7 @@ class LiveRunner(Runner):
                             bytes=verify.get("bytes"), memory_bytes=verify.get("memory_bytes"),
                             disk_bytes=verify.get("disk_bytes"),
                             postcopy=bool((migrate.data or {}).get("postcopy")),
+                            dirty_rate_bps=(migrate.data or {}).get("dirty_rate_bps"),
                             tls=bool((migrate.names or {}).get("tls")),
                             phases={**request_phases(move), **move.laps})
         seconds = f", {wall_ms / 1000:.1f} s in all" if wall_ms else ""

@@ -49,6 +49,10 @@ def test_it_moves_a_dirtying_server_live_and_keeps_its_ip(app, lab, lab_server, 
         assert row.server.compute_resource.name == "node2"
         kinds = [e.kind for e in row.events]
         assert "downtime" in kinds and "finished" in kinds
+        # libvirt's dirty rate (from the second pass on) is kept for the server's next preflight
+        last = row.progress_record
+        if (last.iteration or 0) >= 2 and last.dirty_rate_bps:
+            assert row.result_record.dirty_rate_bps, row.result
     # qcow2 kept: the destination disk Ferry pre-created stays sparse (libvirt would inflate it)
     info = image_info(lab, "node2", guest["disk"]["path"])
     assert info["format"] == "qcow2" and info["virtual-size"] == guest["disk"]["virtual_size"]
