@@ -138,6 +138,7 @@ class TaskResult(Blob):
     phases: dict = field(default_factory=dict)
     new_address: str | None = None
     dirty_rate_bps: int | None = None  # live: how fast libvirt saw the guest dirty its memory
+    dirty_set_bytes: int | None = None  # live: the most memory a pass found dirty
 
 
 @dataclass(frozen=True)

@@ -210,10 +210,16 @@ def _eta_point(task, series, settings: ladder.LadderSettings, seen: dict, at_s: 
         # libvirt measures it only from the second memory pass on.
         dirty = ((task.preflight or {}).get("dirty_rate_bps") or {}).get(task.server.name)
         seen["dirty"] = dirty if isinstance(dirty, (int, float)) and dirty > 0 else None
+        # And the most its last move found dirty after a pass: no later pass resends more.
+        dirty_set = (((task.preflight or {}).get("measured") or {}).get("dirty_set_bytes")
+                     or {}).get(task.server.name)
+        seen["dirty_set"] = dirty_set if isinstance(dirty_set, (int, float)) and dirty_set > 0 \
+            else None
     live = estimation.live_estimate(series[-20:], settings.downtime_target_ms,
                                     link_bps=seen["link_bps"],
                                     disk_data_bytes=seen.get("disk_data"),
-                                    memory_bytes=seen.get("memory"), dirty_bps=seen.get("dirty"))
+                                    memory_bytes=seen.get("memory"), dirty_bps=seen.get("dirty"),
+                                    dirty_set_bytes=seen.get("dirty_set"))
     if live is None:
         return None
     phase = "ram" if series[-1].ram_phase else "disk"
@@ -227,10 +233,15 @@ def _eta_point(task, series, settings: ladder.LadderSettings, seen: dict, at_s: 
 
 def _note_dirty_rate(seen: dict, stats: ladder.JobStats, state: ladder.LadderState) -> None:
     """Keep the fastest rate at which libvirt saw the guest dirty its memory, apart for samples
-    taken while auto-converge slowed the guest: the next preflight of this server stands it in
-    for the sample it cannot take (services.preflight.learn_dirty_rates). libvirt measures it
-    from the second pass on; in post-copy pages are not resent, so its figure means nothing."""
-    if stats.memory_iteration < 2 or state.in_postcopy or stats.memory_dirty_rate_bps <= 0:
+    taken while auto-converge slowed the guest, and the most memory a pass found dirty (what
+    the guest writes to: every later pass resends at most that): the next preflight of this
+    server stands them in for the sample it cannot take (services.preflight.learn_dirty_rates).
+    libvirt measures the rate from the second pass on; in post-copy pages are not resent, so
+    its figures mean nothing."""
+    if stats.memory_iteration < 2 or state.in_postcopy:
+        return
+    seen["dirty_set_seen"] = max(seen.get("dirty_set_seen") or 0, stats.memory_remaining)
+    if stats.memory_dirty_rate_bps <= 0:
         return
     key = "dirty_throttled" if stats.auto_converge_throttle else "dirty_free"
     seen[key] = max(seen.get(key) or 0, stats.memory_dirty_rate_bps)
@@ -463,7 +474,8 @@ class Migrate(Step):
         seen_nodes = {"source": at_src.__dict__, "destination": at_dst.__dict__}
         if decision.action == DONE:
             return {"postcopy": bool(seen.get("postcopy")), "nodes": seen_nodes,
-                    "dirty_rate_bps": dirty_rate_seen(seen)}
+                    "dirty_rate_bps": dirty_rate_seen(seen),
+                    "dirty_set_bytes": seen.get("dirty_set_seen") or None}
         reason = _explain(error or "libvirt reported no error", move)
         if decision.action == ROLLBACK:
             if seen.get("cancelled"):
@@ -658,6 +670,7 @@ class LiveRunner(Runner):
                             disk_bytes=verify.get("disk_bytes"),
                             postcopy=bool((migrate.data or {}).get("postcopy")),
                             dirty_rate_bps=(migrate.data or {}).get("dirty_rate_bps"),
+                            dirty_set_bytes=(migrate.data or {}).get("dirty_set_bytes"),
                             tls=bool((migrate.names or {}).get("tls")),
                             phases={**request_phases(move), **move.laps})
         seconds = f", {wall_ms / 1000:.1f} s in all" if wall_ms else ""

@@ -371,28 +371,34 @@ def test_a_live_move_records_how_fast_the_guest_dirtied_its_memory_for_its_next_
     mib = 1 << 20
     page = 4096
 
-    def sample(iteration, dirty_mib_s, throttle=0):
+    # With the rate, the most a pass found dirty (libvirt's memory_remaining from the second
+    # pass on, throttled or not): what the guest writes to, which no later pass exceeds.
+    def sample(iteration, dirty_mib_s, remaining_mib, throttle=0):
         return {"type": 2, "time_elapsed": 500 * iteration, "data_total": 512 * mib,
                 "data_processed": 100 * mib * iteration, "data_remaining": 50 * mib,
                 "memory_total": 256 * mib, "memory_processed": 100 * mib * iteration,
-                "memory_remaining": 50 * mib, "memory_iteration": iteration,
+                "memory_remaining": remaining_mib * mib, "memory_iteration": iteration,
                 "memory_dirty_rate": dirty_mib_s * mib // page, "memory_page_size": page,
                 "auto_converge_throttle": throttle}
     cluster, task = world(mode=status.MODE_LIVE, tpm=False)
-    cluster.migration_plan["samples"] = [sample(1, 0), sample(2, 6), sample(2, 9), sample(3, 7),
-                                         sample(4, 30, throttle=20), sample(5, 2, throttle=30)]
+    cluster.migration_plan["samples"] = [
+        sample(1, 0, 200), sample(2, 6, 40), sample(2, 9, 30), sample(3, 7, 20),
+        sample(4, 30, 60, throttle=20), sample(5, 2, 10, throttle=30)]
     assert run(task, cluster) == status.MIGRATION_FINISHED, task.error
     assert task.result_record.dirty_rate_bps == 9 * mib
-    assert preflight.learned_dirty_rates([task.server_id], 3600) == {task.server_id: 9 * mib}
+    assert task.result_record.dirty_set_bytes == 60 * mib
+    assert preflight.learned_dirty_rates([task.server_id], 3600) == {
+        task.server_id: (9 * mib, 60 * mib)}
 
 
 def test_only_a_throttled_dirty_rate_is_kept_when_no_other_was_seen():
     seen, settings_state = {}, live.ladder.LadderState()
     for dirty, throttle, iteration in ((5, 40, 2), (3, 60, 3), (8, 0, 1)):
         stats = live.ladder.JobStats(memory_dirty_rate_bps=dirty, auto_converge_throttle=throttle,
-                                     memory_iteration=iteration, memory_total=1)
+                                     memory_iteration=iteration, memory_total=1,
+                                     memory_remaining=dirty)
         live._note_dirty_rate(seen, stats, settings_state)
-    assert live.dirty_rate_seen(seen) == 5
+    assert live.dirty_rate_seen(seen) == 5 and seen["dirty_set_seen"] == 5  # not pass 1's 8
 
 
 def test_it_records_every_phase_of_a_live_move_in_order(world):

@@ -205,13 +205,18 @@ def test_during_the_disk_copy_the_disks_data_and_the_memory_go_at_the_links_rate
                          memory_bytes=128 * MIB).seconds == pytest.approx(e.seconds)
 
 
+def first_pass_at_20_mib_s():
+    """Two samples of a first memory pass, 200 MiB of a 256 MiB guest left, 20 MiB/s."""
+    ram = dict(memory_total=256 * MIB, memory_iteration=1, memory_remaining=200 * MIB,
+               memory_constant=0, memory_normal=5000)
+    return [sample(1000, 0, memory_processed=MIB, **ram),
+            sample(2000, 20 * MIB, memory_processed=21 * MIB, **ram)]
+
+
 def test_until_libvirt_measures_the_dirty_rate_the_sampled_one_stands_in():
     # libvirt measures how fast a guest writes only from the second memory pass on; until
     # then the estimate assumed it wrote nothing, even when the preflight had sampled it.
-    ram = dict(memory_total=256 * MIB, memory_iteration=1, memory_remaining=200 * MIB,
-               memory_constant=0, memory_normal=5000)
-    series = [sample(1000, 0, memory_processed=MIB, **ram),
-              sample(2000, 20 * MIB, memory_processed=21 * MIB, **ram)]
+    series = first_pass_at_20_mib_s()
     blind, told = live_estimate(series), live_estimate(series, dirty_bps=8 * MIB)
     # lambda = 8 / 20: each pass resends 0.4 of the one before, 1 / (1 - 0.4) of it in all.
     assert told.seconds - 0.05 == pytest.approx((blind.seconds - 0.05) / 0.6, rel=0.05)
@@ -225,3 +230,23 @@ def test_until_libvirt_measures_the_dirty_rate_the_sampled_one_stands_in():
         live_estimate(idle).seconds)
     # A guest the preflight saw write faster than the link carries: it will not converge.
     assert not live_estimate(series, dirty_bps=30 * MIB).converges
+
+
+def test_what_the_guest_wrote_to_last_time_bounds_every_pass_after_the_first():
+    # A guest rewriting 32 MiB at 8 MiB/s resends at most those 32 MiB a pass, not 0.4 of the
+    # 200 MiB of the first: with the set its last move found dirty the estimate is shorter,
+    # still longer than an idle guest's; the band's slow end keeps the whole memory; and once
+    # libvirt measures this move (second pass) its own figures count instead.
+    series = first_pass_at_20_mib_s()
+    idle, rate_only = live_estimate(series), live_estimate(series, dirty_bps=8 * MIB)
+    bounded = live_estimate(series, dirty_bps=8 * MIB, dirty_set_bytes=32 * MIB)
+    assert idle.seconds < bounded.seconds < rate_only.seconds
+    # 200 MiB, then 32, 12.8 and 5.12 MiB (within 300 ms at 20 MiB/s), all at 20 MiB/s
+    assert bounded.seconds - 0.05 == pytest.approx((200 + 32 + 12.8 + 5.12) / 20)
+    assert bounded.high == pytest.approx(live_estimate(series, dirty_bps=8 * MIB).high)
+    later = [replace(s, memory_iteration=2, memory_dirty_rate_bps=8 * MIB) for s in series]
+    assert live_estimate(later, dirty_set_bytes=32 * MIB).seconds == pytest.approx(
+        live_estimate(later).seconds)
+    pre = estimate_migration(256 * MIB, 0, 20 * MIB, 8 * MIB)
+    assert estimate_migration(256 * MIB, 0, 20 * MIB, 8 * MIB,
+                              dirty_set_bytes=32 * MIB).seconds < pre.seconds

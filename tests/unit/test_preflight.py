@@ -217,26 +217,30 @@ def test_a_server_not_sampled_takes_the_dirty_rate_its_last_live_move_saw(app, f
         group.tasks.append(MigrationTask(
             server=web, source=node1, destination=node2, mode=mode, status=state,
             finished_at=now - timedelta(seconds=ago),
-            result={"bytes": 1, "total_ms": 1000, "dirty_rate_bps": dirty and dirty * mib}))
+            result={"bytes": 1, "total_ms": 1000, "dirty_rate_bps": dirty and dirty * mib,
+                    "dirty_set_bytes": dirty and 10 * dirty * mib}))
     db.session.add(group)
     db.session.commit()
 
     # the latest that saw one; none too old
-    assert preflight.learned_dirty_rates([web.id, 999], 3600 * 2) == {web.id: 6 * mib}
+    assert preflight.learned_dirty_rates([web.id, 999], 3600 * 2) == {web.id: (6 * mib, 60 * mib)}
     assert preflight.learned_dirty_rates([web.id], 400) == {}
-    measured = {"dirty_rate_bps": {}, "dirty_rate_from": {}}
+    measured = {"dirty_rate_bps": {}, "dirty_rate_from": {}, "dirty_set_bytes": {}}
     preflight.learn_dirty_rates([web], measured)
-    assert measured == {"dirty_rate_bps": {"web": 6 * mib}, "dirty_rate_from": {"web": "last move"}}
-    sampled = {"dirty_rate_bps": {"web": mib}, "dirty_rate_from": {}}
+    assert measured == {"dirty_rate_bps": {"web": 6 * mib}, "dirty_rate_from": {"web": "last move"},
+                        "dirty_set_bytes": {"web": 60 * mib}}
+    sampled = {"dirty_rate_bps": {"web": mib}, "dirty_rate_from": {}, "dirty_set_bytes": {}}
     preflight.learn_dirty_rates([web], sampled)  # a sample of today wins
-    assert sampled == {"dirty_rate_bps": {"web": mib}, "dirty_rate_from": {"web": "sample"}}
-    est = preflight.etas([web], node2, preflight.options_of({"mode": status.MODE_LIVE}),
-                         {"throughput_bps": {"node1": 20 * mib}, "dirty_rate_bps": {},
-                          "touched_bytes": {}})
-    learned = preflight.etas([web], node2, preflight.options_of({"mode": status.MODE_LIVE}),
-                             {"throughput_bps": {"node1": 20 * mib}, **measured,
-                              "touched_bytes": {}})
-    assert learned["web"]["seconds"] > est["web"]["seconds"]
+    assert sampled == {"dirty_rate_bps": {"web": mib}, "dirty_rate_from": {"web": "sample"},
+                       "dirty_set_bytes": {}}
+
+    def eta(**more):
+        return preflight.etas([web], node2, preflight.options_of({"mode": status.MODE_LIVE}), {
+            "throughput_bps": {"node1": 10 * mib}, "dirty_rate_bps": {}, "touched_bytes": {},
+            **more})["web"]["seconds"]
+    idle, busy = eta(), eta(dirty_rate_bps=measured["dirty_rate_bps"])
+    assert eta(**measured) < busy  # what it writes to bounds what a pass resends
+    assert idle < eta(**measured)
 
 
 class FakeConnection:
