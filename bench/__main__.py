@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 
-from bench import cli, figures, offline_eta, paths, report, scale, tls
+from bench import cli, eta_repeat, figures, offline_eta, paths, report, scale, tls
 from bench.stage import DATABASE_URL, Stage
 
 # Full run: >= 5 pairs per figure, sized to finish in about 15 minutes on a quiet 2-core machine.
@@ -21,14 +21,16 @@ FULL = {"overhead_pairs": 5, "convergence_pairs": 5, "deadline_s": 20, "dirty_mb
         "dirty_rate": 40, "eta_runs": 5, "eta_mbit": 200, "evacuation_pairs": 5,
         "evacuation_servers": 6, "servers": 5000, "resources": 200, "big": 500, "small": 50,
         "page_rounds": 200, "planning_pairs": 5, "cli_runs": 21, "tls_pairs": 5,
-        "path_pairs": 5, "path_sizes": paths.SIZES, "offline_moves": 10}
+        "path_pairs": 5, "path_sizes": paths.SIZES, "offline_moves": 10, "repeat_guests": 3,
+        "repeat_trips": 3}
 # Quick run (make test): every figure once, at a tiny scale; it proves the bench works.
 QUICK = {**FULL, "overhead_pairs": 1, "convergence_pairs": 1, "deadline_s": 15, "eta_runs": 1,
          "evacuation_pairs": 1, "evacuation_servers": 2, "servers": 300, "resources": 10,
          "big": 50, "small": 5, "page_rounds": 5, "planning_pairs": 1, "cli_runs": 3,
-         "tls_pairs": 1, "path_pairs": 1, "path_sizes": paths.QUICK_SIZES, "offline_moves": 4}
+         "tls_pairs": 1, "path_pairs": 1, "path_sizes": paths.QUICK_SIZES, "offline_moves": 4,
+         "repeat_guests": 1, "repeat_trips": 2}
 FIGURES = ("overhead", "user_paths", "convergence", "link_eta", "evacuation", "control_plane", "cli",
-           "tls_cost", "offline_eta")
+           "tls_cost", "offline_eta", "eta_repeat")
 # Figures that need no lab: `python -m bench --only control_plane cli` runs anywhere with
 # PostgreSQL.
 WITHOUT_LAB = ("control_plane", "cli")
@@ -58,6 +60,8 @@ def run_figure(name: str, settings: dict, stage) -> dict:
         return tls.cost(stage, s["tls_pairs"])
     if name == "offline_eta":
         return offline_eta.offline_eta(stage, s["offline_moves"])
+    if name == "eta_repeat":
+        return eta_repeat.eta_repeat(stage, s["repeat_guests"], s["repeat_trips"], s["eta_mbit"])
     raise ValueError(f"unknown figure {name}")
 
 
@@ -197,6 +201,14 @@ def markdown(doc: dict) -> str:
         rows.append(("Offline ETA error, once a tail is learned", o["target"],
                      report.spread(o["error"]), report.verdict(o["met"])))
         rows.append(("  (the model alone, every move)", "", report.spread(o["model_error"]), ""))
+    if "eta_repeat" in f:
+        r = f["eta_repeat"]
+        for when, key in (("at start", "error_at_start"), ("at 25 %", "error_at_25")):
+            rows.append((f"ETA error {when}, busy guest moved again (its last move learned)",
+                         r["target"], report.spread(r["learned"][key]),
+                         report.verdict(r["learned"][key.replace("error", "within")] == 1.0)))
+            rows.append((f"  (their first moves, nothing learned, {when})", "",
+                         report.spread(r["first"][key]), ""))
     text = [f"# Ferry benchmarks ({doc['mode']} run)", "",
             f"Started {doc['started_at']}, took {doc['duration_s']} s on "
             f"{doc['machine_at_start']['cpus']} CPUs (load average at start "

@@ -87,7 +87,13 @@ def test_it_runs_every_figure_quickly_and_writes_valid_results(lab):
     offline = f["offline_eta"]  # offline moves, each with its estimate and the model's
     assert offline["moves"] and all(m["ok"] and m["model_s"] for m in offline["moves"])
     assert offline["learned_moves"] >= 1 and is_summary(offline["error"])  # tls_cost's teach
-    for figure in ("overhead", "convergence", "evacuation", "offline_eta"):
+    again = f["eta_repeat"]["runs"]  # one busy guest there and back: the second learns
+    assert [r["trip"] for r in again] == [0, 1] and all(r["ok"] for r in again), again
+    assert again[0]["dirty_rate_from"] is None
+    if again[0]["seen_dirty_bps"]:  # libvirt measured it (a second pass): the next preflight has it
+        assert again[1]["dirty_rate_from"] == "last move", again
+        assert again[1]["preflight_dirty_bps"] == again[0]["seen_dirty_bps"], again
+    for figure in ("overhead", "convergence", "evacuation", "offline_eta", "eta_repeat"):
         assert isinstance(f[figure]["met"], bool)
     assert "| Overhead: Ferry live / bare virsh |" in summary_md
     assert not [s for s in lab.servers() if s["name"].startswith("bench-")]  # cleaned up
