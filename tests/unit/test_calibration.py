@@ -62,26 +62,33 @@ def test_moves_the_ladder_had_to_push_teach_nothing(app_context):
     assert calibration.live_tail() == pytest.approx(4.0)
 
 
-def test_a_busy_guest_estimated_as_idle_teaches_nothing(app_context):
+def test_a_busy_guest_estimated_as_idle_teaches_no_factor_and_no_disk_copy_tail(app_context):
     # Its estimate missed how fast the guest writes (no sample, nothing learned yet), not what
     # the model cannot see: learning 1.32 from such moves put the next, informed estimates of
-    # the same guests at +35 % (bench eta_repeat). Idle guests and informed estimates teach.
+    # the same guests at +35 % (bench eta_repeat). Its disk-copy estimates missed it too; its
+    # last RAM-phase estimate had libvirt's own rate and teaches the RAM phase's tail.
     server = Server(name="busy", uuid="00000000-0000-0000-0000-00000000b051", memory_mib=256)
     group = MigrationGroup()
     for _ in range(3):
-        finished(group, 8, 4, at_s=3, model_remaining_s=1)  # idle: factor 2.0
-        finished(group, 10, 4, at_s=3, model_remaining_s=1)  # busy, estimated as idle: 2.5
+        finished(group, 8, 4)  # idle: factor 2.0, disk tail 2, RAM tail 4
+        finished(group, 10, 4)  # busy, estimated as idle: 2.5, 4 and 6
         group.tasks[-1].server = server
         group.tasks[-1].result = {**group.tasks[-1].result, "dirty_rate_bps": 8 << 20}
+    for task in group.tasks:
+        task.eta = {**task.eta, "history": [
+            {"at_s": 1.0, "model_remaining_s": 5.0, "phase": "disk"},
+            {"at_s": 3.0, "model_remaining_s": 1.0, "phase": "ram"}]}
     db.session.add(group)
     db.session.commit()
     assert calibration.start_factor() == pytest.approx(2.0)
-    assert calibration.live_tail() == pytest.approx(4.0)
+    assert calibration.live_tail(phase="disk") == pytest.approx(2.0)
+    assert calibration.live_tail(phase="ram") == pytest.approx(5.0)  # 4, 4, 4, 6, 6, 6
     for task in group.tasks[1::2]:  # the same moves, had their preflights known the rate
         task.preflight = {"dirty_rate_bps": {"busy": 8 << 20}}
     db.session.commit()
     assert calibration.start_factor() == pytest.approx(2.25)  # median of 2, 2.5, 2, 2.5, ...
-    assert calibration.live_tail() == pytest.approx(5.0)
+    assert calibration.live_tail(phase="disk") == pytest.approx(3.0)
+    assert calibration.live_tail(phase="ram") == pytest.approx(5.0)
 
 
 def test_a_wild_history_is_clamped(app_context):
