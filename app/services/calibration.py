@@ -52,6 +52,8 @@ from __future__ import annotations
 from statistics import median
 from typing import NamedTuple
 
+from sqlalchemy.orm import selectinload
+
 from app import status
 from app.extensions import db
 from app.models import MigrationTask, Server, TaskEvent
@@ -119,7 +121,9 @@ def _recent_live(like: Like | None = None):
         query = (query.join(Server, Server.id == MigrationTask.server_id)
                  .where(MigrationTask.source_id.in_(pair), MigrationTask.destination_id.in_(pair),
                         Server.memory_mib.between(like.memory_mib / 2, like.memory_mib * 2)))
-    return db.session.scalars(query.order_by(MigrationTask.id.desc()).limit(RECENT)).all()
+    # Each task's server comes with it: knew_how_it_writes reads its name.
+    return db.session.scalars(query.options(selectinload(MigrationTask.server))
+                              .order_by(MigrationTask.id.desc()).limit(RECENT)).all()
 
 
 def knew_how_it_writes(task) -> bool:

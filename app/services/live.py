@@ -203,18 +203,13 @@ def _eta_point(task, series, settings: ladder.LadderSettings, seen: dict, at_s: 
         # The data the disks hold: the disk copy sends that much, whatever their size. And
         # the memory the guest ever touched, as the preflight read it: the rest goes as zeros.
         seen["disk_data"] = sum(disk.allocation or 0 for disk in task.server.disks)
-        touched = (((task.preflight or {}).get("measured") or {}).get("touched_bytes")
-                   or {}).get(task.server.name)
-        seen["memory"] = touched or task.server.memory_mib * 2**20
-        # How fast the guest writes, as the preflight sampled it (FERRY_SAMPLE_DIRTY_RATE):
-        # libvirt measures it only from the second memory pass on.
-        dirty = ((task.preflight or {}).get("dirty_rate_bps") or {}).get(task.server.name)
-        seen["dirty"] = dirty if isinstance(dirty, (int, float)) and dirty > 0 else None
+        seen["memory"] = (_preflight_figure(task, "measured", "touched_bytes")
+                          or task.server.memory_mib * 2**20)
+        # How fast the guest writes, as the preflight sampled it (FERRY_SAMPLE_DIRTY_RATE) or
+        # learned from its last move: libvirt measures it only from the second memory pass on.
+        seen["dirty"] = _preflight_figure(task, "dirty_rate_bps")
         # And the most its last move found dirty after a pass: no later pass resends more.
-        dirty_set = (((task.preflight or {}).get("measured") or {}).get("dirty_set_bytes")
-                     or {}).get(task.server.name)
-        seen["dirty_set"] = dirty_set if isinstance(dirty_set, (int, float)) and dirty_set > 0 \
-            else None
+        seen["dirty_set"] = _preflight_figure(task, "measured", "dirty_set_bytes")
     live = estimation.live_estimate(series[-20:], settings.downtime_target_ms,
                                     link_bps=seen["link_bps"],
                                     disk_data_bytes=seen.get("disk_data"),
@@ -229,6 +224,21 @@ def _eta_point(task, series, settings: ladder.LadderSettings, seen: dict, at_s: 
                     low_s=_finite(live.low + tail), high_s=_finite(live.high + tail),
                     converges=live.converges, percent=task.progress_record.percent,
                     phase=phase)
+
+
+def _preflight_figure(task, *keys) -> float | None:
+    """The task's server's positive number under `keys` in its preflight report, else None.
+
+    >>> from types import SimpleNamespace as NS
+    >>> task = NS(server=NS(name="web"), preflight={"measured": {"touched_bytes": {"web": 5}}})
+    >>> _preflight_figure(task, "measured", "touched_bytes"), _preflight_figure(task, "eta")
+    (5, None)
+    """
+    figures = task.preflight or {}
+    for key in keys:
+        figures = figures.get(key) or {}
+    value = figures.get(task.server.name)
+    return value if isinstance(value, (int, float)) and value > 0 else None
 
 
 def _note_dirty_rate(seen: dict, stats: ladder.JobStats, state: ladder.LadderState) -> None:
